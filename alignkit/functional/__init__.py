@@ -1,0 +1,24 @@
+"""Pure tensor math: every alignment objective as a stateless function.
+
+    import alignkit.functional as AF
+    loss = AF.info_nce(query, key, temperature=0.07)
+
+Conventions: features are rows; half-precision input is computed in float32 and returned in the
+input's dtype; every shape or value problem raises ``ValueError`` naming the argument, its shape
+and what was expected; no N×N matrix is built where an exact cheaper form exists.
+"""
+
+from alignkit.functional import contrastive, disentangle, losses, structural
+from alignkit.functional._checks import validation
+from alignkit.functional.contrastive import *  # noqa: F403
+from alignkit.functional.disentangle import *  # noqa: F403
+from alignkit.functional.losses import *  # noqa: F403
+from alignkit.functional.structural import *  # noqa: F403
+
+__all__ = [
+    *contrastive.__all__,
+    *disentangle.__all__,
+    *losses.__all__,
+    *structural.__all__,
+    "validation",
+]

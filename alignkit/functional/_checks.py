@@ -1,0 +1,146 @@
+"""Input validation and dtype handling shared by every function in :mod:`alignkit.functional`.
+
+Every public function validates its tensors through these helpers so that a bad call fails with a
+``ValueError`` that names the argument, its shape and what was expected, and so that half-precision
+input is computed in float32 and returned in the caller's dtype.
+
+Finiteness checks cost one reduction (and, on an accelerator, one host synchronisation) per input.
+They are on by default; a training loop that has already validated its data can switch them off::
+
+    with alignkit.functional.validation(False):
+        loss = AF.info_nce(q, k)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "EPS",
+    "check_features",
+    "check_finite",
+    "check_positive",
+    "check_reduction",
+    "check_same_device",
+    "check_same_rows",
+    "check_same_shape",
+    "compute_dtype",
+    "reduce",
+    "shape_str",
+    "validation",
+]
+
+EPS = 1e-8
+_FINITE_CHECKS = True
+_REDUCTIONS = ("mean", "sum", "none")
+
+
+@contextlib.contextmanager
+def validation(enabled: bool) -> Iterator[None]:
+    """Turn the finiteness checks of every ``alignkit.functional`` call on or off inside a block.
+
+    Shape, dtype and device checks are free and always run; only the NaN/Inf scan is switched.
+    """
+    global _FINITE_CHECKS
+    previous = _FINITE_CHECKS
+    _FINITE_CHECKS = enabled
+    try:
+        yield
+    finally:
+        _FINITE_CHECKS = previous
+
+
+def shape_str(x: Tensor) -> str:
+    return "(" + ", ".join(str(s) for s in x.shape) + ")"
+
+
+def compute_dtype(*tensors: Tensor) -> torch.dtype:
+    """The dtype to compute in: float64 if any input is float64, else float32 (fp16/bf16 upcast)."""
+    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
+def check_finite(x: Tensor, name: str) -> None:
+    if _FINITE_CHECKS and x.numel() and not bool(torch.isfinite(x).all()):
+        bad = int((~torch.isfinite(x)).sum())
+        raise ValueError(f"{name} has {bad} non-finite value(s) (NaN or Inf) in shape {shape_str(x)}")
+
+
+def check_features(
+    x: object,
+    name: str,
+    ndim: int | Sequence[int] = 2,
+    min_rows: int = 1,
+    finite: bool = True,
+) -> Tensor:
+    """Check that ``x`` is a floating tensor of the expected rank with at least ``min_rows`` rows.
+
+    Returns ``x`` unchanged so it can be used inline.
+    """
+    dims = (ndim,) if isinstance(ndim, int) else tuple(ndim)
+    expected = " or ".join(_rank_name(d) for d in dims)
+    if not isinstance(x, Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor of shape {expected}, got {type(x).__name__}")
+    if x.dim() not in dims:
+        raise ValueError(f"{name} must have shape {expected}, got {shape_str(x)}")
+    if not x.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
+    if x.shape[0] < min_rows:
+        raise ValueError(f"{name} must have at least {min_rows} row(s), got shape {shape_str(x)}")
+    if x.dim() > 1 and x.shape[-1] == 0:
+        raise ValueError(f"{name} must have at least one feature column, got shape {shape_str(x)}")
+    if finite:
+        check_finite(x, name)
+    return x
+
+
+def _rank_name(d: int) -> str:
+    return {1: "(N,)", 2: "(N, d)", 3: "(B, T, d)", 4: "(B, C, H, W)"}.get(d, f"{d}-D")
+
+
+def check_same_shape(a: Tensor, b: Tensor, name_a: str, name_b: str) -> None:
+    if a.shape != b.shape:
+        raise ValueError(
+            f"{name_a} and {name_b} must have the same shape, got {shape_str(a)} and {shape_str(b)}"
+        )
+
+
+def check_same_rows(a: Tensor, b: Tensor, name_a: str, name_b: str) -> None:
+    if a.shape[0] != b.shape[0]:
+        raise ValueError(
+            f"{name_a} and {name_b} must have the same number of rows, "
+            f"got {shape_str(a)} and {shape_str(b)}"
+        )
+
+
+def check_same_device(*named: tuple[str, Tensor]) -> None:
+    devices = {t.device for _, t in named}
+    if len(devices) > 1:
+        where = ", ".join(f"{n} on {t.device}" for n, t in named)
+        raise ValueError(f"all tensors must be on one device, got {where}")
+
+
+def check_positive(value: float, name: str, allow_zero: bool = False) -> None:
+    ok = value >= 0 if allow_zero else value > 0
+    if not (ok and math.isfinite(value)):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} must be a finite number {bound}, got {value}")
+
+
+def check_reduction(reduction: str) -> None:
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+
+
+def reduce(loss: Tensor, reduction: str) -> Tensor:
+    """Apply ``reduction`` ("mean" | "sum" | "none") to a per-sample loss."""
+    check_reduction(reduction)
+    if reduction == "mean":
+        return loss.mean()
+    if reduction == "sum":
+        return loss.sum()
+    return loss
