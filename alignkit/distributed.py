@@ -16,6 +16,7 @@ from torch import Tensor
 
 __all__ = ["gather_with_grad", "rank", "world_size"]
 
+
 def _active(group: object | None) -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size(group) > 1
 

@@ -112,8 +112,7 @@ def check_same_shape(a: Tensor, b: Tensor, name_a: str, name_b: str) -> None:
 def check_same_rows(a: Tensor, b: Tensor, name_a: str, name_b: str) -> None:
     if a.shape[0] != b.shape[0]:
         raise ValueError(
-            f"{name_a} and {name_b} must have the same number of rows, "
-            f"got {shape_str(a)} and {shape_str(b)}"
+            f"{name_a} and {name_b} must have the same number of rows, got {shape_str(a)} and {shape_str(b)}"
         )
 
 
