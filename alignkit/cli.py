@@ -28,6 +28,10 @@ def _demo(args: argparse.Namespace) -> int:
 
     from alignkit import losses
 
+    if args.epochs < 1 or args.batch_size < 2:
+        raise ValueError(
+            f"--epochs must be ≥ 1 and --batch-size ≥ 2, got {args.epochs} and {args.batch_size}"
+        )
     torch.manual_seed(args.seed)
     images = torch.tensor(load_digits().images, dtype=torch.float32) / 16.0  # (1797, 8, 8)
     noise = torch.Generator().manual_seed(args.seed)
