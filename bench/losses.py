@@ -118,7 +118,8 @@ def triplet_pml(n: int, d: int, device: str) -> Callable[[], float]:
 
     feats, labels = _views(n, d, device)
     x = feats[:, 0].detach().requires_grad_()
-    miner = miners.TripletMarginMiner(margin=0.2, type_of_triplets="hard", distance=distances.LpDistance())
+    # PML's TripletMarginMiner("hard") is not batch-hard; BatchHardMiner is.
+    miner = miners.BatchHardMiner(distance=distances.LpDistance())
     pml = losses.TripletMarginLoss(margin=0.2, reducer=reducers.MeanReducer())
     return _backward(x, x, lambda: pml(x, labels, miner(x, labels)))
 
