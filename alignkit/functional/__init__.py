@@ -8,19 +8,34 @@ input's dtype; every shape or value problem raises ``ValueError`` naming the arg
 and what was expected; no N×N matrix is built where an exact cheaper form exists.
 """
 
-from alignkit.functional import contrastive, disentangle, losses, scores, structural
+from alignkit.functional import (
+    contrastive,
+    disentangle,
+    losses,
+    neighbors,
+    retrieval,
+    scores,
+    similarity,
+    structural,
+)
 from alignkit.functional._checks import validation
 from alignkit.functional.contrastive import *  # noqa: F403
 from alignkit.functional.disentangle import *  # noqa: F403
 from alignkit.functional.losses import *  # noqa: F403
+from alignkit.functional.neighbors import *  # noqa: F403
+from alignkit.functional.retrieval import *  # noqa: F403
 from alignkit.functional.scores import *  # noqa: F403
+from alignkit.functional.similarity import *  # noqa: F403
 from alignkit.functional.structural import *  # noqa: F403
 
 __all__ = [
     *contrastive.__all__,
     *disentangle.__all__,
     *losses.__all__,
+    *neighbors.__all__,
+    *retrieval.__all__,
     *scores.__all__,
+    *similarity.__all__,
     *structural.__all__,
     "validation",
 ]

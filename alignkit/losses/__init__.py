@@ -6,12 +6,13 @@
                               "structure": (losses.build("structure"), 0.5)})
 """
 
-from alignkit.losses import contrastive, disentangle, joint, micro, structural
+from alignkit.losses import contrastive, disentangle, joint, micro, similarity, structural
 from alignkit.losses.contrastive import *  # noqa: F403
 from alignkit.losses.disentangle import *  # noqa: F403
 from alignkit.losses.joint import *  # noqa: F403
 from alignkit.losses.micro import *  # noqa: F403
 from alignkit.losses.registry import available, build, register
+from alignkit.losses.similarity import *  # noqa: F403
 from alignkit.losses.structural import *  # noqa: F403
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     *disentangle.__all__,
     *joint.__all__,
     *micro.__all__,
+    *similarity.__all__,
     *structural.__all__,
     "available",
     "build",
