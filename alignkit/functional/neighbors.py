@@ -1,3 +1,536 @@
-"""(in progress)"""
+"""Nearest-neighbour measures of alignment: chunked k-NN, mutual k-NN, CKNNA and CSLS.
 
-__all__: list[str] = []
+* :func:`knn` — exact top-k neighbours of every row, in blocks of rows against all columns (never
+  the full N×M score matrix); faiss (``faiss-cpu``) is used when it is installed and the data is on
+  the CPU. Every neighbour search in alignkit goes through it.
+* :func:`mutual_knn` and :func:`cknna` — the neighbourhood-agreement measures of Huh et al. 2024,
+  "The Platonic Representation Hypothesis".
+* :func:`csls` and :func:`csls_retrieve` — cross-domain similarity local scaling (Conneau et al.
+  2018, "Word Translation Without Parallel Data").
+
+Cosine similarities follow the library convention for zero vectors: rows are scaled by
+``1 / max(‖x_i‖, EPS)``, so a zero row has cosine 0 with every row, itself included.
+
+    >>> import torch, alignkit.functional as AF
+    >>> x, y = torch.randn(1000, 64), torch.randn(1000, 384)
+    >>> AF.mutual_knn(x, y, k=10), AF.cknna(x, y, k=10)
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from alignkit.functional._checks import (
+    EPS,
+    check_features,
+    check_same_device,
+    check_same_rows,
+    compute_dtype,
+    shape_str,
+)
+
+__all__ = ["cknna", "csls", "csls_retrieve", "knn", "mutual_knn"]
+
+# Target size of one (rows × M) block of scores: chunk_size=None picks rows ≈ this / (M · element size).
+_BLOCK_BYTES = 96 * 2**20
+# Elements of the (rows, k, k) comparison in mutual_knn per block.
+_OVERLAP_ELEMENTS = 2**24
+_METRICS = ("cosine", "dot", "euclidean")
+_BACKENDS = ("auto", "torch", "faiss")
+
+
+class Neighbors(NamedTuple):
+    """Result of :func:`knn` and :func:`csls_retrieve`.
+
+    indices: (N, k) int64 row indices into the searched set, best first.
+    values: (N, k) their scores — similarities (descending) for ``"cosine"``, ``"dot"`` and CSLS,
+        distances (ascending) for ``"euclidean"`` — in the promoted dtype of the inputs.
+    """
+
+    indices: Tensor
+    values: Tensor
+
+
+# --------------------------------------------------------------------------------------------------
+# Validation helpers (shared with retrieval.py)
+
+
+def _check_choice(value: object, name: str, allowed: tuple[Any, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+
+
+def _check_int(value: object, name: str, low: int, high: int | None = None, what: str = "") -> int:
+    ok = isinstance(value, int) and not isinstance(value, bool) and value >= low
+    if ok and high is not None:
+        ok = value <= high  # type: ignore[operator]
+    if not ok:
+        span = f"≥ {low}" if high is None else f"in [{low}, {high}]"
+        raise ValueError(f"{name} must be an integer {span}{what}, got {value!r}")
+    return value  # type: ignore[return-value]
+
+
+def _check_width(x: Tensor, y: Tensor, name_x: str, name_y: str) -> None:
+    if x.shape[-1] != y.shape[-1]:
+        raise ValueError(
+            f"{name_x} and {name_y} must have the same feature width d, got {shape_str(x)} and {shape_str(y)}"
+        )
+
+
+def _default_block(columns: int, dtype: torch.dtype, per_element: int = 1) -> int:
+    """Rows per block so that a (rows, columns) block of ``dtype`` (times ``per_element``) is about
+    ``_BLOCK_BYTES``."""
+    size = torch.empty((), dtype=dtype).element_size() * per_element
+    return max(1, _BLOCK_BYTES // (max(columns, 1) * size))
+
+
+# --------------------------------------------------------------------------------------------------
+# knn
+
+
+@functools.cache
+def _faiss() -> Any | None:
+    """The faiss module if it is importable, else None (checked once)."""
+    try:
+        import faiss
+    except ImportError:
+        return None
+    return faiss
+
+
+def _blocked_topk(
+    a: Tensor,
+    b: Tensor,
+    k: int,
+    block: int,
+    scale: float = 1.0,
+    col_bias: Tensor | None = None,
+    exclude_self: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """Top-k (largest) per row of ``scale · a bᵀ + col_bias``, in blocks of ``block`` rows.
+
+    ``exclude_self`` removes column i from row i. Returns (values (N, k), indices (N, k)), best first.
+    At most one (block, M) score matrix exists at a time.
+    """
+    n, m = a.shape[0], b.shape[0]
+    values = a.new_empty(n, k)
+    indices = torch.empty(n, k, dtype=torch.long, device=a.device)
+    bt = b.T
+    for start in range(0, n, block):
+        stop = min(start + block, n)
+        scores = a[start:stop] @ bt
+        if scale != 1.0:
+            scores.mul_(scale)
+        if col_bias is not None:
+            scores.add_(col_bias)
+        if exclude_self and start < m:
+            local = torch.arange(min(stop, m) - start, device=a.device)
+            scores[local, local + start] = -math.inf
+        top = scores.topk(k, dim=1, largest=True, sorted=True)
+        values[start:stop] = top.values
+        indices[start:stop] = top.indices
+        del scores, top
+    return values, indices
+
+
+def _faiss_search(faiss: Any, a: Tensor, b: Tensor, k: int, metric: str, exclude_self: bool) -> Neighbors:
+    """Exact search with a flat faiss index (float32, CPU). Self is dropped by index: k + 1 are
+    searched and row i's own index removed (or the last one, when i is not among them)."""
+    query = a.detach().to(torch.float32).contiguous().numpy()
+    base = b.detach().to(torch.float32).contiguous().numpy()
+    index = faiss.IndexFlatL2(base.shape[1]) if metric == "euclidean" else faiss.IndexFlatIP(base.shape[1])
+    index.add(base)
+    extra = int(exclude_self)
+    scores, found = index.search(query, k + extra)
+    values, indices = torch.from_numpy(scores), torch.from_numpy(found).long()
+    if exclude_self:
+        n = indices.shape[0]
+        is_self = indices == torch.arange(n)[:, None]
+        drop = torch.where(is_self.any(1), is_self.to(torch.uint8).argmax(1), k)
+        keep = torch.ones_like(is_self)
+        keep[torch.arange(n), drop] = False
+        values, indices = values[keep].view(n, k), indices[keep].view(n, k)
+    if metric == "euclidean":  # faiss returns squared distances
+        values = values.clamp_min(0).sqrt()
+    return Neighbors(indices, values)
+
+
+@torch.no_grad()
+def knn(
+    x: Tensor,
+    k: int,
+    y: Tensor | None = None,
+    metric: str = "cosine",
+    exclude_self: bool | None = None,
+    chunk_size: int | None = None,
+    backend: str = "auto",
+) -> Neighbors:
+    """Exact k nearest neighbours of every row of x among the rows of y (chunked top-k).
+
+    ``metric="cosine"`` ranks by ``cos(x_i, y_j)``, ``"dot"`` by ``x_i·y_j`` (both: largest first),
+    ``"euclidean"`` by ``‖x_i − y_j‖`` (smallest first). Euclidean candidates are selected with the
+    expanded score ``2·x_i·y_j − ‖y_j‖²`` on features centred by y's mean (exact in real arithmetic;
+    centring limits cancellation) and the k kept distances are then recomputed exactly as
+    ``‖x_i − y_j‖``. Ties are broken arbitrarily (deterministically for a given backend and block).
+
+    The search runs over blocks of rows of x against all rows of y, so at most one
+    (chunk_size, M) score matrix exists at a time; the top-k of each block is exact, so the result
+    does not depend on ``chunk_size`` (up to ties). Runs under ``torch.no_grad``: to differentiate
+    through the neighbour similarities, recompute them from the returned indices.
+
+    Backends: ``"torch"`` is the blocked search above. ``"faiss"`` uses an exact flat faiss index
+    (``IndexFlatIP`` / ``IndexFlatL2``) in float32 on the CPU, with its own blocking (``chunk_size`` is
+    ignored; faiss's euclidean distances come from its expanded float32 kernel).
+    ``"auto"`` uses faiss when it is importable, the tensors are on the CPU and the compute dtype
+    is float32, and torch otherwise (float64 input always stays exact in torch).
+
+    Args:
+        x: (N, d) queries.
+        k: neighbours per row, 1 ≤ k ≤ M (M − 1 when self is excluded).
+        y: (M, d) rows to search; ``None`` searches x itself.
+        metric: ``"cosine"`` | ``"dot"`` | ``"euclidean"``.
+        exclude_self: drop column i from row i (row i's own sample). ``None``: True when ``y`` is
+            None, else False. With ``y`` given it means "x_i and y_i are the same sample".
+        chunk_size: rows of x per block; ``None``: about 96 MiB of scores per block, i.e.
+            ``96 MiB / (M · 4 bytes)`` rows in float32.
+        backend: ``"auto"`` | ``"torch"`` | ``"faiss"``.
+
+    Returns:
+        :class:`Neighbors` ``(indices, values)``: (N, k) int64 indices into y, best first, and their
+        similarities (cosine, dot) or distances (euclidean) in the promoted dtype of x and y.
+
+    Cost: O(N·M·d) time; O(chunk_size·M + N·k) memory (plus O(M·d) for a normalised / centred copy of
+    y). Half-precision input is computed in float32.
+    """
+    check_features(x, "x")
+    searched_self = y is None
+    if y is None:
+        y = x
+    else:
+        check_features(y, "y")
+        _check_width(x, y, "x", "y")
+        check_same_device(("x", x), ("y", y))
+    exclude = searched_self if exclude_self is None else bool(exclude_self)
+    m = y.shape[0]
+    high = m - int(exclude)
+    if high < 1:
+        name = "x" if searched_self else "y"
+        raise ValueError(
+            f"{name} must have at least {1 + int(exclude)} row(s) to find a neighbour "
+            f"(exclude_self={exclude}), got shape {shape_str(y)}"
+        )
+    self_note = " with self excluded" if exclude else ""
+    _check_int(k, "k", 1, high, f" (M = {m} searched rows{self_note}, y of shape {shape_str(y)})")
+    _check_choice(metric, "metric", _METRICS)
+    _check_choice(backend, "backend", _BACKENDS)
+    if chunk_size is not None:
+        _check_int(chunk_size, "chunk_size", 1)
+    dtype = compute_dtype(x, y)
+    out = torch.promote_types(x.dtype, y.dtype)
+    faiss = _faiss() if backend != "torch" else None
+    if backend == "faiss" and (faiss is None or x.device.type != "cpu"):
+        why = "faiss is not installed" if faiss is None else f"tensors are on {x.device}"
+        raise ValueError(f"backend='faiss' needs faiss-cpu and CPU tensors, but {why}")
+    use_faiss = faiss is not None and (
+        backend == "faiss" or (x.device.type == "cpu" and dtype == torch.float32)
+    )
+
+    a, b = x.to(dtype), y.to(dtype)
+    if metric == "cosine":
+        a = F.normalize(a, dim=-1, eps=EPS)
+        b = a if searched_self else F.normalize(b, dim=-1, eps=EPS)
+    elif metric == "euclidean":
+        center = b.mean(0)
+        a, b = a - center, (a - center if searched_self else b - center)
+    if use_faiss:
+        found = _faiss_search(faiss, a, b, k, metric, exclude)
+        return Neighbors(found.indices.to(x.device), found.values.to(device=x.device, dtype=out))
+
+    block = chunk_size if chunk_size is not None else _default_block(m, dtype)
+    if metric == "euclidean":
+        neg_sq = b.square().sum(1).neg_()
+        _, indices = _blocked_topk(a, b, k, block, scale=2.0, col_bias=neg_sq, exclude_self=exclude)
+        values = torch.empty(indices.shape, dtype=dtype, device=x.device)
+        for start in range(0, indices.shape[0], block):  # exact distances of the kept pairs
+            rows, kept = a[start : start + block], indices[start : start + block]
+            for j in range(k):  # one (block, d) difference at a time
+                values[start : start + block, j] = torch.linalg.vector_norm(rows - b[kept[:, j]], dim=1)
+        values, order = values.sort(dim=1, stable=True)
+        indices = indices.gather(1, order)
+    else:
+        values, indices = _blocked_topk(a, b, k, block, exclude_self=exclude)
+    return Neighbors(indices, values.to(out))
+
+
+# --------------------------------------------------------------------------------------------------
+# mutual_knn and cknna
+
+
+def _paired(x: object, y: object, min_rows: int) -> tuple[Tensor, Tensor]:
+    x = check_features(x, "x", min_rows=min_rows)
+    y = check_features(y, "y", min_rows=min_rows)
+    check_same_rows(x, y, "x", "y")
+    check_same_device(("x", x), ("y", y))
+    return x, y
+
+
+def _overlap(a: Tensor, b: Tensor) -> Tensor:
+    """(N,) number of common entries of the rows of two (N, k) index tensors (rows hold distinct
+    indices), in blocks of rows so the (rows, k, k) comparison stays small."""
+    n, k = a.shape
+    counts = torch.empty(n, dtype=torch.long, device=a.device)
+    step = max(1, _OVERLAP_ELEMENTS // (k * k))
+    for start in range(0, n, step):
+        stop = start + step
+        counts[start:stop] = (a[start:stop, :, None] == b[start:stop, None, :]).sum((1, 2))
+    return counts
+
+
+def mutual_knn(
+    x: Tensor,
+    y: Tensor,
+    k: int = 10,
+    metric: str = "cosine",
+    chunk_size: int | None = None,
+    backend: str = "auto",
+) -> Tensor:
+    """Mutual k-nearest-neighbour alignment ``(1/N) Σ_i |N_k^x(i) ∩ N_k^y(i)| / k``.
+
+    From Huh et al. 2024, "The Platonic Representation Hypothesis" (ICML): ``N_k^x(i)`` is the set of
+    the k nearest neighbours of sample i among the other samples in x's space, ``N_k^y(i)`` the same
+    in y's space; the score is the mean fraction they share. 1 when both spaces order every
+    neighbourhood alike, about ``k / (N − 1)`` for independent spaces. As in the authors' code
+    (``metrics.py::mutual_knn`` on features L2-normalised by ``measure_alignment.compute_score``),
+    neighbours are by cosine similarity (inner products of normalised rows) with self excluded;
+    their extra outlier clipping of features (``prepare_features``) is preprocessing and is not done
+    here. Ties are broken arbitrarily. Not differentiable (a set count).
+
+    Args:
+        x: (N, d_x) features of N samples.
+        y: (N, d_y) features of the same N samples (widths may differ).
+        k: neighbours, 1 ≤ k ≤ N − 1 (the paper uses 10).
+        metric: neighbourhood metric, ``"cosine"`` (the paper's) | ``"dot"`` | ``"euclidean"``.
+        chunk_size, backend: passed to :func:`knn`.
+
+    Returns:
+        Scalar tensor in [0, 1], in the promoted dtype of x and y.
+
+    Cost: two :func:`knn` searches, O(N²·(d_x + d_y)) time, O(chunk_size·N + N·k) memory, plus
+    O(N·k²) for the set intersections.
+    """
+    x, y = _paired(x, y, min_rows=2)
+    n = x.shape[0]
+    _check_int(k, "k", 1, n - 1, f" (N − 1 = {n - 1} for x of shape {shape_str(x)})")
+    nx = knn(x, k, metric=metric, chunk_size=chunk_size, backend=backend).indices
+    ny = knn(y, k, metric=metric, chunk_size=chunk_size, backend=backend).indices
+    score = _overlap(nx, ny).sum(dtype=torch.float64) / (n * k)
+    return score.to(torch.promote_types(x.dtype, y.dtype))
+
+
+def _sparse_hsic(rows: Tensor, cols: Tensor, kv: Tensor, lv: Tensor, n: int, unbiased: bool) -> Tensor:
+    """HSIC of two N×N matrices K̃, L̃ that share the sparse support {(rows, cols)} (distinct pairs),
+    with values kv and lv there (zero elsewhere); float64.
+
+    Unbiased (Song et al. 2012, eq. 5; K̃, L̃ with zero diagonal):
+        ``[tr(K̃L̃) + 1ᵀK̃1·1ᵀL̃1 / ((n−1)(n−2)) − 2/(n−2)·1ᵀK̃L̃1] / (n(n−3))``.
+    Biased (no 1/(n−1)² factor, as platonic-rep's ``hsic_biased``): ``tr(K̃HL̃H)``, H = I − 11ᵀ/n,
+        ``= tr(K̃L̃) − (1ᵀL̃K̃1 + 1ᵀK̃L̃1)/n + 1ᵀK̃1·1ᵀL̃1/n²``.
+    K̃, L̃ need not be symmetric: ``tr(K̃L̃) = Σ_ij K̃_ij L̃_ji`` pairs each entry with its transpose.
+    """
+    kv, lv = kv.to(torch.float64), lv.to(torch.float64)
+    keys = rows * n + cols
+    keys, order = keys.sort()
+    kv, lv, rows, cols = kv[order], lv[order], rows[order], cols[order]
+    transposed = cols * n + rows
+    if keys.numel():
+        pos = torch.searchsorted(keys, transposed).clamp_max_(keys.numel() - 1)
+        hit = keys[pos] == transposed
+        trace = (kv[hit] * lv[pos[hit]]).sum()
+    else:
+        trace = kv.new_zeros(())
+    row_k = kv.new_zeros(n).index_add_(0, rows, kv)
+    col_k = kv.new_zeros(n).index_add_(0, cols, kv)
+    row_l = lv.new_zeros(n).index_add_(0, rows, lv)
+    col_l = lv.new_zeros(n).index_add_(0, cols, lv)
+    sum_k, sum_l = kv.sum(), lv.sum()
+    if unbiased:
+        mass = col_k @ row_l  # 1ᵀ K̃ L̃ 1
+        return (trace + sum_k * sum_l / ((n - 1) * (n - 2)) - 2 * mass / (n - 2)) / (n * (n - 3))
+    return trace - (col_l @ row_k + col_k @ row_l) / n + sum_k * sum_l / (n * n)
+
+
+def cknna(
+    x: Tensor,
+    y: Tensor,
+    k: int = 10,
+    unbiased: bool = True,
+    chunk_size: int | None = None,
+    backend: str = "auto",
+) -> Tensor:
+    """CKNNA: CKA restricted to mutual nearest-neighbour pairs (Huh et al. 2024, "The Platonic
+    Representation Hypothesis", appendix; platonic-rep ``metrics.py::AlignmentMetrics.cknna``).
+
+    With row-normalised features, ``K_ij = cos(x_i, x_j)`` and ``L_ij = cos(y_i, y_j)``. Row i's
+    neighbour set ``N^x(i)`` holds the k largest ``K_ij`` (self excluded when ``unbiased``; included,
+    as the diagonal of K, when not — the authors' convention), likewise ``N^y(i)`` from L. With the
+    mask ``α_ij = [j ∈ N^x(i)]·[j ∈ N^y(i)]`` (not symmetric in i, j)::
+
+        CKNNA = HSIC(α∘K, α∘L) / sqrt(HSIC(α^x∘K, α^x∘K) · HSIC(α^y∘L, α^y∘L)),
+
+    where ``α^x_ij = [j ∈ N^x(i)]``, ``α^y_ij = [j ∈ N^y(i)]`` (the masks of K with itself and L with
+    itself), and HSIC is the unbiased estimator of Song et al. 2012 (``unbiased=True``) or the biased
+    ``tr(K̃HL̃H)``, both applied to the masked, generally asymmetric, matrices exactly as written
+    (so ``tr(K̃L̃) = Σ_ij K̃_ij L̃_ji``). With k = N − 1 (unbiased) the masks are full and this is
+    unbiased linear CKA on normalised features.
+
+    Differences from the authors' code: they divide by ``sqrt(·) + 1e-6`` (we do not, so small
+    HSIC values are not biased towards 0) and reject k < 2 (k = 1 is allowed here). When the
+    denominator product is ≤ 0 (e.g. a constant side, or a negative unbiased estimate on tiny
+    inputs) the result is 0. Neighbour ties are broken arbitrarily. Not differentiable.
+
+    Args:
+        x: (N, d_x) features of N samples, N ≥ 4 when ``unbiased`` (N ≥ 2 otherwise).
+        y: (N, d_y) features of the same samples.
+        k: neighbours, 1 ≤ k ≤ N − 1 (N when not ``unbiased``); the paper uses 10.
+        unbiased: unbiased HSIC with self excluded from the neighbours (the authors' default), or
+            the biased HSIC with self included.
+        chunk_size, backend: passed to :func:`knn`.
+
+    Returns:
+        Scalar tensor (at most 1 in practice; 1 for y = x), in the promoted dtype of x and y.
+
+    Cost: two :func:`knn` searches, O(N²·(d_x + d_y)) time and O(chunk_size·N) memory; then the three
+    HSIC values from the N·k mask entries alone, O(N·k·log(N·k)) time and O(N·k + N) memory — no
+    N×N matrix.
+    """
+    if not isinstance(unbiased, bool):
+        raise ValueError(f"unbiased must be a bool, got {unbiased!r}")
+    x, y = _paired(x, y, min_rows=4 if unbiased else 2)
+    n = x.shape[0]
+    high = n - 1 if unbiased else n
+    _check_int(k, "k", 1, high, f" (N{' − 1' if unbiased else ''} = {high} for x of shape {shape_str(x)})")
+    opts: dict[str, Any] = {"metric": "cosine", "exclude_self": unbiased, "chunk_size": chunk_size}
+    ix, vx = knn(x, k, backend=backend, **opts)
+    iy, vy = knn(y, k, backend=backend, **opts)
+    rows = torch.arange(n, device=x.device).repeat_interleave(k)
+    cols_x, cols_y = ix.reshape(-1), iy.reshape(-1)
+    vx, vy = vx.reshape(-1).to(torch.float64), vy.reshape(-1).to(torch.float64)
+
+    # Entries in both neighbour sets: look each (i, j) of x's set up among y's sorted keys.
+    keys_y, order_y = (rows * n + cols_y).sort()
+    keys_x = rows * n + cols_x
+    pos = torch.searchsorted(keys_y, keys_x).clamp_max_(keys_y.numel() - 1)
+    both = keys_y[pos] == keys_x
+    hsic_kl = _sparse_hsic(rows[both], cols_x[both], vx[both], vy[order_y[pos[both]]], n, unbiased)
+    hsic_kk = _sparse_hsic(rows, cols_x, vx, vx, n, unbiased)
+    hsic_ll = _sparse_hsic(rows, cols_y, vy, vy, n, unbiased)
+    denominator = hsic_kk * hsic_ll
+    positive = float(denominator) > 0
+    score = hsic_kl / denominator.sqrt() if positive else denominator.new_zeros(())
+    return score.to(torch.promote_types(x.dtype, y.dtype))
+
+
+# --------------------------------------------------------------------------------------------------
+# CSLS
+
+
+def _csls_check(x: Tensor, y: Tensor, k: int) -> None:
+    check_features(x, "x")
+    check_features(y, "y")
+    _check_width(x, y, "x", "y")
+    check_same_device(("x", x), ("y", y))
+    n, m = x.shape[0], y.shape[0]
+    where = f" (min(N, M) = {min(n, m)} for x of shape {shape_str(x)} and y of shape {shape_str(y)})"
+    _check_int(k, "k", 1, min(n, m), where)
+
+
+def _csls_radii(
+    x: Tensor, y: Tensor, k: int, chunk_size: int | None, backend: str
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Normalised x, y in the compute dtype; r_y(x_i) (N,) and r_x(y_j) (M,)."""
+    dtype = compute_dtype(x, y)
+    xh = F.normalize(x.to(dtype), dim=-1, eps=EPS)
+    yh = F.normalize(y.to(dtype), dim=-1, eps=EPS)
+    opts: dict[str, Any] = {"metric": "dot", "exclude_self": False, "chunk_size": chunk_size}
+    r_src = knn(xh, k, y=yh, backend=backend, **opts).values.mean(1)
+    r_tgt = knn(yh, k, y=xh, backend=backend, **opts).values.mean(1)
+    return xh, yh, r_src, r_tgt
+
+
+@torch.no_grad()
+def csls(x: Tensor, y: Tensor, k: int = 10, chunk_size: int | None = None, backend: str = "auto") -> Tensor:
+    """Cross-domain similarity local scaling matrix ``CSLS(x_i, y_j) = 2cos(x_i, y_j) − r_y(x_i) − r_x(y_j)``.
+
+    From Conneau, Lample, Ranzato, Denoyer & Jégou 2018, "Word Translation Without Parallel Data"
+    (ICLR; the MUSE code): ``r_y(x_i) = (1/k) Σ_{y_j ∈ N_k^y(x_i)} cos(x_i, y_j)`` is the mean cosine
+    of x_i to its k nearest rows of y, and ``r_x(y_j)`` the mean cosine of y_j to its k nearest rows
+    of x. Subtracting them penalises "hubs" (points near everything), which plain nearest-neighbour
+    retrieval over-selects. MUSE uses k = 10.
+
+    This returns the full (N, M) matrix, for moderate sizes; for retrieval at scale use
+    :func:`csls_retrieve`, which keeps only the top candidates. Not differentiable (a retrieval
+    criterion).
+
+    Args:
+        x: (N, d) source rows (e.g. mapped source-language word vectors).
+        y: (M, d) target rows.
+        k: neighbourhood size, 1 ≤ k ≤ min(N, M).
+        chunk_size, backend: passed to :func:`knn` for the two neighbourhood radii.
+
+    Returns:
+        (N, M) tensor in the promoted dtype of x and y, values in [−4, 4].
+
+    Cost: O(N·M·d) time; O(N·M) memory for the result (the radii need O(chunk_size·max(N, M))).
+    """
+    _csls_check(x, y, k)
+    xh, yh, r_src, r_tgt = _csls_radii(x, y, k, chunk_size, backend)
+    return (2 * (xh @ yh.T) - r_src[:, None] - r_tgt[None, :]).to(torch.promote_types(x.dtype, y.dtype))
+
+
+@torch.no_grad()
+def csls_retrieve(
+    x: Tensor,
+    y: Tensor,
+    k: int = 10,
+    topk: int = 1,
+    chunk_size: int | None = None,
+    backend: str = "auto",
+) -> Neighbors:
+    """For every row of x, the ``topk`` rows of y with the highest CSLS (see :func:`csls`), chunked.
+
+    Conneau et al. 2018, "Word Translation Without Parallel Data": ``CSLS(x_i, y_j) = 2cos(x_i, y_j)
+    − r_y(x_i) − r_x(y_j)``. ``r_y(x_i)`` is constant along a row, so the ranking is that of
+    ``2cos(x_i, y_j) − r_x(y_j)``; the returned values are the full CSLS scores. The scores are
+    formed in blocks of rows of x against all of y; the (N, M) matrix never exists.
+
+    Args:
+        x: (N, d) queries.
+        y: (M, d) candidates.
+        k: neighbourhood size of the radii r, 1 ≤ k ≤ min(N, M).
+        topk: candidates returned per query, 1 ≤ topk ≤ M.
+        chunk_size: rows of x per block (also used for the radii); ``None``: about 96 MiB of scores
+            per block.
+        backend: passed to :func:`knn` for the radii.
+
+    Returns:
+        :class:`Neighbors` ``(indices (N, topk), values (N, topk))``, best first; values in the
+        promoted dtype of x and y.
+
+    Cost: O(N·M·d) time (three passes over the N×M pairs: both radii and the retrieval);
+    O(chunk_size·max(N, M) + N·topk) memory.
+    """
+    _csls_check(x, y, k)
+    m = y.shape[0]
+    _check_int(topk, "topk", 1, m, f" (M = {m} rows of y of shape {shape_str(y)})")
+    if chunk_size is not None:
+        _check_int(chunk_size, "chunk_size", 1)
+    xh, yh, r_src, r_tgt = _csls_radii(x, y, k, chunk_size, backend)
+    block = chunk_size if chunk_size is not None else _default_block(m, xh.dtype)
+    values, indices = _blocked_topk(xh, yh, topk, block, scale=2.0, col_bias=-r_tgt)
+    return Neighbors(indices, (values - r_src[:, None]).to(torch.promote_types(x.dtype, y.dtype)))

@@ -1,0 +1,478 @@
+"""Neighbour metrics (knn, mutual_knn, cknna, csls) against slow float64 references written here."""
+
+from __future__ import annotations
+
+import math
+import types
+
+import numpy as np
+import pytest
+import torch
+
+import alignkit.functional as AF
+import alignkit.functional.neighbors as neighbors
+
+# --------------------------------------------------------------------------------------------------
+# References (float64, loops / explicit matrices)
+
+
+def cos64(a: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
+    """Explicit cosine matrix in float64; a zero row has cosine 0 with everything."""
+    b = a if b is None else b
+    a, b = a.double(), b.double()
+    na = a.norm(dim=1).clamp_min(1e-8)
+    nb = b.norm(dim=1).clamp_min(1e-8)
+    return (a @ b.T) / (na[:, None] * nb[None, :])
+
+
+def scores64(a: torch.Tensor, b: torch.Tensor, metric: str) -> torch.Tensor:
+    """Higher is nearer: cosine, dot, or minus the euclidean distance (by broadcasting, not expansion)."""
+    if metric == "cosine":
+        return cos64(a, b)
+    if metric == "dot":
+        return a.double() @ b.double().T
+    return -((a.double()[:, None, :] - b.double()[None, :, :]) ** 2).sum(-1).sqrt()
+
+
+def neighbour_lists(scores: torch.Tensor, k: int, exclude_self: bool) -> list[list[int]]:
+    """Row-wise k best columns by sorting each row in Python."""
+    out = []
+    for i, row in enumerate(scores.tolist()):
+        cand = [j for j in range(len(row)) if not (exclude_self and j == i)]
+        cand.sort(key=lambda j, row=row: -row[j])
+        out.append(cand[:k])
+    return out
+
+
+def cknna_ref(x: torch.Tensor, y: torch.Tensor, k: int, unbiased: bool) -> float:
+    """CKNNA from its definition (Huh et al. 2024 and platonic-rep's code), with Python loops."""
+    n = x.shape[0]
+    K, L = cos64(x).tolist(), cos64(y).tolist()
+    nx = [set(r) for r in neighbour_lists(torch.tensor(K), k, exclude_self=unbiased)]
+    ny = [set(r) for r in neighbour_lists(torch.tensor(L), k, exclude_self=unbiased)]
+
+    def masked(S: list[list[float]], keep) -> list[list[float]]:
+        return [[S[i][j] if keep(i, j) else 0.0 for j in range(n)] for i in range(n)]
+
+    def hsic(A: list[list[float]], B: list[list[float]]) -> float:
+        if unbiased:  # Song et al. 2012, eq. 5, on matrices with zero diagonal
+            A = [[0.0 if i == j else A[i][j] for j in range(n)] for i in range(n)]
+            B = [[0.0 if i == j else B[i][j] for j in range(n)] for i in range(n)]
+            trace = sum(A[i][j] * B[j][i] for i in range(n) for j in range(n))
+            sa = sum(map(sum, A))
+            sb = sum(map(sum, B))
+            col_a = [sum(A[i][j] for i in range(n)) for j in range(n)]
+            row_b = [sum(B[j]) for j in range(n)]
+            ab = sum(col_a[j] * row_b[j] for j in range(n))  # 1ᵀAB1
+            return (trace + sa * sb / ((n - 1) * (n - 2)) - 2 * ab / (n - 2)) / (n * (n - 3))
+        H = torch.eye(n, dtype=torch.float64) - 1.0 / n
+        At, Bt = torch.tensor(A, dtype=torch.float64), torch.tensor(B, dtype=torch.float64)
+        return float(torch.trace(At @ H @ Bt @ H))
+
+    kl = hsic(
+        masked(K, lambda i, j: j in nx[i] and j in ny[i]), masked(L, lambda i, j: j in nx[i] and j in ny[i])
+    )
+    kk = hsic(masked(K, lambda i, j: j in nx[i]), masked(K, lambda i, j: j in nx[i]))
+    ll = hsic(masked(L, lambda i, j: j in ny[i]), masked(L, lambda i, j: j in ny[i]))
+    return kl / math.sqrt(kk * ll)
+
+
+def csls_ref(x: torch.Tensor, y: torch.Tensor, k: int) -> torch.Tensor:
+    C = cos64(x, y).tolist()
+    n, m = len(C), len(C[0])
+    r_src = [sum(sorted(C[i], reverse=True)[:k]) / k for i in range(n)]
+    r_tgt = [sum(sorted((C[i][j] for i in range(n)), reverse=True)[:k]) / k for j in range(m)]
+    return torch.tensor(
+        [[2 * C[i][j] - r_src[i] - r_tgt[j] for j in range(m)] for i in range(n)], dtype=torch.float64
+    )
+
+
+def orthogonal(d: int) -> torch.Tensor:
+    q, _ = torch.linalg.qr(torch.randn(d, d, dtype=torch.float64))
+    return q
+
+
+# --------------------------------------------------------------------------------------------------
+# knn
+
+
+@pytest.mark.parametrize("metric", ["cosine", "dot", "euclidean"])
+@pytest.mark.parametrize("searched", ["self", "other"])
+@pytest.mark.parametrize("chunk_size", [None, 1, 6])
+def test_knn_matches_full_topk(metric: str, searched: str, chunk_size: int | None) -> None:
+    x = torch.randn(37, 5, dtype=torch.float64)
+    y = None if searched == "self" else torch.randn(29, 5, dtype=torch.float64)
+    k = 4
+    full = scores64(x, x if y is None else y, metric)
+    if y is None:
+        full.fill_diagonal_(-math.inf)
+    ref = full.topk(k, dim=1)
+    got = AF.knn(x, k, y=y, metric=metric, chunk_size=chunk_size, backend="torch")
+    assert torch.equal(got.indices, ref.indices)
+    expected = -ref.values if metric == "euclidean" else ref.values
+    torch.testing.assert_close(got.values, expected, rtol=1e-12, atol=1e-12)
+    # and the index sets agree with a sort done in Python
+    assert got.indices.tolist() == neighbour_lists(full, k, exclude_self=False)
+
+
+def test_knn_exclude_self_options() -> None:
+    x = torch.randn(20, 4, dtype=torch.float64)
+    y = x + 0.01 * torch.randn(20, 4, dtype=torch.float64)
+    with_self = AF.knn(x, 3, exclude_self=False)
+    assert torch.equal(with_self.indices[:, 0], torch.arange(20))  # each row is its own nearest
+    torch.testing.assert_close(with_self.values[:, 0], torch.ones(20, dtype=torch.float64))
+    # y given: nothing excluded by default; exclude_self=True drops column i (the same sample)
+    assert torch.equal(AF.knn(x, 1, y=y).indices[:, 0], torch.arange(20))
+    got = AF.knn(x, 3, y=y, exclude_self=True, metric="euclidean")
+    full = scores64(x, y, "euclidean").fill_diagonal_(-math.inf)
+    assert got.indices.tolist() == neighbour_lists(full, 3, exclude_self=False)
+    # more queries than searched rows: rows i ≥ M have no self to exclude
+    z = torch.randn(5, 4, dtype=torch.float64)
+    got = AF.knn(x, 4, y=z, exclude_self=True)
+    full = cos64(x, z)
+    full[torch.arange(5), torch.arange(5)] = -math.inf
+    assert got.indices.tolist() == neighbour_lists(full, 4, exclude_self=False)
+
+
+def test_knn_euclidean_is_exact_with_offset() -> None:
+    """Centring keeps float32 selection and distances right for features far from the origin."""
+    x = torch.randn(300, 16, dtype=torch.float64) + 1000.0
+    got = AF.knn(x.float(), 5, metric="euclidean", chunk_size=64)
+    full = scores64(x, x, "euclidean").fill_diagonal_(-math.inf)
+    ref = full.topk(5, dim=1)
+    assert (got.indices == ref.indices).float().mean() > 0.99  # float32 near-ties may swap
+    torch.testing.assert_close(got.values.double(), -ref.values, rtol=1e-5, atol=1e-4)
+    assert bool((got.values[:, 1:] >= got.values[:, :-1]).all())
+
+
+def test_knn_chunked_equals_unchunked_and_default_block(monkeypatch: pytest.MonkeyPatch) -> None:
+    x, y = torch.randn(203, 24), torch.randn(150, 24)
+    for metric in ("cosine", "euclidean"):
+        whole = AF.knn(x, 7, y=y, metric=metric, chunk_size=10_000)
+        for chunk in (1, 13, 64):
+            part = AF.knn(x, 7, y=y, metric=metric, chunk_size=chunk)
+            assert torch.equal(part.indices, whole.indices)
+            torch.testing.assert_close(part.values, whole.values, rtol=1e-6, atol=1e-6)
+    # chunk_size=None: block · M · 4 bytes within 64–128 MiB for float32 (and never below 1 row)
+    for m in (1_000, 100_000, 1_000_000):
+        block = neighbors._default_block(m, torch.float32)
+        assert 64 * 2**20 <= block * m * 4 <= 128 * 2**20
+    assert neighbors._default_block(10**9, torch.float32) == 1
+    # the default really blocks: shrink the budget to 7 rows of scores and watch the calls
+    monkeypatch.setattr(neighbors, "_BLOCK_BYTES", 7 * 150 * 4)
+    seen = []
+    original = neighbors._blocked_topk
+
+    def spy(a, b, k, block, **kw):
+        seen.append(block)
+        return original(a, b, k, block, **kw)
+
+    monkeypatch.setattr(neighbors, "_blocked_topk", spy)
+    blocked = AF.knn(x, 7, y=y, backend="torch")
+    assert seen == [7]
+    assert torch.equal(blocked.indices, AF.knn(x, 7, y=y, chunk_size=10_000).indices)
+
+
+class _FakeIndex:
+    """numpy brute force with faiss's IndexFlatIP / IndexFlatL2 interface (squared L2 distances)."""
+
+    def __init__(self, d: int, kind: str) -> None:
+        self.d, self.kind, self.base = d, kind, None
+
+    def add(self, base: np.ndarray) -> None:
+        assert base.dtype == np.float32 and base.flags["C_CONTIGUOUS"] and base.shape[1] == self.d
+        self.base = base
+
+    def search(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        assert query.dtype == np.float32 and query.flags["C_CONTIGUOUS"]
+        q, b = query.astype(np.float64), self.base.astype(np.float64)
+        if self.kind == "ip":
+            s = q @ b.T
+            order = np.argsort(-s, axis=1, kind="stable")[:, :k]
+        else:
+            s = ((q[:, None, :] - b[None, :, :]) ** 2).sum(-1)
+            order = np.argsort(s, axis=1, kind="stable")[:, :k]
+        return np.take_along_axis(s, order, 1).astype(np.float32), order.astype(np.int64)
+
+
+def _fake_faiss(calls: list[str]) -> types.SimpleNamespace:
+    def flat(kind: str):
+        def make(d: int) -> _FakeIndex:
+            calls.append(kind)
+            return _FakeIndex(d, kind)
+
+        return make
+
+    return types.SimpleNamespace(IndexFlatIP=flat("ip"), IndexFlatL2=flat("l2"))
+
+
+@pytest.mark.parametrize("metric", ["cosine", "dot", "euclidean"])
+def test_knn_faiss_branch_with_fake_module(monkeypatch: pytest.MonkeyPatch, metric: str) -> None:
+    calls: list[str] = []
+    monkeypatch.setattr(neighbors, "_faiss", lambda: _fake_faiss(calls))
+    x, y = torch.randn(40, 6), torch.randn(31, 6)
+    for other, exclude in ((None, None), (y, False), (y, True)):
+        calls.clear()
+        got = AF.knn(x, 5, y=other, metric=metric, exclude_self=exclude)  # auto + CPU + float32 → faiss
+        assert calls == ["l2" if metric == "euclidean" else "ip"]
+        ref = AF.knn(x, 5, y=other, metric=metric, exclude_self=exclude, backend="torch")
+        assert torch.equal(got.indices, ref.indices)
+        torch.testing.assert_close(got.values, ref.values, rtol=1e-4, atol=1e-4)
+        assert got.values.dtype == torch.float32 and got.indices.dtype == torch.int64
+    calls.clear()
+    AF.knn(x.double(), 5, metric=metric)  # float64 stays exact in torch under "auto"
+    AF.knn(x, 5, metric=metric, backend="torch")
+    assert calls == []
+    forced = AF.knn(x.double(), 5, metric=metric, backend="faiss")
+    assert calls and forced.values.dtype == torch.float64
+
+
+def test_knn_faiss_self_dropped_with_duplicates(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+    monkeypatch.setattr(neighbors, "_faiss", lambda: _fake_faiss(calls))
+    base = torch.randn(4, 3)
+    x = base.repeat(5, 1)  # every row has 4 exact duplicates: self is not always searched first
+    got = AF.knn(x, 4, metric="euclidean")
+    assert calls == ["l2"]
+    assert not bool((got.indices == torch.arange(20)[:, None]).any())
+    assert bool((got.indices % 4 == torch.arange(20)[:, None] % 4).all())  # the duplicates
+    torch.testing.assert_close(got.values, torch.zeros(20, 4), atol=1e-3, rtol=0)
+
+
+def test_knn_real_faiss_matches_torch() -> None:
+    pytest.importorskip("faiss")
+    x, y = torch.randn(300, 32), torch.randn(250, 32)
+    for metric in ("cosine", "dot", "euclidean"):
+        for other in (None, y):
+            a = AF.knn(x, 10, y=other, metric=metric, backend="faiss")
+            b = AF.knn(x, 10, y=other, metric=metric, backend="torch")
+            assert (a.indices == b.indices).float().mean() > 0.99
+            torch.testing.assert_close(a.values, b.values, rtol=1e-3, atol=1e-3)
+
+
+def test_knn_zero_vectors_half_precision_and_small_batches() -> None:
+    x = torch.randn(12, 8)
+    x[3] = 0
+    got = AF.knn(x, 3)
+    assert torch.isfinite(got.values).all()
+    torch.testing.assert_close(got.values[3], torch.zeros(3))  # a zero row has cosine 0 with all
+    for metric in ("cosine", "dot", "euclidean"):
+        ref = AF.knn(x, 3, metric=metric)
+        for dtype in (torch.float16, torch.bfloat16):
+            half = AF.knn(x.to(dtype), 3, metric=metric)
+            assert half.values.dtype == dtype and torch.isfinite(half.values).all()
+            # compare the half result's own neighbours against the float32 scores of those pairs
+            torch.testing.assert_close(half.values.float(), ref.values, rtol=0.05, atol=0.05)
+    two = torch.randn(2, 3)
+    assert AF.knn(two, 1).indices.tolist() == [[1], [0]]
+    one = AF.knn(torch.randn(1, 3), 1, y=two)
+    assert one.indices.shape == (1, 1)
+
+
+def test_knn_bad_input() -> None:
+    x = torch.randn(10, 4)
+    with pytest.raises(ValueError, match=r"k must be an integer in \[1, 9\]"):
+        AF.knn(x, 10)  # k ≥ N with self excluded
+    with pytest.raises(ValueError, match="k must be"):
+        AF.knn(x, 0)
+    with pytest.raises(ValueError, match="k must be"):
+        AF.knn(x, 2.5)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="k must be"):
+        AF.knn(x, 11, y=x)
+    with pytest.raises(ValueError, match="metric must be one of"):
+        AF.knn(x, 2, metric="manhattan")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        AF.knn(x, 2, backend="annoy")
+    with pytest.raises(ValueError, match=r"x and y must have the same feature width d.*\(10, 4\).*\(5, 3\)"):
+        AF.knn(x, 2, y=torch.randn(5, 3))
+    with pytest.raises(ValueError, match=r"x must have shape \(N, d\)"):
+        AF.knn(torch.randn(10), 2)
+    with pytest.raises(ValueError, match=r"x has 4 non-finite value\(s\)"):
+        AF.knn(torch.cat([x, torch.full((1, 4), math.nan)]), 2)
+    with pytest.raises(ValueError, match="chunk_size must be"):
+        AF.knn(x, 2, chunk_size=0)
+    with pytest.raises(ValueError, match="x must have at least 2 row"):
+        AF.knn(torch.randn(1, 4), 1)
+    with pytest.raises(ValueError, match="y must have at least 2 row"):
+        AF.knn(x, 1, y=torch.randn(1, 4), exclude_self=True)
+    if neighbors._faiss() is None:
+        with pytest.raises(ValueError, match="backend='faiss' needs faiss-cpu"):
+            AF.knn(x, 2, backend="faiss")
+
+
+# --------------------------------------------------------------------------------------------------
+# mutual_knn
+
+
+@pytest.mark.parametrize("k", [1, 3, 7])
+def test_mutual_knn_matches_loop(k: int) -> None:
+    x = torch.randn(30, 6, dtype=torch.float64)
+    y = x @ torch.randn(6, 9, dtype=torch.float64) + 0.8 * torch.randn(30, 9, dtype=torch.float64)
+    nx = neighbour_lists(cos64(x), k, exclude_self=True)
+    ny = neighbour_lists(cos64(y), k, exclude_self=True)
+    ref = sum(len(set(a) & set(b)) / k for a, b in zip(nx, ny, strict=True)) / 30
+    assert 0 < ref < 1
+    got = AF.mutual_knn(x, y, k=k)
+    assert got.dtype == torch.float64 and got.dim() == 0
+    assert float(got) == pytest.approx(ref, abs=1e-12)
+    assert float(AF.mutual_knn(x, y, k=k, chunk_size=4)) == pytest.approx(ref, abs=1e-12)
+    for metric in ("dot", "euclidean"):
+        nx = neighbour_lists(scores64(x, x, metric), k, exclude_self=True)
+        ny = neighbour_lists(scores64(y, y, metric), k, exclude_self=True)
+        ref = sum(len(set(a) & set(b)) / k for a, b in zip(nx, ny, strict=True)) / 30
+        assert float(AF.mutual_knn(x, y, k=k, metric=metric)) == pytest.approx(ref, abs=1e-12)
+
+
+def test_mutual_knn_identical_rotated_and_independent(monkeypatch: pytest.MonkeyPatch) -> None:
+    x = torch.randn(300, 16, dtype=torch.float64)
+    assert float(AF.mutual_knn(x, x, k=10)) == 1.0
+    scaled = (x @ orthogonal(16)) * torch.rand(300, 1, dtype=torch.float64).add(0.5)  # cosine-invariant
+    assert float(AF.mutual_knn(x, scaled, k=10)) == pytest.approx(1.0)
+    independent = float(AF.mutual_knn(x, torch.randn(300, 16, dtype=torch.float64), k=10))
+    assert independent == pytest.approx(10 / 299, abs=0.012)
+    # the overlap count is blocked over rows; force small blocks
+    monkeypatch.setattr(neighbors, "_OVERLAP_ELEMENTS", 3 * 100)
+    assert float(AF.mutual_knn(x, scaled, k=10)) == pytest.approx(1.0)
+
+
+def test_mutual_knn_small_zero_half_and_bad_input() -> None:
+    assert float(AF.mutual_knn(torch.randn(2, 3), torch.randn(2, 5), k=1)) == 1.0
+    x, y = torch.randn(20, 4), torch.randn(20, 6)
+    x[0] = 0
+    assert torch.isfinite(AF.mutual_knn(x, y, k=3))
+    half = AF.mutual_knn(x.half(), y.half(), k=3)
+    assert half.dtype == torch.float16
+    assert float(half) == pytest.approx(float(AF.mutual_knn(x, y, k=3)), abs=0.05)
+    with pytest.raises(ValueError, match="x and y must have the same number of rows"):
+        AF.mutual_knn(x, torch.randn(19, 6))
+    with pytest.raises(ValueError, match=r"k must be an integer in \[1, 19\]"):
+        AF.mutual_knn(x, y, k=20)
+    with pytest.raises(ValueError, match="x must have at least 2 row"):
+        AF.mutual_knn(torch.randn(1, 3), torch.randn(1, 3), k=1)
+    with pytest.raises(ValueError, match=r"y must be a torch\.Tensor"):
+        AF.mutual_knn(x, y.numpy(), k=3)  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------------------------------
+# cknna
+
+
+@pytest.mark.parametrize(
+    ("unbiased", "k"), [(True, 1), (True, 4), (True, 9), (True, 23), (False, 1), (False, 5)]
+)
+def test_cknna_matches_definition(unbiased: bool, k: int) -> None:
+    x = torch.randn(24, 5, dtype=torch.float64)
+    y = x @ torch.randn(5, 7, dtype=torch.float64) + torch.randn(24, 7, dtype=torch.float64)
+    ref = cknna_ref(x, y, k, unbiased)
+    got = AF.cknna(x, y, k=k, unbiased=unbiased)
+    assert got.dtype == torch.float64 and got.dim() == 0
+    assert float(got) == pytest.approx(ref, rel=1e-9, abs=1e-12)
+    assert float(AF.cknna(x, y, k=k, unbiased=unbiased, chunk_size=5)) == pytest.approx(ref, rel=1e-9)
+
+
+def test_cknna_full_neighbourhood_is_unbiased_cka_of_normalised_features() -> None:
+    x, y = torch.randn(40, 6, dtype=torch.float64), torch.randn(40, 3, dtype=torch.float64)
+    y = y + x[:, :3]
+    K, L = cos64(x), cos64(y)
+    n = 40
+
+    def hsic_u(A: torch.Tensor, B: torch.Tensor) -> float:
+        A, B = A.clone().fill_diagonal_(0), B.clone().fill_diagonal_(0)
+        value = (A * B.T).sum() + A.sum() * B.sum() / ((n - 1) * (n - 2)) - 2 * (A @ B).sum() / (n - 2)
+        return float(value / (n * (n - 3)))
+
+    ref = hsic_u(K, L) / math.sqrt(hsic_u(K, K) * hsic_u(L, L))
+    assert float(AF.cknna(x, y, k=n - 1)) == pytest.approx(ref, rel=1e-10)
+
+
+def test_cknna_identity_invariances_and_independence() -> None:
+    x = torch.randn(200, 12, dtype=torch.float64)
+    assert float(AF.cknna(x, x, k=10)) == pytest.approx(1.0, abs=1e-12)
+    assert float(AF.cknna(x, x, k=10, unbiased=False)) == pytest.approx(1.0, abs=1e-12)
+    y = x[:, :8] + 0.5 * torch.randn(200, 8, dtype=torch.float64)
+    base = float(AF.cknna(x, y, k=10))
+    moved = (x @ orthogonal(12)) * torch.rand(200, 1, dtype=torch.float64).add(0.5)
+    assert float(AF.cknna(moved, y, k=10)) == pytest.approx(base, rel=1e-9)
+    indep = float(AF.cknna(x, torch.randn(200, 8, dtype=torch.float64), k=10))
+    assert abs(indep) < 0.25 < base
+
+
+def test_cknna_zero_small_half_and_bad_input() -> None:
+    x, y = torch.randn(30, 5), torch.randn(30, 4)
+    x[2] = 0
+    assert torch.isfinite(AF.cknna(x, y, k=5))
+    assert float(AF.cknna(torch.zeros(30, 5), y, k=5)) == 0.0  # constant side: denominator 0
+    four = AF.cknna(torch.randn(4, 3), torch.randn(4, 3), k=3)
+    assert torch.isfinite(four)
+    assert torch.isfinite(AF.cknna(torch.randn(2, 3), torch.randn(2, 3), k=2, unbiased=False))
+    for dtype in (torch.float16, torch.bfloat16):
+        half = AF.cknna(x.to(dtype), y.to(dtype), k=5)
+        assert half.dtype == dtype
+        assert float(half) == pytest.approx(float(AF.cknna(x, y, k=5)), abs=0.05)
+    with pytest.raises(ValueError, match=r"k must be an integer in \[1, 29\]"):
+        AF.cknna(x, y, k=30)
+    assert torch.isfinite(AF.cknna(x, y, k=30, unbiased=False))
+    with pytest.raises(ValueError, match="x must have at least 4 row"):
+        AF.cknna(torch.randn(3, 2), torch.randn(3, 2), k=1)
+    with pytest.raises(ValueError, match="x and y must have the same number of rows"):
+        AF.cknna(x, torch.randn(31, 4))
+    with pytest.raises(ValueError, match="unbiased must be a bool"):
+        AF.cknna(x, y, unbiased="yes")  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------------------------------
+# csls
+
+
+def test_csls_matches_loop() -> None:
+    x, y = torch.randn(13, 6, dtype=torch.float64), torch.randn(17, 6, dtype=torch.float64)
+    for k in (1, 3, 13):
+        got = AF.csls(x, y, k=k)
+        assert got.shape == (13, 17) and got.dtype == torch.float64
+        torch.testing.assert_close(got, csls_ref(x, y, k), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("chunk_size", [None, 1, 4])
+def test_csls_retrieve_matches_loop(chunk_size: int | None) -> None:
+    x, y = torch.randn(19, 5, dtype=torch.float64), torch.randn(23, 5, dtype=torch.float64)
+    ref = csls_ref(x, y, 4)
+    for topk in (1, 5):
+        got = AF.csls_retrieve(x, y, k=4, topk=topk, chunk_size=chunk_size)
+        assert got.indices.tolist() == neighbour_lists(ref, topk, exclude_self=False)
+        torch.testing.assert_close(got.values, ref.topk(topk, dim=1).values, rtol=1e-12, atol=1e-12)
+
+
+def test_csls_reduces_hubness() -> None:
+    """A hub (a target fairly near every source) wins plain NN retrieval, not CSLS retrieval."""
+    u = torch.randn(100, 7, dtype=torch.float64)
+    x = torch.cat([torch.full((100, 1), 3.0, dtype=torch.float64), u], 1)
+    y = torch.cat(
+        [torch.zeros(100, 1, dtype=torch.float64), u + 0.1 * torch.randn(100, 7, dtype=torch.float64)], 1
+    )
+    y = torch.cat([y, torch.eye(1, 8, dtype=torch.float64)])  # index 100: the hub, cos 0.75 to every x
+    truth = torch.arange(100)
+    plain = AF.knn(x, 1, y=y).indices[:, 0]
+    fixed = AF.csls_retrieve(x, y, k=10).indices[:, 0]
+    assert (plain == 100).float().mean() > 0.6 > 0.4 > (fixed == 100).float().mean()
+    assert (fixed == truth).float().mean() > 0.6 > 0.4 > (plain == truth).float().mean()
+
+
+def test_csls_zero_half_and_bad_input() -> None:
+    x, y = torch.randn(6, 4), torch.randn(5, 4)
+    x[0] = 0
+    assert torch.isfinite(AF.csls(x, y, k=2)).all()
+    half = AF.csls(x.half(), y.half(), k=2)
+    assert half.dtype == torch.float16
+    torch.testing.assert_close(half.float(), AF.csls(x, y, k=2), rtol=0.02, atol=0.02)
+    r = AF.csls_retrieve(x.bfloat16(), y.bfloat16(), k=2, topk=2)
+    assert r.values.dtype == torch.bfloat16 and torch.isfinite(r.values.float()).all()
+    one = AF.csls(torch.randn(1, 4), y, k=1)
+    assert one.shape == (1, 5)
+    with pytest.raises(ValueError, match=r"k must be an integer in \[1, 5\]"):
+        AF.csls(x, y, k=6)
+    with pytest.raises(ValueError, match=r"topk must be an integer in \[1, 5\]"):
+        AF.csls_retrieve(x, y, k=2, topk=6)
+    with pytest.raises(ValueError, match="x and y must have the same feature width"):
+        AF.csls(x, torch.randn(5, 3))
+    with pytest.raises(ValueError, match=r"y has 4 non-finite"):
+        AF.csls_retrieve(x, torch.cat([y, torch.full((1, 4), math.inf)]))
