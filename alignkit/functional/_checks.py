@@ -16,14 +16,17 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
 
 __all__ = [
     "EPS",
+    "check_choice",
     "check_features",
     "check_finite",
+    "check_int",
     "check_positive",
     "check_reduction",
     "check_same_device",
@@ -128,6 +131,23 @@ def check_positive(value: float, name: str, allow_zero: bool = False) -> None:
     if not (ok and math.isfinite(value)):
         bound = ">= 0" if allow_zero else "> 0"
         raise ValueError(f"{name} must be a finite number {bound}, got {value}")
+
+
+def check_choice(value: object, name: str, allowed: Sequence[Any]) -> None:
+    """``value`` must be one of ``allowed`` (a ValueError lists them)."""
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {tuple(allowed)}, got {value!r}")
+
+
+def check_int(value: object, name: str, low: int, high: int | None = None, what: str = "") -> int:
+    """``value`` must be an int (not a bool) in ``[low, high]``; ``what`` explains the bound."""
+    ok = isinstance(value, int) and not isinstance(value, bool) and value >= low
+    if ok and high is not None:
+        ok = value <= high  # type: ignore[operator]
+    if not ok:
+        span = f"≥ {low}" if high is None else f"in [{low}, {high}]"
+        raise ValueError(f"{name} must be an integer {span}{what}, got {value!r}")
+    return value  # type: ignore[return-value]
 
 
 def check_reduction(reduction: str) -> None:

@@ -31,6 +31,7 @@ from torch.utils.checkpoint import checkpoint
 
 from alignkit.functional import _checks
 from alignkit.functional._checks import (
+    check_choice,
     check_features,
     check_finite,
     check_positive,
@@ -44,7 +45,6 @@ from alignkit.functional._checks import (
 )
 from alignkit.functional.scores import (
     SCORES,
-    _check_choice,
     _check_weight,
     _cosine,
     _normalize,
@@ -294,7 +294,7 @@ def pair_contrastive_loss(
         a scalar ≥ 0. Time and memory O(N·d).
     """
     _check_paired(x, y, "x", "y")
-    _check_choice(distance, "distance", MARGIN_DISTANCES)
+    check_choice(distance, "distance", MARGIN_DISTANCES)
     check_positive(margin, "margin")
     check_reduction(reduction)
     if not isinstance(is_positive, Tensor) or is_positive.shape != (x.shape[0],):
@@ -335,7 +335,7 @@ def triplet_loss(
     """
     _check_paired(anchor, positive, "anchor", "positive")
     _check_paired(anchor, negative, "anchor", "negative")
-    _check_choice(distance, "distance", MARGIN_DISTANCES)
+    check_choice(distance, "distance", MARGIN_DISTANCES)
     _check_margin(margin)
     check_reduction(reduction)
     a, p, n = _upcast(anchor, positive, negative)
@@ -427,8 +427,8 @@ def batch_triplet_loss(
         raise ValueError(f"labels must be an integer or bool tensor, got dtype {labels.dtype}")
     check_same_device(("embeddings", embeddings), ("labels", labels))
     _check_margin(margin)
-    _check_choice(distance, "distance", MARGIN_DISTANCES)
-    _check_choice(mining, "mining", MINING)
+    check_choice(distance, "distance", MARGIN_DISTANCES)
+    check_choice(mining, "mining", MINING)
     check_reduction(reduction)
 
     same = labels[:, None] == labels[None, :]
@@ -540,7 +540,7 @@ def nce_loss(
         a scalar ≥ 0. Time O(N·M·d); memory O(N·M) beyond the inputs (shared negatives are scored
         with one matrix product, or ``cdist`` for ``"l1"``).
     """
-    _check_choice(score_kind, "score_kind", SCORES)
+    check_choice(score_kind, "score_kind", SCORES)
     check_features(query, "query")
     check_features(positive, "positive")
     check_features(negatives, "negatives", ndim=(2, 3))

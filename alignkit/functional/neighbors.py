@@ -28,7 +28,9 @@ from torch import Tensor
 
 from alignkit.functional._checks import (
     EPS,
+    check_choice,
     check_features,
+    check_int,
     check_same_device,
     check_same_rows,
     compute_dtype,
@@ -59,21 +61,6 @@ class Neighbors(NamedTuple):
 
 # --------------------------------------------------------------------------------------------------
 # Validation helpers (shared with retrieval.py)
-
-
-def _check_choice(value: object, name: str, allowed: tuple[Any, ...]) -> None:
-    if value not in allowed:
-        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
-
-
-def _check_int(value: object, name: str, low: int, high: int | None = None, what: str = "") -> int:
-    ok = isinstance(value, int) and not isinstance(value, bool) and value >= low
-    if ok and high is not None:
-        ok = value <= high  # type: ignore[operator]
-    if not ok:
-        span = f"≥ {low}" if high is None else f"in [{low}, {high}]"
-        raise ValueError(f"{name} must be an integer {span}{what}, got {value!r}")
-    return value  # type: ignore[return-value]
 
 
 def _check_width(x: Tensor, y: Tensor, name_x: str, name_y: str) -> None:
@@ -226,11 +213,11 @@ def knn(
             f"(exclude_self={exclude}), got shape {shape_str(y)}"
         )
     self_note = " with self excluded" if exclude else ""
-    _check_int(k, "k", 1, high, f" (M = {m} searched rows{self_note}, y of shape {shape_str(y)})")
-    _check_choice(metric, "metric", _METRICS)
-    _check_choice(backend, "backend", _BACKENDS)
+    check_int(k, "k", 1, high, f" (M = {m} searched rows{self_note}, y of shape {shape_str(y)})")
+    check_choice(metric, "metric", _METRICS)
+    check_choice(backend, "backend", _BACKENDS)
     if chunk_size is not None:
-        _check_int(chunk_size, "chunk_size", 1)
+        check_int(chunk_size, "chunk_size", 1)
     dtype = compute_dtype(x, y)
     out = torch.promote_types(x.dtype, y.dtype)
     faiss = _faiss() if backend != "torch" else None
@@ -326,7 +313,7 @@ def mutual_knn(
     """
     x, y = _paired(x, y, min_rows=2)
     n = x.shape[0]
-    _check_int(k, "k", 1, n - 1, f" (N − 1 = {n - 1} for x of shape {shape_str(x)})")
+    check_int(k, "k", 1, n - 1, f" (N − 1 = {n - 1} for x of shape {shape_str(x)})")
     nx = knn(x, k, metric=metric, chunk_size=chunk_size, backend=backend).indices
     ny = knn(y, k, metric=metric, chunk_size=chunk_size, backend=backend).indices
     score = _overlap(nx, ny).sum(dtype=torch.float64) / (n * k)
@@ -414,7 +401,7 @@ def cknna(
     x, y = _paired(x, y, min_rows=4 if unbiased else 2)
     n = x.shape[0]
     high = n - 1 if unbiased else n
-    _check_int(k, "k", 1, high, f" (N{' − 1' if unbiased else ''} = {high} for x of shape {shape_str(x)})")
+    check_int(k, "k", 1, high, f" (N{' − 1' if unbiased else ''} = {high} for x of shape {shape_str(x)})")
     opts: dict[str, Any] = {"metric": "cosine", "exclude_self": unbiased, "chunk_size": chunk_size}
     ix, vx = knn(x, k, backend=backend, **opts)
     iy, vy = knn(y, k, backend=backend, **opts)
@@ -447,7 +434,7 @@ def _csls_check(x: Tensor, y: Tensor, k: int) -> None:
     check_same_device(("x", x), ("y", y))
     n, m = x.shape[0], y.shape[0]
     where = f" (min(N, M) = {min(n, m)} for x of shape {shape_str(x)} and y of shape {shape_str(y)})"
-    _check_int(k, "k", 1, min(n, m), where)
+    check_int(k, "k", 1, min(n, m), where)
 
 
 def _csls_radii(
@@ -527,9 +514,9 @@ def csls_retrieve(
     """
     _csls_check(x, y, k)
     m = y.shape[0]
-    _check_int(topk, "topk", 1, m, f" (M = {m} rows of y of shape {shape_str(y)})")
+    check_int(topk, "topk", 1, m, f" (M = {m} rows of y of shape {shape_str(y)})")
     if chunk_size is not None:
-        _check_int(chunk_size, "chunk_size", 1)
+        check_int(chunk_size, "chunk_size", 1)
     xh, yh, r_src, r_tgt = _csls_radii(x, y, k, chunk_size, backend)
     block = chunk_size if chunk_size is not None else _default_block(m, xh.dtype)
     values, indices = _blocked_topk(xh, yh, topk, block, scale=2.0, col_bias=-r_tgt)

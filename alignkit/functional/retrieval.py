@@ -27,14 +27,16 @@ from torch.autograd.function import once_differentiable
 
 from alignkit.functional._checks import (
     EPS,
+    check_choice,
     check_features,
+    check_int,
     check_positive,
     check_same_device,
     check_same_shape,
     compute_dtype,
     shape_str,
 )
-from alignkit.functional.neighbors import _check_choice, _check_int, _check_width, _default_block
+from alignkit.functional.neighbors import _check_width, _default_block
 
 __all__ = ["alignment_uniformity", "linear_probe", "recall_at_k"]
 
@@ -200,10 +202,10 @@ def recall_at_k(
     if not ks:
         raise ValueError("k must be an integer or a non-empty sequence of integers, got an empty sequence")
     for value in ks:
-        _check_int(value, "k", 1, m, f" (M = {m} gallery rows, gallery of shape {shape_str(gallery)})")
-    _check_choice(metric, "metric", _METRICS)
+        check_int(value, "k", 1, m, f" (M = {m} gallery rows, gallery of shape {shape_str(gallery)})")
+    check_choice(metric, "metric", _METRICS)
     if chunk_size is not None:
-        _check_int(chunk_size, "chunk_size", 1)
+        check_int(chunk_size, "chunk_size", 1)
     offsets, cols = _as_positive_lists(positives, n, m, query.device)
     counts = offsets.diff()
     single = bool((counts == 1).all())
@@ -344,7 +346,7 @@ def alignment_uniformity(
     check_positive(alpha, "alpha")
     check_positive(t, "t")
     if chunk_size is not None:
-        _check_int(chunk_size, "chunk_size", 1)
+        check_int(chunk_size, "chunk_size", 1)
     n = x.shape[0]
     dtype = compute_dtype(x, y)
     out = torch.promote_types(x.dtype, y.dtype)
@@ -457,7 +459,7 @@ def linear_probe(
     _check_labels(test_y, "test_y", test_x.shape[0])
     check_same_device(("train_x", train_x), ("train_y", train_y), ("test_x", test_x), ("test_y", test_y))
     check_positive(weight_decay, "weight_decay", allow_zero=True)
-    _check_int(max_iter, "max_iter", 1)
+    check_int(max_iter, "max_iter", 1)
     classes, targets = torch.unique(train_y, return_inverse=True)
     if classes.numel() < 2:
         raise ValueError(f"train_y must contain at least 2 classes, got {classes.tolist()}")

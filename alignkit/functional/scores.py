@@ -32,6 +32,7 @@ from torch import Tensor
 
 from alignkit.functional._checks import (
     EPS,
+    check_choice,
     check_features,
     check_finite,
     check_same_device,
@@ -53,11 +54,6 @@ SCORES = ("dot", "cosine", "l1", "l2", "bilinear")
 def _out_dtype(*tensors: Tensor) -> torch.dtype:
     """The dtype a result is returned in: the promotion of the inputs' dtypes."""
     return _fold(torch.promote_types, (t.dtype for t in tensors))
-
-
-def _check_choice(value: object, name: str, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
 
 
 def _safe_sqrt(squared: Tensor) -> Tensor:
@@ -179,7 +175,7 @@ def pairwise_distance(x: Tensor, y: Tensor | None = None, metric: str = "euclide
     tensor([[0., 5.],
             [5., 0.]])
     """
-    _check_choice(metric, "metric", DISTANCES)
+    check_choice(metric, "metric", DISTANCES)
     check_features(x, "x")
     same = y is None or y is x
     if y is None:
@@ -205,7 +201,7 @@ def paired_distance(x: Tensor, y: Tensor, metric: str = "euclidean") -> Tensor:
     >>> paired_distance(torch.tensor([[3.0, 4.0]]), torch.zeros(1, 2))
     tensor([5.])
     """
-    _check_choice(metric, "metric", DISTANCES)
+    check_choice(metric, "metric", DISTANCES)
     check_features(x, "x")
     check_features(y, "y")
     if x.shape != y.shape:
@@ -237,7 +233,7 @@ def score(q: Tensor, k: Tensor, kind: str = "dot", weight: Tensor | None = None)
     >>> score(torch.tensor([[1.0, 2.0]]), torch.tensor([[3.0, 4.0]]))
     tensor([11.])
     """
-    _check_choice(kind, "kind", SCORES)
+    check_choice(kind, "kind", SCORES)
     for t, name in ((q, "q"), (k, "k")):
         if not isinstance(t, Tensor):
             raise ValueError(f"{name} must be a torch.Tensor of shape (N, d), got {type(t).__name__}")

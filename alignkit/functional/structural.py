@@ -32,7 +32,9 @@ from torch.autograd.function import once_differentiable
 
 from alignkit.functional._checks import (
     EPS,
+    check_choice,
     check_features,
+    check_int,
     check_positive,
     check_reduction,
     check_same_device,
@@ -40,6 +42,7 @@ from alignkit.functional._checks import (
     reduce,
     shape_str,
 )
+from alignkit.functional.neighbors import knn
 
 __all__ = ["knn_graph", "laplacian_loss", "mdms_loss", "structure_loss"]
 
@@ -79,21 +82,6 @@ def _normalized_pair(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, torch.dtype]
     if x.dim() == 2:
         xh, yh = xh.unsqueeze(0), yh.unsqueeze(0)
     return xh, yh, out
-
-
-def _check_choice(value: object, name: str, allowed: tuple[Any, ...]) -> None:
-    if value not in allowed:
-        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
-
-
-def _check_int(value: object, name: str, low: int, high: int | None = None, what: str = "") -> int:
-    ok = isinstance(value, int) and not isinstance(value, bool) and value >= low
-    if ok and high is not None:
-        ok = value <= high  # type: ignore[operator]
-    if not ok:
-        span = f"≥ {low}" if high is None else f"in [{low}, {high}]"
-        raise ValueError(f"{name} must be an integer {span}{what}, got {value!r}")
-    return value  # type: ignore[return-value]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -271,7 +259,7 @@ def mdms_loss(x: Tensor, y: Tensor, margin: float = 0.0, chunk_size: int | None 
     """
     check_positive(margin, "margin", allow_zero=True)
     if chunk_size is not None:
-        _check_int(chunk_size, "chunk_size", 1)
+        check_int(chunk_size, "chunk_size", 1)
     xh, yh, out = _normalized_pair(x, y)
     batch, n = xh.shape[:2]
     block = chunk_size if chunk_size is not None else max(1, _MDMS_BLOCK_PAIRS // (batch * n))
@@ -385,7 +373,7 @@ def laplacian_loss(
     """
     check_features(x, "x")
     check_reduction(reduction)
-    _check_choice(normalization, "normalization", _NORMALIZATIONS)
+    check_choice(normalization, "normalization", _NORMALIZATIONS)
     n = x.shape[0]
     dtype = compute_dtype(x)
     adjacency = _check_adjacency(adjacency, n, x, dtype, symmetric=normalization != "rw")
@@ -463,36 +451,16 @@ def knn_graph(
     """
     check_features(z, "z", min_rows=2)
     n = z.shape[0]
-    _check_int(k, "k", 1, n - 1, f" (N − 1 = {n - 1} for z of shape {shape_str(z)})")
-    _check_choice(metric, "metric", _METRICS)
-    _check_choice(weighting, "weighting", _WEIGHTINGS)
+    check_int(k, "k", 1, n - 1, f" (N − 1 = {n - 1} for z of shape {shape_str(z)})")
+    check_choice(metric, "metric", _METRICS)
+    check_choice(weighting, "weighting", _WEIGHTINGS)
     if sigma is not None:
         check_positive(sigma, "sigma")
-    _check_int(chunk_size, "chunk_size", 1)
-    dtype = compute_dtype(z)
-    feats = z.detach().to(dtype)
-    if metric == "cosine":
-        feats = F.normalize(feats, dim=-1, eps=EPS)
-    else:
-        sq_norms = feats.square().sum(1)
-    indices = torch.empty(n, k, dtype=torch.long, device=z.device)
-    dist = torch.empty(n, k, dtype=dtype, device=z.device)
-    for start in range(0, n, chunk_size):
-        stop = min(start + chunk_size, n)
-        rows = feats[start:stop]
-        scores = rows @ feats.T
-        if metric == "euclidean":
-            scores.mul_(2).sub_(sq_norms)
-        local = torch.arange(stop - start, device=z.device)
-        scores[local, local + start] = -math.inf
-        top = scores.topk(k, dim=1)
-        indices[start:stop] = top.indices
-        if metric == "cosine":
-            dist[start:stop] = (1 - top.values).clamp_min_(0)
-        else:
-            for j in range(k):
-                dist[start:stop, j] = torch.linalg.vector_norm(rows - feats[top.indices[:, j]], dim=1)
-        del scores, top
+    check_int(chunk_size, "chunk_size", 1)
+    found = knn(z.detach(), k, metric=metric, chunk_size=chunk_size, backend="torch")  # self excluded
+    indices = found.indices
+    # knn gives cosine similarities, or exact euclidean distances
+    dist = (1 - found.values).clamp_min(0) if metric == "cosine" else found.values
     if weighting == "heat":
         if sigma is None:
             width = float(dist.median())

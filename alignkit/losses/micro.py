@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from alignkit.functional._checks import check_positive, check_reduction
+from alignkit.functional._checks import check_choice, check_positive, check_reduction
 from alignkit.functional.losses import (
     MARGIN_DISTANCES,
     MINING,
@@ -28,7 +28,7 @@ from alignkit.functional.losses import (
     soft_nn_kl_loss,
     triplet_loss,
 )
-from alignkit.functional.scores import SCORES, _check_choice
+from alignkit.functional.scores import SCORES
 from alignkit.losses.registry import register
 
 __all__ = [
@@ -121,7 +121,7 @@ class PairContrastiveLoss(nn.Module):
     def __init__(self, margin: float = 1.0, distance: str = "euclidean", reduction: str = "mean") -> None:
         super().__init__()
         check_positive(margin, "margin")
-        _check_choice(distance, "distance", MARGIN_DISTANCES)
+        check_choice(distance, "distance", MARGIN_DISTANCES)
         check_reduction(reduction)
         self.margin = margin
         self.distance = distance
@@ -144,7 +144,7 @@ class TripletLoss(nn.Module):
     def __init__(self, margin: float = 0.2, distance: str = "euclidean", reduction: str = "mean") -> None:
         super().__init__()
         _check_margin(margin)
-        _check_choice(distance, "distance", MARGIN_DISTANCES)
+        check_choice(distance, "distance", MARGIN_DISTANCES)
         check_reduction(reduction)
         self.margin = margin
         self.distance = distance
@@ -173,8 +173,8 @@ class BatchTripletLoss(nn.Module):
     ) -> None:
         super().__init__()
         _check_margin(margin)
-        _check_choice(distance, "distance", MARGIN_DISTANCES)
-        _check_choice(mining, "mining", MINING)
+        check_choice(distance, "distance", MARGIN_DISTANCES)
+        check_choice(mining, "mining", MINING)
         check_reduction(reduction)
         self.margin = margin
         self.distance = distance
@@ -214,7 +214,7 @@ class NCELoss(nn.Module):
     ) -> None:
         super().__init__()
         check_positive(temperature, "temperature")
-        _check_choice(score_kind, "score_kind", SCORES)
+        check_choice(score_kind, "score_kind", SCORES)
         check_reduction(reduction)
         if isinstance(noise_log_prob, Tensor):
             raise ValueError(
