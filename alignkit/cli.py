@@ -74,7 +74,7 @@ def _demo(args: argparse.Namespace) -> int:
     print(f"{'':24}{'before':>10}{'after':>10}{'chance':>10}")
     print(f"{'test image→profile R@1':24}{before:>10.3f}{after:>10.3f}{1 / len(test):>10.3f}")
     print(f"{'final train loss':24}{'':>10}{loss.item():>10.3f}")
-    print(f"{'learned temperature':24}{0.1:>10.3f}{1 / float(criterion.logit_scale):>10.3f}")
+    print(f"{'learned temperature':24}{0.1:>10.3f}{1 / criterion.logit_scale.item():>10.3f}")
     return 0
 
 
@@ -84,6 +84,23 @@ def _losses(args: argparse.Namespace) -> int:
     for name in losses.available():
         print(name)
     return 0
+
+
+def _measure(args: argparse.Namespace) -> int:
+    from alignkit.measure import run_command
+
+    return run_command(
+        args.a,
+        args.b,
+        metrics=args.metrics,
+        k=args.k,
+        as_json=args.json,
+        key_a=args.key_a,
+        key_b=args.key_b,
+        layers=args.layers,
+        out=args.out,
+        samples=args.samples,
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -96,6 +113,23 @@ def _parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_demo)
     listing = sub.add_parser("losses", help="list the registered loss names")
     listing.set_defaults(func=_losses)
+    measure = sub.add_parser(
+        "measure",
+        help="how aligned two embedding files are (CKA, mutual kNN, SVCCA, …), or MiniLM's layers",
+        description="Compare two (N, d) embedding files row by row (.npy .npz .pt .safetensors .parquet; "
+        "d may differ, N must match), or with --layers draw the layer×layer CKA heatmap of MiniLM.",
+    )
+    measure.add_argument("a", nargs="?", help="embedding file A (N × d_a)")
+    measure.add_argument("b", nargs="?", help="embedding file B (N × d_b)")
+    measure.add_argument("--metrics", help="comma-separated metric names (default: cka,unbiased_cka,…)")
+    measure.add_argument("--k", default="10", help="neighbours for mutual_knn and cknna (default 10)")
+    measure.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    measure.add_argument("--key-a", help="array / column to read from A when it holds several")
+    measure.add_argument("--key-b", help="array / column to read from B when it holds several")
+    measure.add_argument("--layers", action="store_true", help="layer×layer CKA of MiniLM on digit captions")
+    measure.add_argument("--out", help="heatmap PNG for --layers (default layer_cka.png)")
+    measure.add_argument("--samples", default="300", help="captions for --layers (default 300)")
+    measure.set_defaults(func=_measure)
     return parser
 
 

@@ -91,8 +91,9 @@ def test_decorrelation_separates_independent_from_shared_subspaces() -> None:
     independent = AF.decorrelation_loss(torch.cat([a, torch.randn(4000, 3, dtype=torch.float64)], 1), 2)
     shared = AF.decorrelation_loss(torch.cat([a, 2 * a + 1], 1), 2)
     assert independent.item() < 1e-3  # ≈ 1/N for independent Gaussians
-    # a copy correlates 1 with its own column and 0 with the other two: mean of squares = 3/9
-    assert shared.item() == pytest.approx(1 / 3, rel=1e-6)
+    # a copy correlates 1 with its own column and ≈ 0 (sampling noise ~1/N) with the other two:
+    # mean of squares ≈ 3/9
+    assert shared.item() == pytest.approx(1 / 3, abs=1e-3)
 
 
 def test_decorrelation_correlation_penalty_is_scale_free_and_grad_finite() -> None:

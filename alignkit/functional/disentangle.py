@@ -121,7 +121,8 @@ def decorrelation_loss(z: Tensor, num_subspaces: int | Sequence[int], penalty: s
     x = z.to(compute_dtype(z))
     x = x - x.mean(dim=0, keepdim=True)
     if penalty == "correlation":
-        x = x / (x.pow(2).mean(dim=0, keepdim=True).sqrt() + EPS)
+        # a constant column is all zeros once centred: it stays 0, with a finite gradient
+        x = x * x.pow(2).mean(dim=0, keepdim=True).clamp_min(EPS**2).rsqrt()
     c = x.T @ x / x.shape[0]
     ids = torch.cat([torch.full((p.shape[-1],), i, device=z.device) for i, p in enumerate(parts)])
     cross = ids[:, None] != ids[None, :]
