@@ -38,7 +38,49 @@ from alignkit.functional.contrastive import (
 )
 from alignkit.losses.registry import register
 
-__all__ = ["CLIPLoss", "InfoNCELoss", "SigLIPLoss", "SupConLoss"]
+__all__ = ["CLIPLoss", "InfoNCELoss", "LearnableTemperature", "SigLIPLoss", "SupConLoss"]
+
+
+class LearnableTemperature(nn.Module):
+    """A learnable softmax temperature stored as a log-parameter (CLIP, Radford et al. 2021).
+
+    ``forward()`` returns the logit scale ``exp(log_scale) = 1/temperature``. As in open_clip,
+    ``log_scale`` is clamped in place to ``≤ log(max_scale)`` at each call (under ``no_grad``), so the
+    scale never exceeds ``max_scale`` (100 in CLIP) while the gradient keeps reaching the parameter.
+
+    Args:
+        init_temperature: initial temperature τ (CLIP: 0.07); ``log_scale = log(1/τ)``.
+        max_scale: upper clamp of the scale.
+        learnable: whether ``log_scale`` is trained.
+    """
+
+    def __init__(
+        self, init_temperature: float = 0.07, max_scale: float = 100.0, learnable: bool = True
+    ) -> None:
+        super().__init__()
+        check_positive(float(init_temperature), "init_temperature")
+        check_positive(float(max_scale), "max_scale")
+        if 1.0 / float(init_temperature) > float(max_scale):
+            raise ValueError(
+                f"init_temperature must be ≥ 1/max_scale = {1 / float(max_scale):g}, got {init_temperature}"
+            )
+        self.max_scale = float(max_scale)
+        self.log_scale = nn.Parameter(
+            torch.tensor(math.log(1.0 / float(init_temperature))), requires_grad=learnable
+        )
+
+    def forward(self) -> Tensor:
+        with torch.no_grad():
+            self.log_scale.clamp_(max=math.log(self.max_scale))
+        return self.log_scale.exp()
+
+    @property
+    def temperature(self) -> float:
+        """The current temperature ``1/scale`` as a number."""
+        return 1.0 / min(math.exp(self.log_scale.item()), self.max_scale)
+
+    def extra_repr(self) -> str:
+        return f"temperature={self.temperature:.4g}, max_scale={self.max_scale:g}"
 
 
 @register("info_nce", "infonce", "ntxent")
@@ -117,11 +159,10 @@ class CLIPLoss(nn.Module):
     """CLIP's symmetric contrastive loss with a learnable temperature (Radford et al. 2021), or the
     SigLIP pairwise sigmoid loss with a learnable bias (Zhai et al. 2023) when ``sigmoid=True``.
 
-    The module owns ``log_scale`` (initialised to ``log(1 / init_temperature)``); the logit scale is
-    ``exp(log_scale)``. As in open_clip, ``log_scale`` is clamped in place to ``≤ log(max_scale)`` at
-    each forward (under ``no_grad``), so the scale never exceeds ``max_scale`` while the gradient still
-    reaches the parameter. ``forward(a, b)`` L2-normalises both inputs and calls
-    :func:`alignkit.functional.clip_loss`.
+    The module owns a :class:`LearnableTemperature` (``log_scale`` initialised to
+    ``log(1 / init_temperature)``, logit scale ``exp(log_scale)`` clamped in place to ``≤ max_scale`` at
+    each forward, so the gradient still reaches the parameter, as in open_clip). ``forward(a, b)``
+    L2-normalises both inputs and calls :func:`alignkit.functional.clip_loss`.
 
     Args:
         init_temperature: initial temperature; default 0.07 (CLIP), 0.1 with ``sigmoid`` (SigLIP's scale 10).
@@ -153,12 +194,7 @@ class CLIPLoss(nn.Module):
         super().__init__()
         if init_temperature is None:
             init_temperature = 0.1 if sigmoid else 0.07
-        check_positive(float(init_temperature), "init_temperature")
-        check_positive(float(max_scale), "max_scale")
-        self.max_scale = float(max_scale)
-        self.log_scale = nn.Parameter(
-            torch.tensor(math.log(1.0 / float(init_temperature))), requires_grad=learn_temperature
-        )
+        self.temperature = LearnableTemperature(init_temperature, max_scale, learn_temperature)
         self.sigmoid = sigmoid
         if sigmoid:
             if not math.isfinite(float(init_bias)):
@@ -175,6 +211,15 @@ class CLIPLoss(nn.Module):
         self.eps = eps
 
     @property
+    def log_scale(self) -> nn.Parameter:
+        """The learnable ``log(scale)`` (owned by :attr:`temperature`)."""
+        return self.temperature.log_scale
+
+    @property
+    def max_scale(self) -> float:
+        return self.temperature.max_scale
+
+    @property
     def logit_scale(self) -> Tensor:
         """The current (clamped) multiplier ``exp(log_scale)``."""
         return self.log_scale.clamp(max=math.log(self.max_scale)).exp()
@@ -183,9 +228,7 @@ class CLIPLoss(nn.Module):
         check_features(a, "a")
         check_features(b, "b")
         _check_pair(a, b, "a", "b")
-        with torch.no_grad():
-            self.log_scale.clamp_(max=math.log(self.max_scale))
-        scale = self.log_scale.exp()
+        scale = self.temperature()
         bias = self.logit_bias
         a = F.normalize(a, dim=-1, eps=self.eps)
         b = F.normalize(b, dim=-1, eps=self.eps)
