@@ -61,9 +61,9 @@ _WEIGHTINGS = ("connectivity", "heat")
 # Shared helpers
 
 
-def _normalized_pair(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, torch.dtype]:
-    """Validate x, y ((N, d) or (B, N, d), same leading dims); return both row-normalised as
-    (B, N, d) in the compute dtype, and the dtype to return the result in."""
+def _normalized_pair(x: Tensor, y: Tensor, normalize: bool = True) -> tuple[Tensor, Tensor, torch.dtype]:
+    """Validate x, y ((N, d) or (B, N, d), same leading dims); return both row-normalised (unless
+    ``normalize=False``) as (B, N, d) in the compute dtype, and the dtype to return the result in."""
     check_features(x, "x", ndim=(2, 3))
     check_features(y, "y", ndim=(2, 3))
     if x.dim() != y.dim() or x.shape[:-1] != y.shape[:-1]:
@@ -77,8 +77,9 @@ def _normalized_pair(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, torch.dtype]
     check_same_device(("x", x), ("y", y))
     dtype = compute_dtype(x, y)
     out = torch.promote_types(x.dtype, y.dtype)
-    xh = F.normalize(x.to(dtype), dim=-1, eps=EPS)
-    yh = F.normalize(y.to(dtype), dim=-1, eps=EPS)
+    xh, yh = x.to(dtype), y.to(dtype)
+    if normalize:
+        xh, yh = F.normalize(xh, dim=-1, eps=EPS), F.normalize(yh, dim=-1, eps=EPS)
     if x.dim() == 2:
         xh, yh = xh.unsqueeze(0), yh.unsqueeze(0)
     return xh, yh, out
@@ -88,15 +89,33 @@ def _normalized_pair(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, torch.dtype]
 # structure_loss
 
 
+def _unit_rows(x: Tensor) -> tuple[Tensor, Tensor]:
+    """``x / max(‖x‖, EPS)`` per row and the reciprocal norms (B, N, 1)."""
+    inv = torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min_(EPS).reciprocal_()
+    return x * inv, inv
+
+
+def _unit_rows_backward(grad: Tensor, unit: Tensor, inv: Tensor) -> Tensor:
+    """Gradient through ``_unit_rows``: ``(g − x̂·⟨g, x̂⟩)/‖x‖`` (the projection vanishes for rows
+    whose norm was clamped to EPS, where x̂·⟨g, x̂⟩ is negligible: ‖x̂‖ ≤ 1)."""
+    clamped = inv >= 1 / EPS
+    radial = unit * (grad * unit).sum(-1, keepdim=True)
+    return grad.sub_(radial.masked_fill_(clamped, 0)).mul_(inv)
+
+
 class _GramStructure(torch.autograd.Function):
-    """Per batch item ``‖X̂X̂ᵀ − ŶŶᵀ‖_F² = ‖X̂ᵀX̂‖² + ‖ŶᵀŶ‖² − 2‖X̂ᵀŶ‖²`` (float64 result).
+    """Per batch item ``‖X̂X̂ᵀ − ŶŶᵀ‖_F² = ‖X̂ᵀX̂‖² + ‖ŶᵀŶ‖² − 2‖X̂ᵀŶ‖²`` (float64 result), X̂, Ŷ
+    the row-normalised inputs (normalised here, so the backward needs no autograd graph).
 
     Gram products are taken over row blocks of ``_GRAM_CHUNK`` in the input dtype and summed in
-    float64. Backward: ``∂/∂X̂ = 4(X̂·G_xx − Ŷ·G_xyᵀ)``, ``∂/∂Ŷ = 4(Ŷ·G_yy − X̂·G_xy)``.
+    float64. Backward: ``∂/∂X̂ = 4(X̂·G_xx − Ŷ·G_xyᵀ)``, ``∂/∂Ŷ = 4(Ŷ·G_yy − X̂·G_xy)``, then through
+    the row normalisation.
     """
 
     @staticmethod
-    def forward(ctx: Any, xh: Tensor, yh: Tensor) -> Tensor:
+    def forward(ctx: Any, x: Tensor, y: Tensor) -> Tensor:
+        xh, inv_x = _unit_rows(x)
+        yh, inv_y = _unit_rows(y)
         batch, n, dx = xh.shape
         dy = yh.shape[-1]
         acc = torch.float64
@@ -109,19 +128,21 @@ class _GramStructure(torch.autograd.Function):
             gyy += (b.mT @ b).to(acc)
             gxy += (a.mT @ b).to(acc)
         sums = gxx.square().sum((-2, -1)) + gyy.square().sum((-2, -1)) - 2 * gxy.square().sum((-2, -1))
-        ctx.save_for_backward(xh, yh, gxx.to(xh.dtype), gyy.to(xh.dtype), gxy.to(xh.dtype))
+        ctx.save_for_backward(xh, yh, inv_x, inv_y, gxx.to(xh.dtype), gyy.to(xh.dtype), gxy.to(xh.dtype))
         return sums
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None]:
-        xh, yh, gxx, gyy, gxy = ctx.saved_tensors
+        xh, yh, inv_x, inv_y, gxx, gyy, gxy = ctx.saved_tensors
         scale = (4 * grad).to(xh.dtype)[:, None, None]
         grad_x = grad_y = None
         if ctx.needs_input_grad[0]:
             grad_x = torch.baddbmm(xh @ gxx, yh, gxy.mT, alpha=-1).mul_(scale)
+            grad_x = _unit_rows_backward(grad_x, xh, inv_x)
         if ctx.needs_input_grad[1]:
             grad_y = torch.baddbmm(yh @ gyy, xh, gxy, alpha=-1).mul_(scale)
+            grad_y = _unit_rows_backward(grad_y, yh, inv_y)
         return grad_x, grad_y
 
 
@@ -164,13 +185,14 @@ def structure_loss(x: Tensor, y: Tensor) -> Tensor:
 
         loss = structure_loss(student_tokens, teacher_tokens)   # (N, 384) vs (N, 768)
     """
-    xh, yh, out = _normalized_pair(x, y)
-    n, dx, dy = xh.shape[1], xh.shape[-1], yh.shape[-1]
+    xc, yc, out = _normalized_pair(x, y, normalize=False)
+    n, dx, dy = xc.shape[1], xc.shape[-1], yc.shape[-1]
     if n * (dx + dy) <= dx * dx + dy * dy + dx * dy:
+        xh, yh = F.normalize(xc, dim=-1, eps=EPS), F.normalize(yc, dim=-1, eps=EPS)
         diff = xh @ xh.mT - yh @ yh.mT
         sums = diff.square().sum((-2, -1), dtype=torch.float64)
     else:
-        sums = _GramStructure.apply(xh, yh)
+        sums = _GramStructure.apply(xc, yc)
     return (sums.mean() / (n * n)).to(out)
 
 
