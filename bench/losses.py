@@ -37,7 +37,7 @@ def _backward(a: torch.Tensor, b: torch.Tensor, loss_fn: Callable[[], torch.Tens
         a.grad = b.grad = None
         loss = loss_fn()
         loss.backward()
-        return float(loss)
+        return loss.item()
 
     return step
 
@@ -82,7 +82,7 @@ def structure_naive(n: int, d: int, device: str) -> Callable[[], float]:
 def structure_naive_f64(n: int, d: int, device: str) -> Callable[[], float]:
     a, b = _pair(n, d, device)
     a64, b64 = a.detach().double(), b.detach().double()
-    return lambda: float(((a64 @ a64.T - b64 @ b64.T) ** 2).sum() / n**2)
+    return lambda: (((a64 @ a64.T - b64 @ b64.T) ** 2).sum() / n**2).item()
 
 
 # ---- supervised contrastive ---------------------------------------------------------------
@@ -118,9 +118,11 @@ def triplet_pml(n: int, d: int, device: str) -> Callable[[], float]:
 
     feats, labels = _views(n, d, device)
     x = feats[:, 0].detach().requires_grad_()
-    # PML's TripletMarginMiner("hard") is not batch-hard; BatchHardMiner is.
-    miner = miners.BatchHardMiner(distance=distances.LpDistance())
-    pml = losses.TripletMarginLoss(margin=0.2, reducer=reducers.MeanReducer())
+    # PML's TripletMarginMiner("hard") is not batch-hard; BatchHardMiner is. PML normalises
+    # embeddings by default; alignkit's euclidean distance does not: compare on raw features.
+    distance = distances.LpDistance(normalize_embeddings=False)
+    miner = miners.BatchHardMiner(distance=distance)
+    pml = losses.TripletMarginLoss(margin=0.2, distance=distance, reducer=reducers.MeanReducer())
     return _backward(x, x, lambda: pml(x, labels, miner(x, labels)))
 
 
