@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import numbers
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -138,9 +139,11 @@ def check_same_device(*named: tuple[str, Tensor]) -> None:
 
 
 def check_positive(value: float, name: str, allow_zero: bool = False) -> None:
+    bound = ">= 0" if allow_zero else "> 0"
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
     ok = value >= 0 if allow_zero else value > 0
     if not (ok and math.isfinite(value)):
-        bound = ">= 0" if allow_zero else "> 0"
         raise ValueError(f"{name} must be a finite number {bound}, got {value}")
 
 

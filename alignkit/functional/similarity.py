@@ -39,6 +39,7 @@ from torch.autograd.function import once_differentiable
 
 from alignkit.functional._checks import (
     EPS,
+    check_choice,
     check_features,
     check_positive,
     check_same_device,
@@ -87,11 +88,6 @@ def _check_pair(x: object, y: object, min_rows: int = 1, why: str = "") -> tuple
     check_features(x, "x")  # finiteness last: shape errors first, then one scan per input
     check_features(y, "y")
     return compute_dtype(x, y), torch.promote_types(x.dtype, y.dtype)
-
-
-def _check_choice(value: object, name: str, allowed: tuple[str, ...]) -> None:
-    if not isinstance(value, str) or value not in allowed:
-        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
 
 
 def _column_mean(x: Tensor) -> Tensor:
@@ -520,7 +516,7 @@ def cka(
         AF.cka(layer_a, layer_b, "rbf", threshold=0.5)    # RBF, σ = 0.5·median distance
         loss = 1 - AF.cka(student, teacher.detach())
     """
-    _check_choice(kernel, "kernel", _KERNELS)
+    check_choice(kernel, "kernel", _KERNELS)
     if not isinstance(unbiased, bool):
         raise ValueError(f"unbiased must be a bool, got {unbiased!r}")
     check_positive(threshold, "threshold")
@@ -799,8 +795,8 @@ def rsa(x: Tensor, y: Tensor, metric: str = "correlation", method: str = "spearm
     memory — the N(N−1)/2 upper-triangle values of each side and, for Spearman, their sort order
     and ranks (~40 bytes per pair and side at peak): fine for N ≤ ~10k.
     """
-    _check_choice(metric, "metric", _METRICS)
-    _check_choice(method, "method", _METHODS)
+    check_choice(metric, "metric", _METRICS)
+    check_choice(method, "method", _METHODS)
     dtype, out = _check_pair(x, y, min_rows=3, why=" (RSA correlates the N(N−1)/2 pairs)")
     rx, ry = _rdm_upper(x.to(dtype), metric), _rdm_upper(y.to(dtype), metric)
     if method == "spearman":
