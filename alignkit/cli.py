@@ -10,6 +10,7 @@ import argparse
 import sys
 import time
 from collections.abc import Sequence
+from typing import NoReturn
 
 __all__ = ["main"]
 
@@ -103,8 +104,15 @@ def _measure(args: argparse.Namespace) -> int:
     )
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr (and exit code 2), like every other error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="alignkit", description="Representation alignment for PyTorch.")
+    parser = _Parser(prog="alignkit", description="Representation alignment for PyTorch.")
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="a one-minute alignment run on scikit-learn's digits")
     demo.add_argument("--epochs", type=int, default=30)
