@@ -1,0 +1,208 @@
+"""Run every recipe and tabulate them: objective × test-split metrics.
+
+    from alignkit.compare import compare
+    table = compare(["clip", "byol"], "runs/compare")   # runs/compare/<recipe>/, compare.{json,md,html}
+
+Each recipe is trained by ``alignkit.recipes.run_recipe(name, out_dir, overrides)`` into
+``out_dir/<recipe>/`` (a run directory of the contract); its ``metrics.json`` (or, if absent, the
+dict ``run_recipe`` returned) gives one row. The table goes to ``compare.json`` (exact numbers),
+``compare.md`` (the markdown table for the README) and ``compare.html``; each run's ``report.html``
+is then rewritten so that it carries the comparison section.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import os
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from alignkit.report.html import comparison_table_html, write_report, write_text_atomic
+
+__all__ = ["COLUMNS", "DEFAULT_RECIPES", "compare", "markdown_table"]
+
+DEFAULT_RECIPES: tuple[str, ...] = ("clip", "byol", "supcon", "joint", "binder", "disentangled")
+
+#: (metrics.json key, column title, format) of the comparison table, in order
+COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("zero_shot_accuracy", "zero-shot acc", ".3f"),
+    ("i2t_recall@1", "i2t R@1", ".3f"),
+    ("i2t_recall@5", "i2t R@5", ".3f"),
+    ("t2i_recall@1", "t2i R@1", ".3f"),
+    ("median_rank", "median rank", ".1f"),
+    ("cka_linear", "CKA", ".3f"),
+    ("mutual_knn", "mutual kNN", ".3f"),
+    ("alignment", "alignment", ".3f"),
+    ("uniformity", "uniformity", ".3f"),
+    ("seconds", "seconds", ".1f"),
+)
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def markdown_table(table: Mapping[str, Any]) -> str:
+    """The markdown table of a comparison (``compare.json`` object): one row per recipe.
+
+    Numbers use the column's format of :data:`COLUMNS` (3 decimals; median rank and seconds 1); a
+    missing or non-finite value prints as ``—``.
+    """
+    rows = table.get("rows")
+    if not isinstance(rows, list):
+        raise ValueError("table must be a compare.json object with a 'rows' list")
+    formats = {key: fmt for key, _, fmt in COLUMNS}
+    keys = [c["key"] for c in table.get("columns", [{"key": k} for k, _, _ in COLUMNS])]
+    titles = {key: title for key, title, _ in COLUMNS}
+    lines = [
+        "| objective | " + " | ".join(titles.get(k, k) for k in keys) + " |",
+        "|:--|" + "".join("--:|" for _ in keys),
+    ]
+    for row in rows:
+        cells = []
+        for key in keys:
+            value = _number(row.get(key))
+            cells.append("—" if value is None else format(value, formats.get(key, ".4g")))
+        lines.append(f"| {row.get('recipe')} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _find_epochs(config: Any) -> str | None:
+    """The dotted key of the epoch count in a recipe config: ``epochs`` or ``<section>.epochs``."""
+    if not isinstance(config, Mapping):
+        return None
+    if isinstance(config.get("epochs"), int):
+        return "epochs"
+    for section, value in config.items():
+        if isinstance(value, Mapping) and isinstance(value.get("epochs"), int):
+            return f"{section}.epochs"
+    return None
+
+
+def _epoch_override(recipe: str, scale: float) -> dict[str, int]:
+    """``{key: max(1, round(epochs · scale))}`` from the recipe's config (``recipes.load_config``)."""
+    try:
+        from alignkit.recipes import load_config
+    except ImportError as err:
+        raise ValueError(
+            f"epochs_scale needs alignkit.recipes.load_config to read the epochs ({err})"
+        ) from None
+    config = load_config(recipe)
+    if not isinstance(config, Mapping):
+        config = getattr(config, "__dict__", config)
+    key = _find_epochs(config)
+    if key is None:
+        raise ValueError(f"epochs_scale: recipe {recipe!r}'s config has no integer 'epochs' entry")
+    value: Any = config
+    for part in key.split("."):
+        value = value[part]
+    return {key: max(1, round(int(value) * scale))}
+
+
+def _runner() -> Any:
+    try:
+        from alignkit.recipes import run_recipe
+    except ImportError as err:
+        raise ValueError(f"compare needs alignkit.recipes.run_recipe ({err})") from None
+    return run_recipe
+
+
+def compare(
+    recipes: Sequence[str] = DEFAULT_RECIPES,
+    out_dir: str | os.PathLike[str] = "runs/compare",
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    epochs_scale: float | None = None,
+    reports: bool = True,
+) -> dict[str, Any]:
+    """Train each recipe into ``out_dir/<recipe>/`` and write the comparison table.
+
+    Args:
+        recipes: recipe names (or config paths; the row is named by the file's stem), unique.
+        out_dir: where the runs and ``compare.{json,md,html}`` go (created).
+        overrides: dotted config keys → values passed to every ``run_recipe`` call.
+        epochs_scale: multiply each recipe's configured epochs by this (> 0; at least 1 epoch), e.g.
+            0.2 for a quick look; the epochs come from ``alignkit.recipes.load_config``.
+        reports: rewrite each run's ``report.html`` with the comparison section.
+
+    Returns:
+        The ``compare.json`` object: ``{"columns": [{"key", "title"}…], "rows": [{"recipe", "run_dir",
+        <metric>: float | None …}…], "overrides": {…}, "epochs_scale": …}``.
+
+    Raises:
+        ValueError: empty or duplicated recipe names, bad epochs_scale, or a run that produced no
+        metrics (neither ``metrics.json`` nor a returned dict).
+    """
+    if isinstance(recipes, str) or not isinstance(recipes, Sequence) or not recipes:
+        raise ValueError(f"recipes must be a non-empty list of recipe names, got {recipes!r}")
+    names = [Path(str(r)).stem if str(r).endswith((".yaml", ".yml")) else str(r) for r in recipes]
+    if any(not n for n in names) or len(set(names)) != len(names):
+        raise ValueError(f"recipes must be distinct non-empty names, got {list(recipes)}")
+    if epochs_scale is not None and (
+        isinstance(epochs_scale, bool)
+        or not isinstance(epochs_scale, (int, float))
+        or not (math.isfinite(epochs_scale) and epochs_scale > 0)
+    ):
+        raise ValueError(f"epochs_scale must be a finite number > 0, got {epochs_scale!r}")
+    if overrides is not None and not isinstance(overrides, Mapping):
+        raise ValueError(
+            f"overrides must be a mapping of config keys to values, got {type(overrides).__name__}"
+        )
+    run_recipe = _runner()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows: list[dict[str, Any]] = []
+    run_dirs: list[Path] = []
+    for recipe, name in zip(recipes, names, strict=True):
+        run_dir = out / name
+        settings = dict(overrides or {})
+        if epochs_scale is not None:
+            settings.update(_epoch_override(str(recipe), float(epochs_scale)))
+        start = time.perf_counter()
+        returned = run_recipe(str(recipe), run_dir, settings)
+        elapsed = time.perf_counter() - start
+        metrics_path = run_dir / "metrics.json"
+        if metrics_path.is_file():
+            metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
+        elif isinstance(returned, Mapping):
+            metrics = dict(returned)
+        else:
+            raise ValueError(f"recipe {name!r} wrote no {metrics_path} and returned no metrics dict")
+        row: dict[str, Any] = {"recipe": name, "run_dir": str(run_dir)}
+        for key, _, _ in COLUMNS:
+            row[key] = _number(metrics.get(key))
+        if row["seconds"] is None:
+            row["seconds"] = elapsed
+        rows.append(row)
+        run_dirs.append(run_dir)
+    table: dict[str, Any] = {
+        "columns": [{"key": key, "title": title} for key, title, _ in COLUMNS],
+        "rows": rows,
+        "overrides": {
+            str(k): v if isinstance(v, (int, float, str, bool)) or v is None else str(v)
+            for k, v in (overrides or {}).items()
+        },
+        "epochs_scale": epochs_scale,
+    }
+    write_text_atomic(out / "compare.json", json.dumps(table, indent=2, allow_nan=False) + "\n")
+    markdown = markdown_table(table)
+    write_text_atomic(out / "compare.md", markdown)
+    page = (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>alignkit: recipes compared'
+        "</title><style>body{font-family:system-ui,sans-serif;margin:2rem}table{border-collapse:collapse}"
+        "th,td{border:1px solid #ddd;padding:.25rem .6rem}td.num{text-align:right}th{background:#f4f4f6}"
+        "</style></head><body><h1>alignkit: recipes compared</h1>"
+        f"<p>runs in <code>{html.escape(str(out))}</code></p>{comparison_table_html(table)}</body></html>\n"
+    )
+    write_text_atomic(out / "compare.html", page)
+    if reports:
+        for run_dir in run_dirs:
+            if (run_dir / "metrics.json").is_file():
+                write_report(run_dir)
+    return table
