@@ -1,9 +1,11 @@
 """Loss modules: thin ``nn.Module`` wrappers over :mod:`alignkit.functional` plus a registry.
 
-from alignkit import losses
-criterion = losses.build("clip", init_temperature=0.07)
-joint = losses.JointLoss({"nce": (losses.build("info_nce"), 1.0),
-                          "structure": (losses.build("structure"), 0.5)})
+Example::
+
+    from alignkit import losses
+
+    criterion = losses.build("clip", init_temperature=0.07)
+    joint = losses.JointLoss({"info_nce": {"weight": 1.0}, "structure": {"weight": 0.5}})
 """
 
 from alignkit.losses import contrastive, disentangle, joint, micro, similarity, structural

@@ -1,6 +1,8 @@
 """Composed alignment systems built from :mod:`alignkit.nn` blocks and :mod:`alignkit.losses`.
 
-from alignkit.models import DualEncoder, CrossModalBYOL, Binder, REPARegularizer
+Example::
+
+    from alignkit.models import Binder, CrossModalBYOL, DualEncoder, REPARegularizer
 """
 
 from alignkit.models import binder, byol, disentangle, dual_encoder, matching, repa
