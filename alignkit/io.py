@@ -29,15 +29,43 @@ import contextlib
 import os
 import tempfile
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["LOADABLE_EXTENSIONS", "SAVABLE_EXTENSIONS", "load_embeddings", "save_embeddings"]
+__all__ = ["LOADABLE_EXTENSIONS", "SAVABLE_EXTENSIONS", "atomic_write", "load_embeddings", "save_embeddings"]
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[Any]]:
+    """Open a temporary file beside ``path`` for writing; on success flush, fsync and ``os.replace``
+    it over ``path`` (a reader sees the old file or the new one, never half of one); on any error
+    remove it and leave ``path`` untouched.
+
+    ``mode`` is ``"wb"`` or ``"w"`` (UTF-8 text). The directory must exist (``ValueError`` otherwise).
+    """
+    file = Path(path)
+    directory = file.parent if str(file.parent) else Path(".")
+    if not directory.is_dir():
+        raise ValueError(f"{file}: directory {directory} does not exist")
+    if mode not in ("wb", "w"):
+        raise ValueError(f"mode must be 'wb' or 'w', got {mode!r}")
+    handle, tmp_name = tempfile.mkstemp(prefix=f".{file.name}.", suffix=f".tmp{file.suffix}", dir=directory)
+    try:
+        with os.fdopen(handle, mode, **({"encoding": "utf-8"} if mode == "w" else {})) as out:
+            yield out
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp_name, file)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp_name)
+        raise
+
 
 LOADABLE_EXTENSIONS = (".npy", ".npz", ".pt", ".pth", ".safetensors", ".parquet")
 SAVABLE_EXTENSIONS = (".npy", ".pt", ".pth", ".safetensors")
@@ -344,24 +372,12 @@ def save_embeddings(
         raise ValueError(
             f"{file}: numpy has no bfloat16; convert with tensor.float() or save as .pt/.safetensors"
         )
-    directory = file.parent if str(file.parent) else Path(".")
-    if not directory.is_dir():
-        raise ValueError(f"{file}: directory {directory} does not exist")
-    handle, tmp_name = tempfile.mkstemp(prefix=f".{file.name}.", suffix=f".tmp{suffix}", dir=directory)
-    try:
-        with os.fdopen(handle, "wb") as out:
-            if suffix == ".npy":
-                np.save(out, data.numpy(), allow_pickle=False)
-            elif suffix == ".safetensors":
-                from safetensors.torch import save
+    with atomic_write(file) as out:
+        if suffix == ".npy":
+            np.save(out, data.numpy(), allow_pickle=False)
+        elif suffix == ".safetensors":
+            from safetensors.torch import save
 
-                out.write(save({key: data}))
-            else:
-                torch.save(data, out)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp_name, file)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp_name)
-        raise
+            out.write(save({key: data}))
+        else:
+            torch.save(data, out)

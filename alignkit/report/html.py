@@ -12,18 +12,17 @@ the all-recipes comparison table. Every file is written atomically (temporary fi
 from __future__ import annotations
 
 import base64
-import contextlib
 import html
 import json
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from torch import Tensor
 
+from alignkit.io import atomic_write
 from alignkit.report.plots import cka_heatmap, embedding_projection, image_text_similarity, loss_curves
 
 __all__ = [
@@ -100,19 +99,8 @@ def format_number(value: Any) -> str:
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
     """Write ``text`` (UTF-8) to ``path`` through a temporary file in the same directory + ``os.replace``."""
     path = Path(path)
-    if not path.parent.is_dir():
-        raise ValueError(f"{path}: directory {path.parent} does not exist")
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    with atomic_write(path, "w") as out:
+        out.write(text)
     return path
 
 

@@ -11,9 +11,7 @@ Every function takes ``path=`` to write the figure atomically (temporary file + 
 
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,6 +21,7 @@ import torch
 from torch import Tensor
 
 from alignkit.functional._checks import EPS, check_features, check_int, check_same_rows, compute_dtype
+from alignkit.io import atomic_write
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -516,14 +515,5 @@ def _save_atomic(fig: Figure, path: Path, dpi: int) -> None:
         raise ValueError(
             f"{path}: cannot save a figure as {suffix!r}; supported: {', '.join(sorted(supported))}"
         )
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=directory)
-    try:
-        with os.fdopen(handle, "wb") as out:
-            fig.savefig(out, format=fmt, dpi=dpi)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    with atomic_write(path) as out:
+        fig.savefig(out, format=fmt, dpi=dpi)
