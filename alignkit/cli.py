@@ -7,10 +7,13 @@ code 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Sequence
 from typing import NoReturn
+
+from alignkit import fit_cli, report_cli
 
 __all__ = ["main"]
 
@@ -138,6 +141,8 @@ def _parser() -> argparse.ArgumentParser:
     measure.add_argument("--out", help="heatmap PNG for --layers (default layer_cka.png)")
     measure.add_argument("--samples", default="300", help="captions for --layers (default 300)")
     measure.set_defaults(func=_measure)
+    fit_cli.add_commands(sub)
+    report_cli.add_commands(sub)
     return parser
 
 
@@ -151,6 +156,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"alignkit {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as err:  # an internal error: one line unless ALIGNKIT_DEBUG=1 asks for the traceback
+        if os.environ.get("ALIGNKIT_DEBUG") == "1":
+            raise
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        print(
+            f"alignkit {args.command}: internal error: {type(err).__name__}: {first} "
+            "(set ALIGNKIT_DEBUG=1 for the traceback)",
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":

@@ -60,7 +60,8 @@ def validation(enabled: bool) -> Iterator[None]:
 
 
 def shape_str(x: Tensor) -> str:
-    return "(" + ", ".join(str(s) for s in x.shape) + ")"
+    """``(2, 3)``; a 1-D shape as ``(5,)``, as Python writes a 1-tuple."""
+    return str(tuple(x.shape))
 
 
 def compute_dtype(*tensors: Tensor) -> torch.dtype:

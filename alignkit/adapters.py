@@ -1,0 +1,803 @@
+"""Maps from one embedding space to another, learned from paired rows: ``alignkit fit`` / ``transform``.
+
+A typical use is moving a vector index to a new embedding model without re-embedding the corpus:
+embed a few thousand documents with both models, fit a map old → new on those pairs, and apply it to
+the rest of the old index::
+
+    from alignkit.adapters import Adapter, fit_adapter
+    adapter, report = fit_adapter(old_vectors, new_vectors, method="procrustes")
+    print(report.format_table())            # held-out Recall@1 and linear CKA, before and after
+    adapter.save("adapter.safetensors")
+    mapped = Adapter.load("adapter.safetensors")(old_index)   # (N, d_old) → (N, d_new)
+
+Methods (``method`` × ``objective``):
+
+* ``"procrustes"`` (``"mse"`` | ``"cosine"``) — orthogonal Procrustes with centring and an optional
+  isotropic scale, in closed form from one SVD (Schönemann 1966; with scale: Gower & Dijksterhuis 2004).
+  Preserves angles and distances of the centred source; the right choice when both spaces hold the
+  same geometry up to rotation (Smith et al. 2017, Conneau et al. 2018 for word vectors).
+* ``"linear"`` — an affine map. ``"mse"``: closed-form ridge regression; ``"cosine"`` | ``"clip"`` |
+  ``"info_nce"``: AdamW from the ridge solution, minimising the objective.
+* ``"mlp"`` — the affine map plus a :class:`~alignkit.nn.ProjectionHead` residual (its last layer
+  starts at zero, so training starts at the ridge solution), trained with any objective, with early
+  stopping on the validation split.
+
+With ``objective != "mse"`` the adapter L2-normalises its input rows first (embeddings compared by
+cosine), and its output is meant to be compared by cosine too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import numbers
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+import alignkit.functional as AF
+from alignkit.functional._checks import (
+    EPS,
+    check_choice,
+    check_features,
+    check_int,
+    check_positive,
+    check_same_device,
+    check_same_rows,
+    shape_str,
+)
+from alignkit.losses.contrastive import CLIPLoss, InfoNCELoss
+from alignkit.nn.heads import ACTIVATIONS, ProjectionHead
+
+__all__ = ["METHODS", "OBJECTIVES", "Adapter", "FitReport", "fit_adapter", "split_rows"]
+
+METHODS = ("procrustes", "linear", "mlp")
+OBJECTIVES = ("mse", "cosine", "clip", "info_nce")
+_CLOSED_FORM_OBJECTIVES = {"procrustes": ("mse", "cosine")}
+_FORMAT = "alignkit.adapter"
+_VERSION = 1
+_META_KEY = "alignkit_adapter"
+_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+_TRANSFORM_BLOCK = 65536
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+# --------------------------------------------------------------------------------------------------
+# The adapter module
+
+
+class Adapter(nn.Module):
+    """A learned map from a source embedding space (d_s) to a target space (d_t).
+
+    ``forward(x)`` computes, for rows ``x`` (N, d_s)::
+
+        u = x / ‖x‖                       (only when normalize_input, i.e. a cosine-type objective)
+        z = (u − μ_s) / σ_s               (source centring and scale, buffers)
+        h = W z + b  [+ MLP(z)]            (linear part; "mlp" adds a ProjectionHead residual)
+        y = σ_t · h + μ_t                  (back to the target space, buffers)
+
+    Procrustes and ridge fits store ``σ_s = σ_t = 1`` and put the whole map in ``W`` (for Procrustes
+    ``W = c·Rᵀ`` with ``R`` semi-orthogonal and ``c`` the isotropic scale); gradient fits standardise
+    both sides (σ = root-mean-square of the centred coordinates) so that training is scale-free.
+
+    Args:
+        method: ``"procrustes"`` | ``"linear"`` | ``"mlp"`` (what was fitted; ``"mlp"`` adds ``head``).
+        source_dim: d_s > 0.
+        target_dim: d_t > 0.
+        normalize_input: L2-normalise input rows first (zero rows stay zero, no NaN).
+        hidden_dim: MLP hidden width (``"mlp"`` only); ``None``: ``min(2048, max(64, 2·max(d_s, d_t)))``.
+        num_layers: Linear layers of the MLP (≥ 2, ``"mlp"`` only).
+        activation: MLP activation, one of :data:`alignkit.nn.heads.ACTIVATIONS`.
+        dtype: parameter dtype, float32 or float64.
+        info: extra JSON-serialisable provenance stored with the weights (objective, scale, …).
+
+    ``forward(x (N, d_s)) → (N, d_t)``, computed in the adapter's dtype and returned in ``x``'s dtype
+    (fp16 / bf16 input is computed in float32 and cast back). Cost: O(N·d_s·d_t) time (plus
+    O(N·h·(d_s + d_t)) for the MLP), O(N·(d_t + h)) memory.
+
+    :meth:`save` writes safetensors weights with the configuration as JSON in the file's metadata;
+    :meth:`load` rebuilds the adapter and validates the file.
+    """
+
+    def __init__(
+        self,
+        method: str,
+        source_dim: int,
+        target_dim: int,
+        *,
+        normalize_input: bool = False,
+        hidden_dim: int | None = None,
+        num_layers: int = 2,
+        activation: str = "gelu",
+        dtype: torch.dtype = torch.float32,
+        info: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        check_choice(method, "method", METHODS)
+        check_int(source_dim, "source_dim", 1)
+        check_int(target_dim, "target_dim", 1)
+        if not isinstance(normalize_input, bool):
+            raise ValueError(f"normalize_input must be a bool, got {normalize_input!r}")
+        check_choice(dtype, "dtype", tuple(_DTYPES.values()))
+        self.method = method
+        self.source_dim = source_dim
+        self.target_dim = target_dim
+        self.normalize_input = normalize_input
+        self.info: dict[str, Any] = dict(info or {})
+        self.register_buffer("source_mean", torch.zeros(source_dim, dtype=dtype))
+        self.register_buffer("source_scale", torch.ones((), dtype=dtype))
+        self.register_buffer("target_mean", torch.zeros(target_dim, dtype=dtype))
+        self.register_buffer("target_scale", torch.ones((), dtype=dtype))
+        self.linear = nn.Linear(source_dim, target_dim, dtype=dtype)
+        self.head: ProjectionHead | None = None
+        self.hidden_dim: int | None = None
+        self.num_layers: int | None = None
+        self.activation: str | None = None
+        if method == "mlp":
+            if hidden_dim is None:
+                hidden_dim = min(2048, max(64, 2 * max(source_dim, target_dim)))
+            check_int(hidden_dim, "hidden_dim", 1)
+            check_int(num_layers, "num_layers", 2, what=" (an MLP has at least one hidden layer)")
+            check_choice(activation, "activation", ACTIVATIONS)
+            self.hidden_dim, self.num_layers, self.activation = hidden_dim, num_layers, activation
+            self.head = ProjectionHead(
+                source_dim, target_dim, hidden_dim=hidden_dim, num_layers=num_layers, activation=activation
+            ).to(dtype)
+            last = self.head.layers[-1]
+            assert isinstance(last, nn.Linear)
+            nn.init.zeros_(last.weight)  # the residual starts at 0: training starts at the linear map
+            nn.init.zeros_(last.bias)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """Everything needed to rebuild the module (stored as JSON by :meth:`save`)."""
+        return {
+            "format": _FORMAT,
+            "version": _VERSION,
+            "method": self.method,
+            "source_dim": self.source_dim,
+            "target_dim": self.target_dim,
+            "normalize_input": self.normalize_input,
+            "hidden_dim": self.hidden_dim,
+            "num_layers": self.num_layers,
+            "activation": self.activation,
+            "dtype": str(self.source_mean.dtype).removeprefix("torch."),
+            "info": self.info,
+        }
+
+    def _prepare(self, x: Tensor) -> Tensor:
+        """``z = (normalize?(x) − μ_s) / σ_s`` in the adapter's dtype."""
+        z = x.to(self.source_mean.dtype)
+        if self.normalize_input:
+            z = F.normalize(z, dim=-1, eps=EPS)
+        return (z - self.source_mean) / self.source_scale
+
+    def _core(self, z: Tensor) -> Tensor:
+        """The trainable part on standardised input: ``W z + b (+ MLP(z))``."""
+        h = self.linear(z)
+        if self.head is not None:
+            h = h + self.head(z)
+        return h
+
+    def forward(self, x: Tensor) -> Tensor:
+        check_features(x, "x")
+        if x.shape[1] != self.source_dim:
+            raise ValueError(
+                f"x must have shape (N, {self.source_dim}) (the adapter's source_dim), got {shape_str(x)}"
+            )
+        check_same_device(("x", x), ("adapter", self.source_mean))
+        y = self._core(self._prepare(x)) * self.target_scale + self.target_mean
+        return y.to(x.dtype)
+
+    @torch.no_grad()
+    def transform(self, x: Tensor, chunk_size: int = _TRANSFORM_BLOCK) -> Tensor:
+        """``forward`` without gradients, in blocks of ``chunk_size`` rows (O(chunk_size·d) memory)."""
+        check_features(x, "x")
+        check_int(chunk_size, "chunk_size", 1)
+        was_training = self.training
+        self.eval()
+        try:
+            return torch.cat([self(block) for block in x.split(chunk_size)])
+        finally:
+            self.train(was_training)
+
+    def extra_repr(self) -> str:
+        return (
+            f"method={self.method!r}, source_dim={self.source_dim}, target_dim={self.target_dim}, "
+            f"normalize_input={self.normalize_input}"
+        )
+
+    # ---------------------------------------------------------------------------------------------
+    # files
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the weights as ``.safetensors`` with :attr:`config` as JSON in its metadata.
+
+        Atomic: the bytes go to a temporary file in the destination directory, are synced, and the
+        file is renamed over ``path`` with ``os.replace`` (a reader sees the old or the new file).
+        """
+        file = _adapter_path(path)
+        directory = file.parent if str(file.parent) else Path(".")
+        if not directory.is_dir():
+            raise ValueError(f"{file}: directory {directory} does not exist")
+        from safetensors.torch import save
+
+        try:
+            config = json.dumps(self.config, allow_nan=False, sort_keys=True)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"adapter info must be JSON-serialisable ({_one_line(err)})") from None
+        tensors = {name: t.detach().cpu().contiguous().clone() for name, t in self.state_dict().items()}
+        blob = save(tensors, metadata={"format": "pt", _META_KEY: config})
+        handle, tmp_name = tempfile.mkstemp(prefix=f".{file.name}.", suffix=".tmp", dir=directory)
+        try:
+            with os.fdopen(handle, "wb") as out:
+                out.write(blob)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp_name, file)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp_name)
+            raise
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> Adapter:
+        """Read an adapter written by :meth:`save` (in eval mode, on ``map_location``).
+
+        Raises:
+            ValueError: one line naming the file when it is missing, not a safetensors file, a
+                safetensors file that is not an alignkit adapter (no ``alignkit_adapter`` metadata, e.g.
+                an embeddings file), or its configuration and tensors do not agree.
+        """
+        file = _adapter_path(path)
+        if not file.is_file():
+            raise ValueError(f"{file}: no such adapter file" if not file.exists() else f"{file}: not a file")
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(file), framework="pt", device="cpu") as handle:
+                metadata = handle.metadata() or {}
+                tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
+        except Exception as err:  # SafetensorError, OSError … for a foreign or truncated file
+            raise ValueError(f"{file}: not a readable .safetensors file ({_one_line(err)})") from None
+        if _META_KEY not in metadata:
+            raise ValueError(
+                f"{file}: not an alignkit adapter (no {_META_KEY!r} metadata; it holds tensors "
+                f"{sorted(tensors)[:5]}); write one with `alignkit fit` or Adapter.save"
+            )
+        try:
+            config = json.loads(metadata[_META_KEY])
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{file}: adapter metadata is not valid JSON ({_one_line(err)})") from None
+        adapter = cls._from_config(config, file)
+        expected = adapter.state_dict()
+        missing = sorted(set(expected) - set(tensors))
+        extra = sorted(set(tensors) - set(expected))
+        if missing or extra:
+            raise ValueError(
+                f"{file}: adapter tensors do not match its configuration "
+                f"(missing {missing}, unexpected {extra})"
+            )
+        for name, tensor in tensors.items():
+            want = expected[name]
+            if tensor.shape != want.shape:
+                raise ValueError(
+                    f"{file}: tensor {name!r} has shape {shape_str(tensor)}, the configuration needs "
+                    f"{shape_str(want)}"
+                )
+            if not tensor.is_floating_point() or not bool(torch.isfinite(tensor).all()):
+                raise ValueError(f"{file}: tensor {name!r} is not a finite floating-point tensor")
+        adapter.load_state_dict({k: v.to(expected[k].dtype) for k, v in tensors.items()})
+        return adapter.to(map_location).eval()
+
+    @classmethod
+    def _from_config(cls, config: object, file: Path) -> Adapter:
+        if not isinstance(config, dict) or config.get("format") != _FORMAT:
+            raise ValueError(f"{file}: adapter metadata does not describe an {_FORMAT} (got {config!r:.80})")
+        if config.get("version") != _VERSION:
+            raise ValueError(
+                f"{file}: adapter format version {config.get('version')!r}, this alignkit reads {_VERSION}"
+            )
+        dtype = _DTYPES.get(config.get("dtype"))  # type: ignore[arg-type]
+        if dtype is None:
+            raise ValueError(
+                f"{file}: adapter dtype must be one of {tuple(_DTYPES)}, got {config.get('dtype')!r}"
+            )
+        info = config.get("info", {})
+        if not isinstance(info, dict):
+            raise ValueError(f"{file}: adapter info must be a JSON object, got {type(info).__name__}")
+        kwargs: dict[str, Any] = {"normalize_input": config.get("normalize_input"), "dtype": dtype}
+        if config.get("method") == "mlp":
+            kwargs.update(
+                hidden_dim=config.get("hidden_dim"),
+                num_layers=config.get("num_layers"),
+                activation=config.get("activation"),
+            )
+        try:
+            return cls(
+                config.get("method"), config.get("source_dim"), config.get("target_dim"), info=info, **kwargs
+            )  # type: ignore[arg-type]
+        except ValueError as err:
+            raise ValueError(f"{file}: invalid adapter configuration: {_one_line(err)}") from None
+
+
+def _adapter_path(path: object) -> Path:
+    if not isinstance(path, (str, os.PathLike)):
+        raise ValueError(f"path must be a str or os.PathLike, got {type(path).__name__}")
+    file = Path(path)
+    if file.suffix.lower() != ".safetensors":
+        raise ValueError(f"{file}: an adapter file must end in .safetensors, got {file.suffix or '(none)'!r}")
+    return file
+
+
+# --------------------------------------------------------------------------------------------------
+# The report
+
+
+@dataclass
+class FitReport:
+    """What :func:`fit_adapter` measured.
+
+    Metrics are computed on the held-out rows (``evaluated_on == "validation"``), or on the training
+    rows when ``val_fraction=0`` (``evaluated_on == "train"``). ``recall_at_1_*``: fraction of
+    source rows whose own target row is the nearest (cosine) target row; ``*_before`` compares raw
+    source with target (``None`` — "n/a" — when d_s ≠ d_t), ``*_after`` the mapped source.
+    ``cka_*``: linear CKA. ``objective_*``: the fitted objective on each split (mean squared error per
+    coordinate for ``"mse"``, mean ``1 − cos`` for ``"cosine"``, the loss value for ``"clip"`` /
+    ``"info_nce"``, whose value depends on the number of rows).
+    """
+
+    method: str
+    objective: str
+    source_dim: int
+    target_dim: int
+    n_train: int
+    n_val: int
+    evaluated_on: str
+    recall_at_1_before: float | None
+    recall_at_1_after: float
+    cka_before: float
+    cka_after: float
+    objective_train: float
+    objective_val: float | None
+    epochs: int
+    best_epoch: int | None
+    temperature: float | None
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (``None`` for "n/a")."""
+        return asdict(self)
+
+    def format_table(self) -> str:
+        """The before / after table printed by ``alignkit fit``."""
+        where = "held-out" if self.evaluated_on == "validation" else "train"
+
+        def num(value: float | None) -> str:
+            return "n/a" if value is None else f"{value:.4f}"
+
+        fitted = f"{self.epochs} epochs, best {self.best_epoch}" if self.epochs else "closed form"
+        rows = [
+            (f"R@1 ({where})", num(self.recall_at_1_before), num(self.recall_at_1_after)),
+            (f"linear CKA ({where})", num(self.cka_before), num(self.cka_after)),
+            (f"objective {self.objective} (train)", "", num(self.objective_train)),
+        ]
+        if self.objective_val is not None:
+            rows.append((f"objective {self.objective} (held-out)", "", num(self.objective_val)))
+        if self.temperature is not None:
+            rows.append(("temperature", "", f"{self.temperature:.4g}"))
+        width = max(len(label) for label, _, _ in rows) + 2
+        lines = [
+            f"{self.method} / {self.objective}: {self.source_dim} → {self.target_dim} dims, "
+            f"{self.n_train} train / {self.n_val} held-out rows, {fitted}, {self.seconds:.2f} s",
+            f"{'':{width}}{'before':>10}{'after':>10}",
+        ]
+        lines += [f"{label:{width}}{before:>10}{after:>10}" for label, before, after in rows]
+        return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------------
+# Fitting
+
+
+def split_rows(n: int, val_fraction: float = 0.1, seed: int = 0) -> tuple[Tensor, Tensor]:
+    """The (train, validation) row indices :func:`fit_adapter` uses, each sorted.
+
+    ``n_val = round(n·val_fraction)``, at least 1 and at most ``n − 1`` when ``val_fraction > 0``;
+    rows are drawn by ``torch.randperm`` with a generator seeded by ``seed`` (deterministic).
+    Cost: O(n).
+    """
+    check_int(n, "n", 1)
+    _check_fraction(val_fraction)
+    check_int(seed, "seed", 0)
+    n_val = 0 if val_fraction == 0 else min(max(1, round(n * val_fraction)), n - 1)
+    if val_fraction > 0 and n_val < 1:
+        raise ValueError(
+            f"val_fraction={val_fraction} needs at least 2 rows (one to fit, one to hold out), got {n}"
+        )
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return order[n_val:].sort().values, order[:n_val].sort().values
+
+
+def _check_fraction(val_fraction: object) -> None:
+    if isinstance(val_fraction, bool) or not isinstance(val_fraction, numbers.Real):
+        raise ValueError(f"val_fraction must be a number in [0, 1), got {val_fraction!r}")
+    if not (0 <= val_fraction < 1):
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+
+
+def _centred(x: Tensor) -> tuple[Tensor, Tensor]:
+    mean = x.mean(0)
+    return x - mean, mean
+
+
+def _rms(xc: Tensor) -> Tensor:
+    """Root-mean-square of centred coordinates; 1 for constant data (no division by zero)."""
+    value = xc.square().mean().sqrt()
+    return torch.where(value > 0, value, torch.ones_like(value))
+
+
+def _procrustes(xc: Tensor, yc: Tensor, scale: bool) -> tuple[Tensor, float]:
+    """``(R (d_s, d_t) semi-orthogonal, c)`` maximising ``tr(Rᵀ XᶜᵀYᶜ)``, ``c = tr Σ / ‖Xᶜ‖²``."""
+    u, s, vh = torch.linalg.svd(xc.T @ yc, full_matrices=False)
+    rotation = u @ vh
+    if not scale:
+        return rotation, 1.0
+    norm = float(xc.square().sum())
+    return rotation, (float(s.sum()) / norm if norm > 0 else 0.0)
+
+
+def _ridge(xc: Tensor, yc: Tensor, ridge: float) -> Tensor:
+    """``W (d_s, d_t) = (XᶜᵀXᶜ + λI)⁻¹ XᶜᵀYᶜ``, ``λ = ridge·tr(XᶜᵀXᶜ)/d_s``; min-norm lstsq at λ = 0."""
+    gram = xc.T @ xc
+    lam = ridge * float(gram.diagonal().sum()) / xc.shape[1]
+    if lam > 0:
+        gram.diagonal().add_(lam)
+        return torch.linalg.solve(gram, xc.T @ yc)
+    return torch.linalg.pinv(xc) @ yc
+
+
+def _objective_fn(objective: str, criterion: nn.Module | None) -> Callable[[Tensor, Tensor], Tensor]:
+    """``loss(pred, target)`` in the target space for ``objective``."""
+    if objective == "mse":
+        return F.mse_loss
+    if objective == "cosine":
+        return AF.marginal_cosine_loss
+    assert criterion is not None
+    return criterion
+
+
+def fit_adapter(
+    source: Tensor,
+    target: Tensor,
+    method: str = "procrustes",
+    objective: str = "mse",
+    *,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    epochs: int = 100,
+    lr: float = 1e-3,
+    weight_decay: float = 1e-4,
+    hidden_dim: int | None = None,
+    num_layers: int = 2,
+    batch_size: int = 1024,
+    temperature: float = 0.07,
+    ridge: float = 1e-4,
+    scale: bool = True,
+    patience: int = 10,
+    progress: bool = True,
+) -> tuple[Adapter, FitReport]:
+    """Learn a map ``source (N, d_s) → target (N, d_t)`` from paired rows and report how well it aligns.
+
+    Row i of ``source`` and row i of ``target`` embed the same item. A seeded random ``val_fraction``
+    of the rows (:func:`split_rows`) is held out: the fit never sees them; the report measures on them.
+
+    * ``"procrustes"`` (objective ``"mse"`` or ``"cosine"``): with centred training rows Xᶜ, Yᶜ and the
+      SVD ``XᶜᵀYᶜ = UΣVᵀ``, ``R = UVᵀ`` (d_s × d_t) and ``c = tr Σ / ‖Xᶜ‖_F²`` (``scale=True``, else 1)::
+
+          f(x) = c·(x − μ_x) R + μ_y
+
+      Schönemann 1966, "A generalized solution of the orthogonal Procrustes problem"
+      (Psychometrika); isotropic scale: Gower & Dijksterhuis 2004, "Procrustes Problems". R is
+      semi-orthogonal: ``RRᵀ = I`` for d_s ≤ d_t (an isometric embedding; the exact least-squares
+      optimum) and ``RᵀR = I`` for d_s > d_t (the projection maximising ``tr(RᵀXᶜᵀYᶜ)``, the usual
+      rectangular variant, not the least-squares optimum over such maps). ``"cosine"`` first
+      L2-normalises the rows of both sides (Conneau et al. 2018, "Word Translation Without Parallel
+      Data").
+    * ``"linear"`` + ``"mse"``: ridge regression ``W = (XᶜᵀXᶜ + λI)⁻¹XᶜᵀYᶜ``, ``λ = ridge·tr(XᶜᵀXᶜ)/d_s``
+      (Hoerl & Kennard 1970, "Ridge Regression"), intercept unpenalised; ``ridge=0``: the
+      minimum-norm least-squares solution (pseudo-inverse).
+    * ``"linear"`` with ``"cosine"`` / ``"clip"`` / ``"info_nce"``, and ``"mlp"`` with any objective:
+      both sides are standardised (centred, divided by their coordinates' RMS; rows L2-normalised
+      first for non-mse objectives), the linear part starts at the ridge solution, and AdamW
+      (Loshchilov & Hutter 2019) minimises the objective over shuffled minibatches of ``batch_size``
+      rows (full batch when the training split is smaller) for up to ``epochs`` epochs. "clip" is
+      :class:`~alignkit.losses.CLIPLoss` (Radford et al. 2021, learnable temperature starting at
+      ``temperature``), "info_nce" :class:`~alignkit.losses.InfoNCELoss` (van den Oord et al. 2018,
+      mapped source as query, target as key), "cosine" mean ``1 − cos``, "mse" mean squared error.
+      "mlp" adds a :class:`~alignkit.nn.ProjectionHead` residual (``num_layers`` Linears, GELU,
+      ``hidden_dim``) whose last layer starts at zero. With held-out rows, the epoch with the lowest
+      held-out objective is kept and training stops after ``patience`` epochs without improvement.
+      (The reported held-out metrics then come from the rows used to pick the epoch: slightly
+      optimistic; hold out a separate test set for an unbiased figure.)
+
+    Deterministic for a given ``seed`` (split, initialisation and shuffling use their own seeded
+    generators; the global RNG is left untouched) on a given device and torch build.
+
+    Args:
+        source: (N, d_s) source embeddings (N ≥ 2 when ``val_fraction > 0``).
+        target: (N, d_t) target embeddings of the same N items; d_t may differ from d_s.
+        method: ``"procrustes"`` | ``"linear"`` | ``"mlp"``.
+        objective: ``"mse"`` | ``"cosine"`` | ``"clip"`` | ``"info_nce"`` (procrustes: mse or cosine).
+        val_fraction: held-out fraction in [0, 1); 0 evaluates on the training rows.
+        seed: split / initialisation / shuffling seed (≥ 0).
+        epochs: maximum epochs of gradient training (≥ 1; closed forms ignore it).
+        lr: AdamW learning rate (> 0).
+        weight_decay: AdamW decoupled weight decay (≥ 0) on the map's parameters.
+        hidden_dim: MLP hidden width (``None``: ``min(2048, max(64, 2·max(d_s, d_t)))``).
+        num_layers: MLP Linear layers (≥ 2).
+        batch_size: rows per step (≥ 1; contrastive objectives use the batch as negatives).
+        temperature: initial (clip) or fixed (info_nce) softmax temperature (> 0).
+        ridge: relative ridge strength (≥ 0) of the closed form and of the gradient fits' start.
+        scale: fit Procrustes' isotropic scale ``c`` (else ``c = 1``).
+        patience: epochs without held-out improvement before stopping (≥ 1).
+        progress: show a tqdm bar over epochs for gradient fits.
+
+    Returns:
+        ``(adapter, report)``: the :class:`Adapter` (eval mode, on the input's device, float64 if
+        either input is float64 else float32) and a :class:`FitReport`.
+
+    Cost: closed forms O(N·d_s·(d_s + d_t) + d_s³ + d_s·d_t·min(d_s, d_t)) time; memory a float64
+    working copy of the training rows, O(N·(d_s + d_t)), plus O(d_s·(d_s + d_t)).
+    Gradient fits add O(epochs·N·(d_s·d_t + h·(d_s + d_t))) time and, for
+    contrastive objectives, O(batch_size²) logits per step (tiled above a size threshold); each
+    epoch also evaluates the held-out objective (O(N_val²·d_t) for contrastive objectives).
+    The report's Recall@1 is O(N_val²·d_t) time in row blocks.
+
+    Example:
+        >>> adapter, report = fit_adapter(old, new, method="linear", objective="clip", epochs=50)
+        >>> report.recall_at_1_after
+    """
+    check_features(source, "source")
+    check_features(target, "target")
+    check_same_rows(source, target, "source", "target")
+    check_same_device(("source", source), ("target", target))
+    check_choice(method, "method", METHODS)
+    check_choice(objective, "objective", OBJECTIVES)
+    allowed = _CLOSED_FORM_OBJECTIVES.get(method)
+    if allowed is not None and objective not in allowed:
+        raise ValueError(
+            f"objective must be one of {allowed} for method={method!r} (a closed form), got {objective!r}; "
+            "use method='linear' or 'mlp' for contrastive objectives"
+        )
+    _check_fraction(val_fraction)
+    check_int(seed, "seed", 0)
+    check_int(epochs, "epochs", 1)
+    check_positive(lr, "lr")
+    check_positive(weight_decay, "weight_decay", allow_zero=True)
+    if hidden_dim is not None:
+        check_int(hidden_dim, "hidden_dim", 1)
+    check_int(num_layers, "num_layers", 2, what=" (an MLP has at least one hidden layer)")
+    check_int(batch_size, "batch_size", 1)
+    check_positive(temperature, "temperature")
+    if objective == "clip" and temperature < 0.01:
+        raise ValueError(
+            f"temperature must be ≥ 0.01 for objective='clip' (CLIP's scale ≤ 100), got {temperature}"
+        )
+    check_positive(ridge, "ridge", allow_zero=True)
+    if not isinstance(scale, bool):
+        raise ValueError(f"scale must be a bool, got {scale!r}")
+    check_int(patience, "patience", 1)
+    n = source.shape[0]
+    if val_fraction > 0 and n < 2:
+        raise ValueError(
+            f"source and target need at least 2 rows with val_fraction={val_fraction} (one to fit, one to "
+            f"hold out), got source {shape_str(source)}"
+        )
+
+    start = time.perf_counter()
+    dtype = torch.float64 if torch.float64 in (source.dtype, target.dtype) else torch.float32
+    device = source.device
+    x, y = source.detach().to(dtype), target.detach().to(dtype)
+    train_idx, val_idx = (i.to(device) for i in split_rows(n, val_fraction, seed))
+    d_s, d_t = x.shape[1], y.shape[1]
+    normalize = objective != "mse"
+    xp = F.normalize(x, dim=-1, eps=EPS) if normalize else x
+    yp = F.normalize(y, dim=-1, eps=EPS) if normalize else y
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        adapter = Adapter(
+            method,
+            d_s,
+            d_t,
+            normalize_input=normalize,
+            hidden_dim=hidden_dim,
+            num_layers=num_layers,
+            dtype=dtype,
+            info={"objective": objective},
+        ).to(device)
+    info = adapter.info
+
+    criterion: nn.Module | None = None
+    epochs_run, best_epoch = 0, None
+    xc, mu_x = _centred(xp[train_idx].double())
+    yc, mu_y = _centred(yp[train_idx].double())
+    closed_form = method == "procrustes" or (method == "linear" and objective == "mse")
+    with torch.no_grad():
+        if closed_form:
+            if method == "procrustes":
+                rotation, c = _procrustes(xc, yc, scale)
+                weight = c * rotation
+                info["scale"] = c
+            else:
+                weight = _ridge(xc, yc, ridge)
+                info["ridge"] = ridge
+            adapter.source_mean.copy_(mu_x)
+            adapter.target_mean.copy_(mu_y)
+            adapter.linear.weight.copy_(weight.T)
+            adapter.linear.bias.zero_()
+        else:
+            sx, sy = _rms(xc), _rms(yc)
+            adapter.source_mean.copy_(mu_x)
+            adapter.source_scale.copy_(sx)
+            adapter.target_mean.copy_(mu_y)
+            adapter.target_scale.copy_(sy)
+            adapter.linear.weight.copy_(_ridge(xc / sx, yc / sy, ridge).T)
+            adapter.linear.bias.zero_()
+    if not closed_form:
+        if objective == "clip":
+            criterion = CLIPLoss(init_temperature=temperature).to(device=device, dtype=dtype)
+        elif objective == "info_nce":
+            criterion = InfoNCELoss(temperature=temperature)
+        epochs_run, best_epoch = _train(
+            adapter,
+            criterion,
+            objective,
+            xp,
+            yp,
+            train_idx,
+            val_idx,
+            seed=seed,
+            epochs=epochs,
+            lr=lr,
+            weight_decay=weight_decay,
+            batch_size=batch_size,
+            patience=patience,
+            progress=progress,
+        )
+        info.update(epochs=epochs_run, lr=lr, weight_decay=weight_decay, batch_size=batch_size, seed=seed)
+        if isinstance(criterion, CLIPLoss):
+            info["temperature"] = criterion.temperature.temperature
+        elif criterion is not None:
+            info["temperature"] = temperature
+
+    adapter.eval()
+    loss_fn = _objective_fn(objective, criterion)
+    eval_idx = val_idx if len(val_idx) else train_idx
+    with torch.no_grad():
+        mapped_train = adapter.transform(x[train_idx])
+        objective_train = float(loss_fn(mapped_train, y[train_idx]))
+        xe, ye = x[eval_idx], y[eval_idx]
+        mapped = mapped_train if eval_idx is train_idx else adapter.transform(xe)
+        objective_val = float(loss_fn(mapped, ye)) if len(val_idx) else None
+        before = float(AF.recall_at_k(xe, ye, k=1)["recall@1"]) if d_s == d_t else None
+        report = FitReport(
+            method=method,
+            objective=objective,
+            source_dim=d_s,
+            target_dim=d_t,
+            n_train=len(train_idx),
+            n_val=len(val_idx),
+            evaluated_on="validation" if len(val_idx) else "train",
+            recall_at_1_before=before,
+            recall_at_1_after=float(AF.recall_at_k(mapped, ye, k=1)["recall@1"]),
+            cka_before=float(AF.cka(xe, ye)),
+            cka_after=float(AF.cka(mapped, ye)),
+            objective_train=objective_train,
+            objective_val=objective_val,
+            epochs=epochs_run,
+            best_epoch=best_epoch,
+            temperature=info.get("temperature"),
+            seconds=time.perf_counter() - start,
+        )
+    return adapter, report
+
+
+def _train(
+    adapter: Adapter,
+    criterion: nn.Module | None,
+    objective: str,
+    xp: Tensor,
+    yp: Tensor,
+    train_idx: Tensor,
+    val_idx: Tensor,
+    *,
+    seed: int,
+    epochs: int,
+    lr: float,
+    weight_decay: float,
+    batch_size: int,
+    patience: int,
+    progress: bool,
+) -> tuple[int, int]:
+    """AdamW on the adapter's core (and the criterion's temperature); returns (epochs run, best epoch)."""
+    from tqdm.auto import tqdm
+
+    with torch.no_grad():
+        z = (xp - adapter.source_mean) / adapter.source_scale  # xp is already row-normalised if needed
+        t = (yp - adapter.target_mean) / adapter.target_scale
+    sy, my = adapter.target_scale, adapter.target_mean
+    loss_fn = _objective_fn(objective, criterion)
+
+    def loss_of(rows: Tensor) -> Tensor:
+        h = adapter._core(z[rows])
+        if objective == "mse":  # in standardised units: the original MSE divided by σ_t² (same argmin)
+            return F.mse_loss(h, t[rows])
+        return loss_fn(h * sy + my, yp[rows])
+
+    groups = [{"params": [p for p in adapter.parameters() if p.requires_grad], "weight_decay": weight_decay}]
+    if criterion is not None and any(p.requires_grad for p in criterion.parameters()):
+        groups.append({"params": [p for p in criterion.parameters() if p.requires_grad], "weight_decay": 0.0})
+    optimizer = torch.optim.AdamW(groups, lr=lr)
+    generator = torch.Generator().manual_seed(seed + 1)
+    n_train = len(train_idx)
+    n_batches = max(1, math.ceil(n_train / batch_size))
+
+    def evaluate(rows: Tensor) -> float:
+        adapter.eval()
+        with torch.no_grad():
+            value = float(loss_of(rows))
+        adapter.train()
+        return value
+
+    monitor = val_idx if len(val_idx) else train_idx
+    best = evaluate(monitor)
+    best_epoch, best_state = 0, _snapshot(adapter, criterion)
+    since_best = 0
+    epoch = 0
+    bar = tqdm(
+        range(1, epochs + 1), desc=f"fit {adapter.method}/{objective}", disable=not progress, leave=False
+    )
+    adapter.train()
+    for epoch in bar:
+        order = train_idx[torch.randperm(n_train, generator=generator).to(train_idx.device)]
+        for rows in order.tensor_split(n_batches):
+            loss = loss_of(rows)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        value = evaluate(monitor)
+        bar.set_postfix(loss=f"{float(loss.detach()):.4g}", monitored=f"{value:.4g}")
+        if value < best:
+            best, best_epoch, best_state, since_best = value, epoch, _snapshot(adapter, criterion), 0
+        elif len(val_idx):
+            since_best += 1
+            if since_best >= patience:
+                break
+    bar.close()
+    adapter.load_state_dict(best_state[0])
+    if criterion is not None:
+        criterion.load_state_dict(best_state[1])
+    adapter.eval()
+    return epoch, best_epoch
+
+
+def _snapshot(adapter: Adapter, criterion: nn.Module | None) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    def clone(state: dict[str, Tensor]) -> dict[str, Tensor]:
+        return {name: value.detach().clone() for name, value in state.items()}
+
+    return clone(adapter.state_dict()), (clone(criterion.state_dict()) if criterion is not None else {})

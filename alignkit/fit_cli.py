@@ -1,0 +1,222 @@
+"""``alignkit fit`` and ``alignkit transform``: learn a map between two embedding spaces from files.
+
+    alignkit fit old.npy new.npy --method procrustes --objective mse --out adapter.safetensors
+    alignkit transform adapter.safetensors old_index.npy -o migrated_index.npy
+
+:func:`add_commands` adds both sub-commands to the ``alignkit`` parser (:mod:`alignkit.cli`). Each
+command raises ``ValueError`` (one line) for every bad input; ``alignkit.cli.main`` prints it on
+stderr and exits with code 2. Arguments are parsed as strings and validated here, so that a bad
+number is such a one-line error too rather than argparse's usage text.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["add_commands", "run_fit", "run_transform"]
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+def _number(value: str | None, flag: str, kind: type, low: float, high: float | None = None) -> Any:
+    """``value`` parsed as ``kind`` (int or float) within ``[low, high]`` (None stays None)."""
+    if value is None:
+        return None
+    try:
+        number = kind(value)
+    except (TypeError, ValueError):
+        number = None
+    bad = number is None or not math.isfinite(number) or number < low or (high is not None and number > high)
+    if bad:
+        span = f"≥ {low}" if high is None else f"in [{low}, {high}]"
+        what = "an integer" if kind is int else "a number"
+        raise ValueError(f"{flag} must be {what} {span}, got {value!r}")
+    return number
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return Path(a).resolve() == Path(b).resolve()
+    except OSError:
+        return False
+
+
+def _check_out_dir(path: Path, flag: str) -> None:
+    directory = path.parent if str(path.parent) else Path(".")
+    if not directory.is_dir():
+        raise ValueError(f"{flag} {path}: directory {directory} does not exist")
+
+
+def run_fit(args: argparse.Namespace) -> int:
+    """``alignkit fit SOURCE TARGET --out ADAPTER``: fit, save, print the report; returns 0."""
+    try:
+        return _fit(args)
+    except (ValueError, OSError) as err:
+        raise ValueError(_one_line(err)) from None
+
+
+def _fit(args: argparse.Namespace) -> int:
+    from alignkit.adapters import METHODS, OBJECTIVES, fit_adapter
+    from alignkit.io import load_embeddings
+
+    if args.source is None or args.target is None:
+        raise ValueError("needs two embedding files: alignkit fit SOURCE TARGET --out adapter.safetensors")
+    if args.out is None:
+        raise ValueError("--out is required: where to write the adapter (e.g. --out adapter.safetensors)")
+    if args.method not in METHODS:
+        raise ValueError(f"--method must be one of {', '.join(METHODS)}, got {args.method!r}")
+    if args.objective not in OBJECTIVES:
+        raise ValueError(f"--objective must be one of {', '.join(OBJECTIVES)}, got {args.objective!r}")
+    out = Path(args.out)
+    if out.suffix.lower() != ".safetensors":
+        raise ValueError(
+            f"--out {out}: an adapter is written as .safetensors, got {out.suffix or '(none)'!r}"
+        )
+    _check_out_dir(out, "--out")
+    for name, path in (("SOURCE", args.source), ("TARGET", args.target)):
+        if _same_file(path, args.out):
+            raise ValueError(
+                f"--out {out} is the {name} file; choose another name so the input is not overwritten"
+            )
+    options: dict[str, Any] = {
+        "val_fraction": _number(args.val_fraction, "--val-fraction", float, 0.0),
+        "seed": _number(args.seed, "--seed", int, 0),
+        "epochs": _number(args.epochs, "--epochs", int, 1),
+        "lr": _number(args.lr, "--lr", float, 0.0),
+        "weight_decay": _number(args.weight_decay, "--weight-decay", float, 0.0),
+        "hidden_dim": _number(args.hidden_dim, "--hidden-dim", int, 1),
+        "batch_size": _number(args.batch_size, "--batch-size", int, 1),
+        "temperature": _number(args.temperature, "--temperature", float, 0.0),
+    }
+    if options["val_fraction"] >= 1:
+        raise ValueError(f"--val-fraction must be in [0, 1), got {args.val_fraction!r}")
+    if options["lr"] is not None and options["lr"] <= 0:
+        raise ValueError(f"--lr must be a number > 0, got {args.lr!r}")
+    if options["temperature"] is not None and options["temperature"] <= 0:
+        raise ValueError(f"--temperature must be a number > 0, got {args.temperature!r}")
+    source = load_embeddings(args.source, key=args.key_source)
+    target = load_embeddings(args.target, key=args.key_target)
+    if source.shape[0] != target.shape[0]:
+        raise ValueError(
+            f"SOURCE {args.source} has {source.shape[0]} rows and TARGET {args.target} has "
+            f"{target.shape[0]}; "
+            "fit needs the same items in the same order (row i of both files embeds item i)"
+        )
+    kwargs = {key: value for key, value in options.items() if value is not None}
+    adapter, report = fit_adapter(
+        source,
+        target,
+        method=args.method,
+        objective=args.objective,
+        progress=sys.stderr.isatty() and not args.json,
+        **kwargs,
+    )
+    adapter.save(out)
+    if args.json:
+        print(
+            json.dumps(
+                {"adapter": str(out), **report.to_dict()}, indent=2, allow_nan=False, ensure_ascii=False
+            )
+        )
+    else:
+        print(f"alignkit fit: {args.source} → {args.target}")
+        print(report.format_table())
+        print(f"adapter written to {out}")
+    return 0
+
+
+def run_transform(args: argparse.Namespace) -> int:
+    """``alignkit transform ADAPTER INPUT -o OUTPUT``: map every row of INPUT; returns 0."""
+    try:
+        return _transform(args)
+    except (ValueError, OSError) as err:
+        raise ValueError(_one_line(err)) from None
+
+
+def _transform(args: argparse.Namespace) -> int:
+    from alignkit.adapters import Adapter
+    from alignkit.io import SAVABLE_EXTENSIONS, load_embeddings, save_embeddings
+
+    if args.adapter is None or args.input is None:
+        raise ValueError("needs an adapter and an input file: alignkit transform ADAPTER INPUT -o OUTPUT")
+    if args.out is None:
+        raise ValueError("-o/--out is required: where to write the mapped embeddings (e.g. -o mapped.npy)")
+    out = Path(args.out)
+    if out.suffix.lower() not in SAVABLE_EXTENSIONS:
+        raise ValueError(
+            f"-o {out}: cannot write extension {out.suffix or '(none)'!r}; "
+            f"use one of {', '.join(SAVABLE_EXTENSIONS)}"
+        )
+    _check_out_dir(out, "-o")
+    if _same_file(args.adapter, args.out):
+        raise ValueError(
+            f"-o {out} is the adapter file; choose another name so the adapter is not overwritten"
+        )
+    batch = _number(args.batch_size, "--batch-size", int, 1)
+    adapter = Adapter.load(args.adapter)
+    x = load_embeddings(args.input, key=args.key)
+    if x.shape[1] != adapter.source_dim:
+        raise ValueError(
+            f"INPUT {args.input} has {x.shape[1]} columns (shape {tuple(x.shape)}) but the adapter "
+            f"{args.adapter} maps {adapter.source_dim}-dimensional embeddings"
+        )
+    y = adapter.transform(x, chunk_size=batch) if batch is not None else adapter.transform(x)
+    save_embeddings(out, y)
+    print(
+        f"alignkit transform: {args.input} {tuple(x.shape)} → {out} {tuple(y.shape)} "
+        f"({adapter.method} adapter, {str(y.dtype).removeprefix('torch.')})"
+    )
+    return 0
+
+
+def add_commands(subparsers: Any) -> None:
+    """Add ``fit`` and ``transform`` to an ``argparse`` sub-parsers action (``parser.add_subparsers()``)."""
+    fit = subparsers.add_parser(
+        "fit",
+        help="learn a map from one embedding space to another from paired rows (procrustes, linear, mlp)",
+        description="Fit an adapter SOURCE → TARGET on paired rows (row i of both files embeds the same "
+        "item; .npy .npz .pt .safetensors .parquet), report held-out Recall@1 and linear CKA before and "
+        "after, and write the adapter as .safetensors. E.g. to move a vector index to a new embedding "
+        "model: embed a sample with both models, fit, then `alignkit transform` the old index.",
+    )
+    fit.add_argument("source", nargs="?", help="source embeddings (N × d_s)")
+    fit.add_argument("target", nargs="?", help="target embeddings of the same N items (N × d_t)")
+    fit.add_argument("--method", default="procrustes", help="procrustes (default) | linear | mlp")
+    fit.add_argument(
+        "--objective",
+        default="mse",
+        help="mse (default) | cosine | clip | info_nce (procrustes: mse or cosine)",
+    )
+    fit.add_argument("--out", help="adapter file to write (.safetensors)")
+    fit.add_argument("--val-fraction", default="0.1", help="held-out fraction of rows (default 0.1; 0: none)")
+    fit.add_argument("--epochs", help="maximum epochs of gradient training (default 100)")
+    fit.add_argument("--seed", default="0", help="split / initialisation seed (default 0)")
+    fit.add_argument("--lr", help="AdamW learning rate (default 1e-3)")
+    fit.add_argument("--weight-decay", help="AdamW weight decay (default 1e-4)")
+    fit.add_argument("--hidden-dim", help="MLP hidden width (default 2·max(d_s, d_t), 64 to 2048)")
+    fit.add_argument("--batch-size", help="rows per training step (default 1024)")
+    fit.add_argument("--temperature", help="clip / info_nce temperature (default 0.07)")
+    fit.add_argument("--key-source", help="array / column to read from SOURCE when it holds several")
+    fit.add_argument("--key-target", help="array / column to read from TARGET when it holds several")
+    fit.add_argument("--json", action="store_true", help="print the report as JSON")
+    fit.set_defaults(func=run_fit)
+
+    transform = subparsers.add_parser(
+        "transform",
+        help="apply a fitted adapter to an embedding file",
+        description="Map every row of INPUT with ADAPTER (from `alignkit fit`) and write OUTPUT "
+        "(.npy .pt .safetensors, written atomically).",
+    )
+    transform.add_argument("adapter", nargs="?", help="adapter file (.safetensors from alignkit fit)")
+    transform.add_argument("input", nargs="?", help="embeddings to map (N × d_s)")
+    transform.add_argument("-o", "--out", help="output file (.npy, .pt or .safetensors)")
+    transform.add_argument("--key", help="array / column to read from INPUT when it holds several")
+    transform.add_argument("--batch-size", help="rows per block (default 65536)")
+    transform.set_defaults(func=run_transform)
