@@ -9,77 +9,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from collections.abc import Sequence
 from typing import NoReturn
 
-from alignkit import fit_cli, report_cli
+from alignkit import fit_cli, report_cli, train_cli
 
 __all__ = ["main"]
-
-
-def _demo(args: argparse.Namespace) -> int:
-    """Align two views of scikit-learn's digits with the CLIP loss and report retrieval.
-
-    View A is the 8×8 image; view B is a different "sensor": the image's row and column ink
-    profiles (16 numbers), with noise. Two small towers are trained from scratch so that an image
-    retrieves its own profile among all test profiles (instance-level, chance = 1/N).
-    """
-    import torch
-    from sklearn.datasets import load_digits
-    from torch import nn
-    from tqdm import tqdm
-
-    from alignkit import losses
-
-    if args.epochs < 1 or args.batch_size < 2:
-        raise ValueError(
-            f"--epochs must be ≥ 1 and --batch-size ≥ 2, got {args.epochs} and {args.batch_size}"
-        )
-    torch.manual_seed(args.seed)
-    images = torch.tensor(load_digits().images, dtype=torch.float32) / 16.0  # (1797, 8, 8)
-    noise = torch.Generator().manual_seed(args.seed)
-    profiles = torch.cat([images.sum(1), images.sum(2)], dim=1) / 8.0
-    profiles = profiles + 0.02 * torch.randn(profiles.shape, generator=noise)
-    order = torch.randperm(len(images), generator=noise)
-    test, train = order[:360], order[360:]
-    view_a, view_b = images.flatten(1), profiles
-
-    def tower(d_in: int) -> nn.Module:
-        return nn.Sequential(nn.Linear(d_in, 128), nn.GELU(), nn.Linear(128, 64))
-
-    tower_a, tower_b = tower(64), tower(16)
-    criterion = losses.build("clip", init_temperature=0.1)
-    params = [*tower_a.parameters(), *tower_b.parameters(), *criterion.parameters()]
-    optimizer = torch.optim.AdamW(params, lr=3e-3, weight_decay=1e-4)
-
-    @torch.no_grad()
-    def top1(rows: torch.Tensor) -> float:
-        a = nn.functional.normalize(tower_a(view_a[rows]), dim=-1)
-        b = nn.functional.normalize(tower_b(view_b[rows]), dim=-1)
-        return float(((a @ b.T).argmax(1) == torch.arange(len(rows))).float().mean())
-
-    before = top1(test)
-    start = time.perf_counter()
-    progress = tqdm(range(args.epochs), desc="demo", disable=not sys.stderr.isatty())
-    for _ in progress:
-        for batch in torch.randperm(len(train)).split(args.batch_size):
-            rows = train[batch]
-            loss = criterion(tower_a(view_a[rows]), tower_b(view_b[rows]))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-        progress.set_postfix(loss=f"{loss.item():.3f}")
-    after = top1(test)
-    print(
-        f"alignkit demo: digits image ↔ ink profile, CLIP loss, {args.epochs} epochs "
-        f"in {time.perf_counter() - start:.1f} s"
-    )
-    print(f"{'':24}{'before':>10}{'after':>10}{'chance':>10}")
-    print(f"{'test image→profile R@1':24}{before:>10.3f}{after:>10.3f}{1 / len(test):>10.3f}")
-    print(f"{'final train loss':24}{'':>10}{loss.item():>10.3f}")
-    print(f"{'learned temperature':24}{0.1:>10.3f}{1 / criterion.logit_scale.item():>10.3f}")
-    return 0
 
 
 def _losses(args: argparse.Namespace) -> int:
@@ -117,11 +52,7 @@ class _Parser(argparse.ArgumentParser):
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="alignkit", description="Representation alignment for PyTorch.")
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="a one-minute alignment run on scikit-learn's digits")
-    demo.add_argument("--epochs", type=int, default=30)
-    demo.add_argument("--batch-size", type=int, default=256)
-    demo.add_argument("--seed", type=int, default=0)
-    demo.set_defaults(func=_demo)
+    train_cli.add_commands(sub)
     listing = sub.add_parser("losses", help="list the registered loss names")
     listing.set_defaults(func=_losses)
     measure = sub.add_parser(

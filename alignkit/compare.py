@@ -73,36 +73,20 @@ def markdown_table(table: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _find_epochs(config: Any) -> str | None:
-    """The dotted key of the epoch count in a recipe config: ``epochs`` or ``<section>.epochs``."""
-    if not isinstance(config, Mapping):
-        return None
-    if isinstance(config.get("epochs"), int):
-        return "epochs"
-    for section, value in config.items():
-        if isinstance(value, Mapping) and isinstance(value.get("epochs"), int):
-            return f"{section}.epochs"
-    return None
+def _config(recipe: str, settings: Mapping[str, Any]) -> dict[str, Any]:
+    """The validated config of ``recipe`` (a name, or a YAML path) with ``settings`` applied."""
+    from alignkit.recipes import load_config
+
+    is_file = recipe.endswith((".yaml", ".yml"))
+    items = [] if is_file else [f"recipe={recipe}"]
+    items += [f"{key}={json.dumps(value)}" for key, value in settings.items()]
+    return load_config(recipe if is_file else None, items)
 
 
 def _epoch_override(recipe: str, scale: float) -> dict[str, int]:
-    """``{key: max(1, round(epochs · scale))}`` from the recipe's config (``recipes.load_config``)."""
-    try:
-        from alignkit.recipes import load_config
-    except ImportError as err:
-        raise ValueError(
-            f"epochs_scale needs alignkit.recipes.load_config to read the epochs ({err})"
-        ) from None
-    config = load_config(recipe)
-    if not isinstance(config, Mapping):
-        config = getattr(config, "__dict__", config)
-    key = _find_epochs(config)
-    if key is None:
-        raise ValueError(f"epochs_scale: recipe {recipe!r}'s config has no integer 'epochs' entry")
-    value: Any = config
-    for part in key.split("."):
-        value = value[part]
-    return {key: max(1, round(int(value) * scale))}
+    """``{"train.epochs": max(1, round(epochs · scale))}`` from the recipe's config."""
+    epochs = _config(recipe, {})["train"]["epochs"]
+    return {"train.epochs": max(1, round(int(epochs) * scale))}
 
 
 def _runner() -> Any:
@@ -165,7 +149,7 @@ def compare(
         if epochs_scale is not None:
             settings.update(_epoch_override(str(recipe), float(epochs_scale)))
         start = time.perf_counter()
-        returned = run_recipe(str(recipe), run_dir, settings)
+        returned = run_recipe(_config(str(recipe), settings), run_dir, progress=False)
         elapsed = time.perf_counter() - start
         metrics_path = run_dir / "metrics.json"
         if metrics_path.is_file():

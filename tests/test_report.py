@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+import yaml
 from matplotlib.image import imread
 from safetensors.torch import save_file
 from torch import nn
@@ -460,8 +461,9 @@ FAKE_METRICS = {
 def fake_recipes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, Path, dict[str, Any]]]:
     calls: list[tuple[str, Path, dict[str, Any]]] = []
 
-    def run_recipe(name: str, out_dir: Any, overrides: dict[str, Any]) -> dict[str, Any]:
-        calls.append((name, Path(out_dir), dict(overrides)))
+    def run_recipe(config: dict[str, Any], out_dir: Any, progress: bool = True) -> dict[str, Any]:
+        name = config["recipe"]
+        calls.append((name, Path(out_dir), dict(config["overrides"])))
         metrics = FAKE_METRICS.get(name, {"recipe": name, "zero_shot_accuracy": 0.25})
         run = Path(out_dir)
         run.mkdir(parents=True, exist_ok=True)
@@ -469,8 +471,11 @@ def fake_recipes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, Path, dict[
             (run / "metrics.json").write_text(json.dumps(metrics), encoding="utf-8")
         return dict(metrics)
 
-    def load_config(name: str) -> dict[str, Any]:
-        return {"recipe": name, "train": {"epochs": 10, "lr": 0.01}}
+    def load_config(path: Any, overrides: list[str]) -> dict[str, Any]:
+        # the real signature: a YAML path (None: defaults) and "key=value" overrides ("recipe=NAME" first)
+        parsed = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in overrides)}
+        name = Path(path).stem if path is not None else parsed.pop("recipe")
+        return {"recipe": name, "train": {"epochs": 10, "lr": 0.01}, "overrides": parsed}
 
     module = types.ModuleType("alignkit.recipes")
     module.run_recipe = run_recipe  # type: ignore[attr-defined]
