@@ -463,7 +463,7 @@ def test_fit_rejects_bad_tensors() -> None:
     x = torch.randn(10, 3)
     with pytest.raises(ValueError, match=r"source and target must have the same number of rows.*\(10, 3\)"):
         fit_adapter(x, torch.randn(9, 3))
-    with pytest.raises(ValueError, match=r"target must have shape \(N, d\), got \(10\)"):
+    with pytest.raises(ValueError, match=r"target must have shape \(N, d\), got \(10,\)"):
         fit_adapter(x, torch.randn(10))
     bad = torch.randn(10, 3)
     bad[2, 1] = float("inf")

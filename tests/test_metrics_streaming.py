@@ -236,7 +236,7 @@ def test_streaming_linear_cka_bad_input_names_the_argument() -> None:
         metric.update(x[10:], y[10:, :2])
     with pytest.raises(ValueError, match=r"x and y must have the same number of rows"):
         metric.update(x[10:], y[11:])
-    with pytest.raises(ValueError, match=r"x must have shape \(N, d\), got \(20\)"):
+    with pytest.raises(ValueError, match=r"x must have shape \(N, d\), got \(20,\)"):
         metric.update(x[:, 0], y)
     with pytest.raises(ValueError, match=r"y must be a torch.Tensor"):
         metric.update(x, y.numpy())

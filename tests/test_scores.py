@@ -183,7 +183,7 @@ def test_bad_arguments_raise_value_errors_naming_them() -> None:
     x, y = torch.randn(4, 3), torch.randn(5, 3)
     with pytest.raises(ValueError, match="metric"):
         pairwise_distance(x, y, metric="manhattan")
-    with pytest.raises(ValueError, match=r"x must have shape \(N, d\), got \(4\)"):
+    with pytest.raises(ValueError, match=r"x must have shape \(N, d\), got \(4,\)"):
         pairwise_distance(x[:, 0], y)
     with pytest.raises(ValueError, match="feature size"):
         pairwise_distance(x, torch.randn(5, 2))

@@ -503,7 +503,7 @@ def test_cka_bad_input() -> None:
     x, y = torch.randn(10, 3), torch.randn(10, 4)
     with pytest.raises(ValueError, match="x and y must have the same number of rows"):
         AF.cka(x, torch.randn(9, 4))
-    with pytest.raises(ValueError, match=r"x must have shape \(N, d\), got \(10\)"):
+    with pytest.raises(ValueError, match=r"x must have shape \(N, d\), got \(10,\)"):
         AF.cka(torch.randn(10), y)
     bad = y.clone()
     bad[1, 1] = math.nan
