@@ -135,7 +135,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args()
     dev, th = args.device, args.threads
-    run: Callable[..., Any] = lambda name, fn, **kw: measure(name, fn, kw, dev, threads=th)  # noqa: E731
+    def run(name: str, fn: Callable[..., Any], repeat: int = 3, **kw: Any) -> Any:
+        return measure(name, fn, kw, dev, repeat=repeat, threads=th)
+
     print(f"# bench/losses.py on {dev} ({th} threads), torch {torch.__version__}")
 
     n, d = 4096, 512
@@ -152,10 +154,19 @@ def main() -> None:
         )
     )
 
+    # pytorch-metric-learning's NTXent builds a (positive pairs × negative pairs) matrix, O(B³) memory:
+    # 34 GB at B=1,024, so it is compared at B=512.
+    n, d = 512, 512
+    print(table(f"CLIP / InfoNCE, B={n:,}, d={d}, forward+backward", [
+        run("plain two cross-entropies", clip_plain, n=n, d=d),
+        run("alignkit clip_loss (default)", clip_ours, n=n, d=d),
+        run("pytorch-metric-learning NTXent", clip_pml, n=n, d=d),
+    ], baseline="plain two cross-entropies"))
+
     n, d = 32768, 256
-    rows = [run("alignkit clip_loss (default, tiled)", clip_ours, n=n, d=d)]
+    rows = [run("alignkit clip_loss (default, tiled)", clip_ours, repeat=1, n=n, d=d)]
     if args.large:
-        rows.insert(0, run("plain two cross-entropies", clip_plain, n=n, d=d))
+        rows.insert(0, run("plain two cross-entropies", clip_plain, repeat=1, n=n, d=d))
     print(table(f"CLIP / InfoNCE, B={n:,}, d={d}, forward+backward", rows, baseline=rows[0].name))
 
     n, d = 8192, 256
