@@ -22,7 +22,6 @@ import argparse
 import itertools
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -36,28 +35,25 @@ PUBLISHED = {  # Kornblith et al. 2019, Table 2 (CIFAR-10, 10-layer CNNs)
     "CCA (mean ρ)": "1.4",
     "CCA (R²_CCA)": "10.6",
     "SVCCA (mean ρ)": "9.9",
-    "SVCCA (R²_CCA)": "15.1",
     "PWCCA": "11.1",
     "linear CKA": "99.3",
     "RBF CKA (σ = 0.8·median)": "99.3",
 }
 
 
-def _r2_cca(rho: Tensor) -> float:
-    return float((rho**2).mean())
-
-
-INDICES: dict[str, Callable[[Tensor, Tensor], float]] = {
-    "CCA (mean ρ)": lambda x, y: float(AF.canonical_correlations(x, y, eps=1e-6).mean()),
-    "CCA (R²_CCA)": lambda x, y: _r2_cca(AF.canonical_correlations(x, y, eps=1e-6)),
-    "SVCCA (mean ρ)": lambda x, y: float(AF.svcca(x, y, keep=0.99)),
-    "SVCCA (R²_CCA)": lambda x, y: float(AF.svcca(x, y, keep=0.99) ** 2),
-    "PWCCA": lambda x, y: float(AF.pwcca(x, y, eps=1e-6)),
-    "linear CKA": lambda x, y: float(AF.cka(x, y)),
-    "RBF CKA (σ = 0.8·median)": lambda x, y: float(AF.cka(x, y, kernel="rbf", threshold=0.8)),
-    "mutual kNN (k=10)": lambda x, y: float(AF.mutual_knn(x, y, k=10)),
-    "Procrustes (1 − d/2)": lambda x, y: 1 - float(AF.procrustes_distance(x, y)) / 2,
-}
+def scores(x: Tensor, y: Tensor) -> dict[str, float]:
+    """Every index for one pair of layers (canonical correlations computed once for both CCA rows)."""
+    rho = AF.canonical_correlations(x, y, eps=1e-6)
+    return {
+        "CCA (mean ρ)": float(rho.mean()),
+        "CCA (R²_CCA)": float((rho**2).mean()),
+        "SVCCA (mean ρ)": float(AF.svcca(x, y, keep=0.99)),
+        "PWCCA": float(AF.pwcca(x, y, eps=1e-6)),
+        "linear CKA": float(AF.cka(x, y)),
+        "RBF CKA (σ = 0.8·median)": float(AF.cka(x, y, kernel="rbf", threshold=0.8)),
+        "mutual kNN (k=10)": float(AF.mutual_knn(x, y, k=10)),
+        "Procrustes (1 − d/2)": 1 - float(AF.procrustes_distance(x, y)) / 2,
+    }
 
 
 class TinyCNN(nn.Module):
@@ -110,23 +106,25 @@ def train_nets(n_nets: int, epochs: int) -> tuple[list[list[Tensor]], list[float
     return activations, accuracies
 
 
-def identification_accuracy(
-    activations: list[list[Tensor]], index: Callable[[Tensor, Tensor], float]
-) -> float:
-    """Fraction of (net i, net j ≠ i, layer l) for which layer l of j is the most similar to layer l of i."""
-    hits = total = 0
+def identification_accuracy(activations: list[list[Tensor]]) -> dict[str, float]:
+    """Per index, the fraction of (net i, net j ≠ i, layer l) for which layer l of j is the most
+    similar to layer l of i."""
+    hits: dict[str, int] = {}
+    total = 0
     for i, j in itertools.permutations(range(len(activations)), 2):
         for layer, act in enumerate(activations[i]):
-            scores = [index(act, other) for other in activations[j]]
-            hits += int(max(range(len(scores)), key=scores.__getitem__) == layer)
+            table = [scores(act, other) for other in activations[j]]
+            for name in table[0]:
+                best = max(range(len(table)), key=lambda m, name=name: table[m][name])
+                hits[name] = hits.get(name, 0) + int(best == layer)
             total += 1
-    return hits / total
+    return {name: count / total for name, count in hits.items()}
 
 
 def run(n_nets: int, epochs: int) -> tuple[dict[str, float], list[float], float]:
     start = time.perf_counter()
     activations, accuracies = train_nets(n_nets, epochs)
-    results = {name: identification_accuracy(activations, fn) for name, fn in INDICES.items()}
+    results = identification_accuracy(activations)
     return results, accuracies, time.perf_counter() - start
 
 
