@@ -40,6 +40,12 @@ from torch import Tensor
 __all__ = ["LOADABLE_EXTENSIONS", "SAVABLE_EXTENSIONS", "atomic_write", "load_embeddings", "save_embeddings"]
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[Any]]:
     """Open a temporary file beside ``path`` for writing; on success flush, fsync and ``os.replace``
@@ -60,6 +66,7 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[
             yield out
             out.flush()
             os.fsync(out.fileno())
+        os.chmod(tmp_name, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual mode
         os.replace(tmp_name, file)
     except BaseException:
         with contextlib.suppress(OSError):
