@@ -28,12 +28,10 @@ cosine), and its output is meant to be compared by cosine too.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import numbers
 import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -55,6 +53,7 @@ from alignkit.functional._checks import (
     check_same_rows,
     shape_str,
 )
+from alignkit.io import atomic_write
 from alignkit.losses.contrastive import CLIPLoss, InfoNCELoss
 from alignkit.nn.heads import ACTIVATIONS, ProjectionHead
 
@@ -241,17 +240,8 @@ class Adapter(nn.Module):
             raise ValueError(f"adapter info must be JSON-serialisable ({_one_line(err)})") from None
         tensors = {name: t.detach().cpu().contiguous().clone() for name, t in self.state_dict().items()}
         blob = save(tensors, metadata={"format": "pt", _META_KEY: config})
-        handle, tmp_name = tempfile.mkstemp(prefix=f".{file.name}.", suffix=".tmp", dir=directory)
-        try:
-            with os.fdopen(handle, "wb") as out:
-                out.write(blob)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp_name, file)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp_name)
-            raise
+        with atomic_write(file) as out:
+            out.write(blob)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> Adapter:

@@ -47,7 +47,6 @@ from __future__ import annotations
 import functools
 import math
 import os
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -61,6 +60,7 @@ import yaml
 from torch import Tensor, nn
 
 from alignkit.functional._checks import EPS
+from alignkit.io import atomic_write
 
 __all__ = [
     "ATTRIBUTES",
@@ -442,16 +442,8 @@ def write_config(config: Mapping[str, Any], path: str | os.PathLike[str]) -> Pat
 
 def _atomic_write_text(path: Path, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path, "w") as out:
+        out.write(text)
     return path
 
 

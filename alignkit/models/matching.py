@@ -29,7 +29,7 @@ from alignkit.functional._checks import (
 )
 from alignkit.functional.contrastive import clip_loss
 from alignkit.losses.contrastive import LearnableTemperature
-from alignkit.nn.attention import AttentionalPooler, CoAttention
+from alignkit.nn.attention import AttentionalPooler, CoAttention, check_padding_mask
 from alignkit.nn.heads import ProjectionHead
 
 __all__ = ["MATCHER_POOLING", "ImageTextMatcher", "masked_mean"]
@@ -49,25 +49,6 @@ def masked_mean(tokens: Tensor, padding_mask: Tensor | None = None) -> Tensor:
     keep = ~padding_mask
     summed = torch.where(keep[..., None], tokens, tokens.new_zeros(())).sum(1)
     return summed / keep.sum(1, keepdim=True).clamp_min(1).to(tokens.dtype)
-
-
-def _check_padding(mask: object, name: str, tokens: Tensor, tokens_name: str) -> Tensor | None:
-    if mask is None:
-        return None
-    if not isinstance(mask, Tensor):
-        raise ValueError(
-            f"{name} must be a bool torch.Tensor of shape (B, T) or None, got {type(mask).__name__}"
-        )
-    if mask.dtype != torch.bool:
-        raise ValueError(f"{name} must be a bool tensor (True = padding), got dtype {mask.dtype}")
-    if mask.shape != tokens.shape[:2]:
-        raise ValueError(
-            f"{name} must have shape (B, T) = ({tokens.shape[0]}, {tokens.shape[1]}) to match "
-            f"{tokens_name} {shape_str(tokens)}, got {shape_str(mask)}"
-        )
-    if mask.device != tokens.device:
-        raise ValueError(f"{name} is on {mask.device} but {tokens_name} is on {tokens.device}")
-    return mask
 
 
 class ImageTextMatcher(nn.Module):
@@ -190,10 +171,12 @@ class ImageTextMatcher(nn.Module):
             raise ValueError(
                 f"image_tokens is on {image_tokens.device} but text_tokens is on {text_tokens.device}"
             )
-        image_padding_mask = _check_padding(
+        image_padding_mask = check_padding_mask(
             image_padding_mask, "image_padding_mask", image_tokens, "image_tokens"
         )
-        text_padding_mask = _check_padding(text_padding_mask, "text_padding_mask", text_tokens, "text_tokens")
+        text_padding_mask = check_padding_mask(
+            text_padding_mask, "text_padding_mask", text_tokens, "text_tokens"
+        )
         dtype = next(self.parameters()).dtype
         u = self.image_proj(image_tokens.to(dtype))
         v = self.text_proj(text_tokens.to(dtype))
@@ -217,7 +200,7 @@ class ImageTextMatcher(nn.Module):
                 f"image_tokens must have shape (B, T, image_dim={self.image_dim}), "
                 f"got {shape_str(image_tokens)}"
             )
-        mask = _check_padding(image_padding_mask, "image_padding_mask", image_tokens, "image_tokens")
+        mask = check_padding_mask(image_padding_mask, "image_padding_mask", image_tokens, "image_tokens")
         u = self.image_proj(image_tokens.to(next(self.parameters()).dtype))
         return F.normalize(masked_mean(u, mask), dim=-1, eps=EPS)
 
@@ -228,7 +211,7 @@ class ImageTextMatcher(nn.Module):
             raise ValueError(
                 f"text_tokens must have shape (B, T, text_dim={self.text_dim}), got {shape_str(text_tokens)}"
             )
-        mask = _check_padding(text_padding_mask, "text_padding_mask", text_tokens, "text_tokens")
+        mask = check_padding_mask(text_padding_mask, "text_padding_mask", text_tokens, "text_tokens")
         v = self.text_proj(text_tokens.to(next(self.parameters()).dtype))
         return F.normalize(masked_mean(v, mask), dim=-1, eps=EPS)
 

@@ -26,7 +26,8 @@ def _check_tokens(x: object, name: str, dim: int, what: str) -> Tensor:
     return x
 
 
-def _check_mask(mask: object, name: str, tokens: Tensor, tokens_name: str) -> Tensor | None:
+def check_padding_mask(mask: object, name: str, tokens: Tensor, tokens_name: str) -> Tensor | None:
+    """``None``, or a bool (B, T) key-padding mask (True = padding) on ``tokens``' device."""
     if mask is None:
         return None
     if not isinstance(mask, Tensor):
@@ -131,8 +132,8 @@ class CoAttention(nn.Module):
             )
         if a.device != b.device:
             raise ValueError(f"a is on {a.device} but b is on {b.device}")
-        a_padding_mask = _check_mask(a_padding_mask, "a_padding_mask", a, "a")
-        b_padding_mask = _check_mask(b_padding_mask, "b_padding_mask", b, "b")
+        a_padding_mask = check_padding_mask(a_padding_mask, "a_padding_mask", a, "a")
+        b_padding_mask = check_padding_mask(b_padding_mask, "b_padding_mask", b, "b")
         a_new = self.norm_a(a + self.dropout(_attend(self.attn_a, a, b, b_padding_mask)))
         b_new = self.norm_b(b + self.dropout(_attend(self.attn_b, b, a, a_padding_mask)))
         return a_new, b_new
@@ -190,7 +191,7 @@ class AttentionalPooler(nn.Module):
 
     def forward(self, tokens: Tensor, padding_mask: Tensor | None = None) -> Tensor:
         _check_tokens(tokens, "tokens", self.context_dim, "context_dim")
-        padding_mask = _check_mask(padding_mask, "padding_mask", tokens, "tokens")
+        padding_mask = check_padding_mask(padding_mask, "padding_mask", tokens, "tokens")
         context = self.norm_context(tokens)
         query = self.query.to(context.dtype).unsqueeze(0).expand(tokens.shape[0], -1, -1)
         return _attend(self.attn, query, context, padding_mask)

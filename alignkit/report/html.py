@@ -22,6 +22,7 @@ from typing import Any
 
 from torch import Tensor
 
+from alignkit.evaluate import METRIC_KEYS
 from alignkit.io import atomic_write
 from alignkit.report.plots import cka_heatmap, embedding_projection, image_text_similarity, loss_curves
 
@@ -48,23 +49,7 @@ PLOT_FILES: dict[str, tuple[str, str]] = {
     "cka": ("cka.png", "Linear CKA between the raw tower outputs and the joint embeddings"),
 }
 _TOWER_KEYS = ("image_tower", "text_tower", "image", "text")
-_METRIC_ORDER = (
-    "recipe",
-    "zero_shot_accuracy",
-    "i2t_recall@1",
-    "i2t_recall@5",
-    "i2t_recall@10",
-    "t2i_recall@1",
-    "t2i_recall@5",
-    "t2i_recall@10",
-    "median_rank",
-    "cka_linear",
-    "mutual_knn",
-    "alignment",
-    "uniformity",
-    "epochs",
-    "seconds",
-)
+_METRIC_ORDER = ("recipe", *METRIC_KEYS, "epochs", "seconds")
 
 _CSS = """
 body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:2rem auto;max-width:1100px;
