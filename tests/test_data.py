@@ -311,6 +311,31 @@ def test_caption_attribute_accuracy(digits: D.DigitsCaptions) -> None:
         D.caption_attribute_accuracy(["x"], [])
 
 
+def test_caption_attribute_accuracy_numerals_and_given_mention(digits: D.DigitsCaptions) -> None:
+    truth = [{"digit": "three", "ink": "heavy"}] * 4
+    generated = [
+        "the digit 3: heavy ink",  # numeral names the digit
+        "the digit 3 (three), faint",  # numeral and word agree; ink wrong
+        "a handwritten 8, upright",  # wrong digit; ink not mentioned
+        "a photo of the number 13 or 3.5",  # "13" and "3.5" are not lone numerals: digit not mentioned
+    ]
+    score = D.caption_attribute_accuracy(generated, truth)
+    assert score["digit"] == 0.5 and score["ink"] == 0.25
+    given = D.caption_attribute_accuracy(generated, truth, given_mention=True)
+    assert given["digit"] == pytest.approx(2 / 3) and given["ink"] == 0.5
+    assert given["mean"] == pytest.approx((2 / 3 + 0.5) / 2)
+    # an attribute nobody mentions: NaN, and left out of the mean
+    truth_one = [{"digit": "three", "slant": "upright"}]
+    none = D.caption_attribute_accuracy(["a three"], truth_one, given_mention=True)
+    assert none["digit"] == 1.0 and np.isnan(none["slant"]) and none["mean"] == 1.0
+    # every caption template of the dataset names its digit correctly (word or numeral)
+    rows = range(0, len(digits), 7)
+    for template in range(len(digits.templates)):
+        captions = [digits.all_captions[i][template] for i in rows]
+        words = [{"digit": digits.attribute_words(i)["digit"]} for i in rows]
+        assert D.caption_attribute_accuracy(captions, words)["digit"] == 1.0
+
+
 # --------------------------------------------------------------------------------------------------
 # Text tower (MiniLM, offline)
 

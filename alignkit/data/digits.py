@@ -350,21 +350,26 @@ def _check_labels(labels: Any, n: int) -> np.ndarray:
 
 
 _TOKEN = re.compile(r"[a-z]+(?:-[a-z]+)*")
+_NUMERAL = re.compile(r"(?<![0-9.])[0-9](?![0-9.])")
 
 
 def caption_attribute_accuracy(
-    captions: Sequence[str], words: Sequence[Mapping[str, str]]
+    captions: Sequence[str], words: Sequence[Mapping[str, str]], given_mention: bool = False
 ) -> dict[str, float]:
     """How often generated captions state each attribute correctly.
 
     Caption ``i`` is right about attribute ``a`` when it contains the word ``words[i][a]`` and no
     other word of that attribute (``ATTRIBUTE_WORDS[a]``, or :data:`DIGIT_WORDS` for ``"digit"``), as
-    whole lower-cased tokens (so "left" and "left-leaning" are different words). A caption that does
-    not mention the attribute is wrong about it.
+    whole lower-cased tokens (so "left" and "left-leaning" are different words). A lone numeral
+    "0"…"9" counts as the digit's word (the caption "the digit 3: …" names a three). A caption that
+    does not mention the attribute is wrong about it, unless ``given_mention``.
 
     Args:
         captions: N generated strings.
         words: N dicts from :func:`attribute_words` (or :meth:`DigitsCaptions.attribute_words`).
+        given_mention: score each attribute only over the captions that mention it (a precision: is
+            what is said right?); an attribute no caption mentions scores NaN and is left out of the
+            mean.
 
     Returns:
         attribute → fraction of captions right about it, plus ``"mean"`` over the attributes.
@@ -383,17 +388,24 @@ def caption_attribute_accuracy(
         if name not in vocab:
             raise ValueError(f"words has unknown attribute {name!r}; known: {tuple(vocab)}")
     hits = dict.fromkeys(names, 0)
+    mentions = dict.fromkeys(names, 0)
     for i, (caption, truth) in enumerate(zip(captions, words, strict=True)):
         if not isinstance(caption, str):
             raise ValueError(f"captions[{i}] must be a str, got {type(caption).__name__}")
         if set(truth) != set(names):
             raise ValueError(f"words[{i}] has attributes {sorted(truth)}, expected {sorted(names)}")
-        tokens = set(_TOKEN.findall(caption.lower()))
+        text = caption.lower()
+        tokens = set(_TOKEN.findall(text)) | {DIGIT_WORDS[int(d)] for d in _NUMERAL.findall(text)}
         for name in names:
             said = tokens.intersection(vocab[name])
             hits[name] += said == {truth[name]}
-    out = {name: hits[name] / len(captions) for name in names}
-    out["mean"] = float(np.mean([out[name] for name in names]))
+            mentions[name] += bool(said)
+    if given_mention:
+        out = {name: hits[name] / mentions[name] if mentions[name] else float("nan") for name in names}
+    else:
+        out = {name: hits[name] / len(captions) for name in names}
+    scored = [out[name] for name in names if not np.isnan(out[name])]
+    out["mean"] = float(np.mean(scored)) if scored else float("nan")
     return out
 
 
