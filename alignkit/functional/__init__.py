@@ -10,6 +10,7 @@ and what was expected; no N×N matrix is built where an exact cheaper form exist
 
 from alignkit.functional import (
     contrastive,
+    decoding,
     disentangle,
     losses,
     neighbors,
@@ -20,6 +21,7 @@ from alignkit.functional import (
 )
 from alignkit.functional._checks import validation
 from alignkit.functional.contrastive import *  # noqa: F403
+from alignkit.functional.decoding import *  # noqa: F403
 from alignkit.functional.disentangle import *  # noqa: F403
 from alignkit.functional.losses import *  # noqa: F403
 from alignkit.functional.neighbors import *  # noqa: F403
@@ -30,6 +32,7 @@ from alignkit.functional.structural import *  # noqa: F403
 
 __all__ = [
     *contrastive.__all__,
+    *decoding.__all__,
     *disentangle.__all__,
     *losses.__all__,
     *neighbors.__all__,

@@ -2,12 +2,13 @@
 
 Example::
 
-    from alignkit.models import Binder, CrossModalBYOL, DualEncoder, REPARegularizer
+    from alignkit.models import Binder, CoCa, CrossModalBYOL, DualEncoder, PrefixCaptioner, REPARegularizer
 """
 
-from alignkit.models import binder, byol, disentangle, dual_encoder, matching, repa
+from alignkit.models import binder, byol, captioning, disentangle, dual_encoder, matching, repa
 from alignkit.models.binder import *  # noqa: F403
 from alignkit.models.byol import *  # noqa: F403
+from alignkit.models.captioning import *  # noqa: F403
 from alignkit.models.disentangle import *  # noqa: F403
 from alignkit.models.dual_encoder import *  # noqa: F403
 from alignkit.models.matching import *  # noqa: F403
@@ -16,6 +17,7 @@ from alignkit.models.repa import *  # noqa: F403
 __all__ = [
     *binder.__all__,
     *byol.__all__,
+    *captioning.__all__,
     *disentangle.__all__,
     *dual_encoder.__all__,
     *matching.__all__,
