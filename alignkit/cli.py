@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from alignkit import fit_cli, report_cli, train_cli
+from alignkit import caption_cli, fit_cli, report_cli, train_cli
 
 __all__ = ["main"]
 
@@ -74,6 +74,7 @@ def _parser() -> argparse.ArgumentParser:
     measure.set_defaults(func=_measure)
     fit_cli.add_commands(sub)
     report_cli.add_commands(sub)
+    caption_cli.add_commands(sub)
     return parser
 
 

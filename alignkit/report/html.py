@@ -235,6 +235,53 @@ def comparison_table_html(table: Mapping[str, Any], current: str | None = None) 
     )
 
 
+_CAPTION_COLUMNS = (
+    ("digit_accuracy", "digit-word accuracy"),
+    ("attribute_accuracy", "attribute accuracy"),
+    ("attribute_precision", "attribute precision"),
+    ("bleu4", "BLEU-4"),
+)
+
+
+def captioning_section(run_dir: str | os.PathLike[str]) -> str | None:
+    """HTML for ``RUN/captions/metrics.json`` and ``samples.json`` (``alignkit caption --fit``): the
+    method × search score table and a few test captions per method; ``None`` when absent or unreadable."""
+    base = Path(run_dir) / "captions"
+    try:
+        metrics = json.loads((base / "metrics.json").read_text(encoding="utf-8"))
+        methods = metrics["methods"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError):
+        return None
+    rows = []
+    for method, searches in methods.items():
+        for search, scores in searches.items():
+            rows.append([method, search, *(scores.get(key) for key, _ in _CAPTION_COLUMNS)])
+    parts = [
+        f"<p>Decoders trained on the training split, scored on {metrics.get('n_images', '?')} test "
+        "images: does the caption name the right digit (word or numeral) and the right attribute words "
+        "(accuracy: over all captions; precision: over those mentioning the attribute), and corpus "
+        "BLEU-4 against every caption template of the image.</p>",
+        _table(["method", "search", *(label for _, label in _CAPTION_COLUMNS)], rows),
+    ]
+    try:
+        samples = json.loads((base / "samples.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        samples = {}
+    if isinstance(samples, Mapping) and samples:
+        sample_rows = []
+        for method, items in samples.items():
+            for item in list(items)[:4] if isinstance(items, list) else []:
+                if isinstance(item, Mapping):
+                    sample_rows.append(
+                        [method, item.get("index"), item.get("caption"), item.get("reference")]
+                    )
+        parts += [
+            "<h3>Sample test captions</h3>",
+            _table(["method", "image", "caption", "reference"], sample_rows),
+        ]
+    return "\n".join(parts)
+
+
 def _data_uri(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
 
@@ -301,6 +348,9 @@ def write_report(run_dir: str | os.PathLike[str], *, samples: int = 40, dpi: int
             parts += ["<h2>All recipes compared</h2>", section]
         except (json.JSONDecodeError, ValueError, KeyError, AttributeError) as err:
             notes.append(f"{comparison} could not be read: {err}")
+    captioning = captioning_section(run)
+    if captioning is not None:
+        parts += ["<h2>Captioning from the joint space</h2>", captioning]
     if plots:
         parts.append("<h2>Plots</h2>")
         for name, path in plots.items():
