@@ -74,6 +74,23 @@ def _caption(args: argparse.Namespace) -> int:
         raise ValueError(f"--limit must be ≥ 1, got {args.limit}")
     torch.set_num_threads(max(1, args.threads))
     if args.fit:
+        extra = [
+            flag
+            for flag, value in (
+                ("--images", args.images),
+                ("--method", args.method),
+                ("--search", args.search),
+                ("--beam-size", args.beam_size),
+                ("--limit", args.limit),
+                ("--json", args.json or None),
+            )
+            if value is not None
+        ]
+        if extra:
+            raise ValueError(
+                f"--fit trains and scores on the digits splits; {', '.join(extra)} "
+                "only apply when captioning (run without --fit)"
+            )
         settings = _settings(args.overrides)
         metrics = fit_captioners(args.checkpoint, _methods(args.methods), settings, progress=True)
         print(format_table(metrics), end="")
@@ -87,6 +104,7 @@ def _caption(args: argparse.Namespace) -> int:
         return 0
     if args.overrides:
         raise ValueError("--set only applies with --fit (settings are fixed once the decoders are trained)")
+    method, search = args.method or "clipcap", args.search or "beam"
     images = read_images(args.images) if args.images else None
     run = load_run(args.checkpoint)
     references: list[str] | None = None
@@ -100,13 +118,13 @@ def _caption(args: argparse.Namespace) -> int:
     if args.limit is not None:
         images, index = images[: args.limit], index[: args.limit]
         references = None if references is None else references[: args.limit]
-    if args.method != "iterative-memory":
+    if method != "iterative-memory":
         try:
-            load_captioner(run, args.method)
+            load_captioner(run, method)
         except ValueError:
-            print(f"alignkit caption: training the {args.method} decoder first (one-time)", file=sys.stderr)
-            fit_captioners(args.checkpoint, [args.method], progress=True)
-    captions = caption_images(run, images, args.method, args.search, args.beam_size)
+            print(f"alignkit caption: training the {method} decoder first (once per run)", file=sys.stderr)
+            fit_captioners(args.checkpoint, [method], progress=True)
+    captions = caption_images(run, images, method, search, args.beam_size)
     rows = [{"index": i, "caption": c} for i, c in zip(index, captions, strict=True)]
     if references is not None:
         for row, ref in zip(rows, references, strict=True):
@@ -135,8 +153,8 @@ def add_commands(subparsers: Any) -> None:
     )
     cap.add_argument("--checkpoint", required=True, metavar="RUN", help="the run directory of alignkit train")
     cap.add_argument("--images", help="images to caption (default: the digits test split)")
-    cap.add_argument("--method", default="clipcap", choices=METHODS, help="decoder to use (default clipcap)")
-    cap.add_argument("--search", default="beam", choices=SEARCHES, help="greedy or beam (default beam)")
+    cap.add_argument("--method", default=None, choices=METHODS, help="decoder to use (default clipcap)")
+    cap.add_argument("--search", default=None, choices=SEARCHES, help="greedy or beam (default beam)")
     cap.add_argument("--beam-size", type=int, default=None, help="beams (default: the trained setting, 3)")
     cap.add_argument("--limit", type=int, default=None, help="caption only the first N images")
     cap.add_argument("--json", action="store_true", help="print JSON instead of lines")

@@ -148,7 +148,11 @@ class CaptionSettings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
                 raise ValueError(f"settings.{name} must be a number ≥ 0, got {value!r}")
-        if not 0.0 <= self.dropout < 1.0:
+        if (
+            isinstance(self.dropout, bool)
+            or not isinstance(self.dropout, (int, float))
+            or not 0 <= self.dropout < 1
+        ):
             raise ValueError(f"settings.dropout must be in [0, 1), got {self.dropout!r}")
         if not isinstance(self.descriptive_only, bool):
             raise ValueError(
@@ -426,7 +430,11 @@ def _settings_for(run: AlignedRun, settings: CaptionSettings | None) -> CaptionS
     if settings is None:
         return saved or CaptionSettings()
     if saved is not None and saved != settings:
-        trained = [m for m in ("clipcap", "capdec", "decap", "coca") if (_captions_dir(run) / m).is_dir()]
+        trained = [
+            m
+            for m in ("clipcap", "capdec", "decap", "coca")
+            if (_captions_dir(run) / m / "checkpoints" / "last.json").is_file()
+        ]
         if trained:
             raise ValueError(
                 f"{_captions_dir(run)} holds decoders ({', '.join(trained)}) trained with other settings; "
@@ -435,29 +443,47 @@ def _settings_for(run: AlignedRun, settings: CaptionSettings | None) -> CaptionS
     return settings
 
 
+def _epochs_done(run: AlignedRun, name: str) -> int:
+    """Epochs the ``name`` decoder has finished (0 when it has no checkpoint yet)."""
+    from alignkit.train.checkpoint import load_checkpoint
+
+    last = _captions_dir(run) / name / "checkpoints" / "last.json"
+    if not last.is_file():
+        return 0
+    return int(load_checkpoint(last, verify=False).state.get("epoch", 0))
+
+
+def _epochs_wanted(name: str, settings: CaptionSettings) -> int:
+    return settings.coca_epochs if name == "coca" else settings.epochs
+
+
 def load_captioner(run: AlignedRun, method: str) -> tuple[nn.Module, WordTokenizer, CaptionSettings]:
     """The trained decoder of ``method`` (its best checkpoint), the tokenizer and the settings.
 
     Raises:
-        ValueError: unknown method, or the decoder has not been trained (``alignkit caption --fit``).
+        ValueError: unknown method; the decoder has not been trained, or its training was interrupted
+            (``alignkit caption --fit`` trains it, or finishes it from its last checkpoint).
     """
     from alignkit.train.checkpoint import load_checkpoint
 
     if method not in TRAINED:
         raise ValueError(f"method must be one of {tuple(TRAINED)}, got {method!r}")
     name = TRAINED[method]
-    directory = _captions_dir(run) / name / "checkpoints"
-    manifest = directory / "best.json" if (directory / "best.json").is_file() else directory / "last.json"
+    manifest = _captions_dir(run) / name / "checkpoints" / "best.json"
     settings = _read_settings(run)
+    fit = f"run alignkit caption --checkpoint {run.path} --fit --methods {method}"
     if not manifest.is_file() or settings is None:
-        raise ValueError(
-            f"no trained {name} decoder in {_captions_dir(run)}: "
-            f"run alignkit caption --checkpoint {run.path} --fit"
-        )
+        raise ValueError(f"no trained {name} decoder in {_captions_dir(run)}: {fit}")
+    done, wanted = _epochs_done(run, name), _epochs_wanted(name, settings)
+    if done < wanted:
+        raise ValueError(f"the {name} decoder stopped after {done} of {wanted} epochs: {fit} to finish it")
     tokenizer = _tokenizer(run)
     embed_dim = int(run.image_embeddings(run.data.images[:1]).shape[1])
     fitting = _Fitting(_build(name, settings, len(tokenizer), embed_dim))
-    load_checkpoint(manifest).load_into(fitting)
+    try:
+        load_checkpoint(manifest).load_into(fitting)
+    except (RuntimeError, KeyError) as err:
+        raise ValueError(f"{manifest} does not fit {_captions_dir(run) / 'settings.json'}: {err}") from None
     return fitting.model.eval(), tokenizer, settings
 
 
@@ -488,6 +514,8 @@ def caption_images(
     if search not in SEARCHES:
         raise ValueError(f"search must be one of {SEARCHES}, got {search!r}")
     images = _check_images(images)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer ≥ 1, got {batch_size!r}")
     if method == "iterative-memory":
         train = run.rows("train", (_read_settings(run) or CaptionSettings()).descriptive_only)
         memory = run.text_embeddings(run.data.text[train])
@@ -661,12 +689,11 @@ def fit_captioners(
         if name is None or name in decoders:
             continue
         t0 = time.perf_counter()
-        done = (_captions_dir(run) / name / "checkpoints" / "best.json").is_file() and resume
-        model = (
-            load_captioner(run, name)[0]
-            if done
-            else _fit_one(run, name, settings, tokenizer, progress, resume)
-        )
+        finished = resume and _epochs_done(run, name) >= _epochs_wanted(name, settings)
+        if finished:  # trained earlier: reuse it
+            model = load_captioner(run, name)[0]
+        else:  # new, or interrupted: the Trainer continues from the last checkpoint when resuming
+            model = _fit_one(run, name, settings, tokenizer, progress, resume)
         decoders[name] = (model, tokenizer, settings)
         seconds[name] = time.perf_counter() - t0
     for method in methods:
@@ -697,23 +724,29 @@ def fit_captioners(
         "methods": results,
     }
     previous = _read_metrics(run.path)
-    if previous and previous.get("settings") == metrics["settings"]:
-        merged = dict(previous.get("methods", {}))
-        merged.update(results)
+    if previous and previous.get("settings") == metrics["settings"]:  # keep other methods' results
+        merged = {**previous.get("methods", {}), **results}
         metrics["methods"] = {m: merged[m] for m in METHODS if m in merged}
+        old_samples = _read_json(_captions_dir(run) / "samples.json") or {}
+        merged_samples = {**old_samples, **samples}
+        samples = {m: merged_samples[m] for m in METHODS if m in merged_samples}
     _write_json(_captions_dir(run) / "metrics.json", metrics)
     _write_json(_captions_dir(run) / "samples.json", samples)
     return metrics
 
 
-def _read_metrics(run_dir: Path) -> dict[str, Any] | None:
-    path = Path(run_dir) / CAPTIONS_DIR / "metrics.json"
+def _read_json(path: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        payload = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return None
+    return payload if isinstance(payload, dict) else None
+
+
+def _read_metrics(run_dir: Path) -> dict[str, Any] | None:
+    return _read_json(Path(run_dir) / CAPTIONS_DIR / "metrics.json")
 
 
 def read_caption_metrics(run_dir: str | os.PathLike[str]) -> dict[str, Any] | None:

@@ -124,6 +124,45 @@ def test_refit_reuses_trained_decoders_and_refuses_other_settings(tiny_fit: tupl
     assert settings == TINY and len(tokenizer) > 40 and not model.training
 
 
+def test_an_interrupted_decoder_is_finished_not_reused(clip_run: Path, tmp_path: Path) -> None:
+    """A fit killed after epoch 1 of 3 leaves best.json behind; the next fit resumes it to the end."""
+    import shutil
+
+    from alignkit.train.checkpoint import load_checkpoint
+
+    run = tmp_path / "run"
+    shutil.copytree(clip_run, run)
+    settings = CaptionSettings(epochs=1, dim=32, depth=1, num_heads=2)
+    fit_captioners(run, ["decap"], settings, progress=False, searches=("greedy",))
+    # pretend the run asked for 3 epochs and was killed after the first
+    (run / "captions" / "settings.json").write_text(
+        json.dumps({**json.loads((run / "captions" / "settings.json").read_text()), "epochs": 3})
+    )
+    with pytest.raises(ValueError, match="stopped after 1 of 3 epochs"):
+        load_captioner(load_run(run), "decap")
+    three = CaptionSettings(epochs=3, dim=32, depth=1, num_heads=2)
+    fit_captioners(run, ["decap"], three, progress=False, searches=("greedy",))
+    last = load_checkpoint(run / "captions" / "decap" / "checkpoints" / "last.json", verify=False)
+    assert last.state["epoch"] == 3
+    epochs = [
+        json.loads(line)["epoch"]
+        for line in (run / "captions" / "decap" / "metrics.jsonl").read_text().splitlines()
+        if json.loads(line).get("type") == "epoch"
+    ]
+    assert epochs == [1, 2, 3]  # epoch 1 was not repeated
+    assert load_captioner(load_run(run), "decap")[2] == three
+
+
+def test_one_method_refit_keeps_the_other_samples(tiny_fit: tuple[Path, dict], tmp_path: Path) -> None:
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_fit[0], run)
+    fit_captioners(run, ["decap"], None, progress=False, searches=("greedy",))
+    samples = json.loads((run / "captions" / "samples.json").read_text())
+    assert set(samples) == set(tiny_fit[1]["methods"])
+
+
 def test_decap_and_capdec_see_what_their_method_says(
     tiny_fit: tuple[Path, dict], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -219,6 +258,8 @@ def test_cli_captions_images_and_the_test_split(
         (["--checkpoint", "{run}", "--fit", "--methods", "clipcap,gpt"], "unknown method 'gpt'"),
         (["--checkpoint", "{run}", "--fit", "--set", "mapping=lstm"], "settings.mapping must be one of"),
         (["--checkpoint", "{run}", "--fit", "--set", "nope=1"], "unknown caption setting"),
+        (["--checkpoint", "{run}", "--fit", "--set", "dropout=abc"], "settings.dropout must be in [0, 1)"),
+        (["--checkpoint", "{run}", "--fit", "--images", "x.npy"], "--fit trains and scores on the digits"),
     ],
 )
 def test_cli_bad_input_is_one_line_exit_2(

@@ -111,8 +111,11 @@ def _markov_step(table: torch.Tensor, per_row: torch.Tensor):
     return step
 
 
-def _exhaustive(step, item: int, vocab: int, max_length: int, bos: int, eos: int, pad: int):
-    """Best complete sequence of one item by enumerating every sequence (float64 sums)."""
+def _exhaustive(
+    step, item: int, vocab: int, max_length: int, bos: int, eos: int, pad: int, alpha: float = 0.0
+):
+    """Best sequence of one item by enumerating every sequence (float64 sums), ranked by
+    log p / length^alpha; a sequence that reaches max_length without EOS counts too."""
     best, best_seq = -math.inf, None
     words = [t for t in range(vocab) if t != pad]
     for length in range(1, max_length):
@@ -124,22 +127,24 @@ def _exhaustive(step, item: int, vocab: int, max_length: int, bos: int, eos: int
             for t in range(1, len(tokens)):
                 prefix = torch.tensor([tokens[:t]])
                 total += float(step(prefix, torch.tensor([item]))[0, tokens[t]].double())
-            if total > best:
-                best, best_seq = total, tokens
+            score = total / length**alpha
+            if score > best:
+                best, best_seq = score, tokens
     return best, best_seq
 
 
-def test_beam_search_is_exact_with_a_wide_beam() -> None:
+@pytest.mark.parametrize("alpha", [0.0, 1.0])
+def test_beam_search_is_exact_with_a_wide_beam(alpha: float) -> None:
     vocab, bos, eos, pad, max_length = 5, 1, 2, 0, 5
     g = torch.Generator().manual_seed(0)
     table = torch.randn(vocab, vocab, generator=g) * 2
     table[:, pad] = -1e9  # the model never emits PAD or BOS
     table[:, bos] = -1e9
     step = _markov_step(table, torch.randn(3, vocab, generator=g))
-    seqs, scores = beam_search(step, 3, bos, eos, max_length, beam_size=5**4, pad=pad)
+    seqs, scores = beam_search(step, 3, bos, eos, max_length, beam_size=5**4, length_penalty=alpha, pad=pad)
     assert torch.all(scores[:, :-1] >= scores[:, 1:])
     for item in range(3):
-        best, best_seq = _exhaustive(step, item, vocab, max_length, bos, eos, pad)
+        best, best_seq = _exhaustive(step, item, vocab, max_length, bos, eos, pad, alpha)
         got = [t for t in seqs[item, 0].tolist() if t != pad]
         assert got == best_seq
         assert float(scores[item, 0]) == pytest.approx(best, abs=1e-4)
@@ -185,13 +190,17 @@ def test_beam_of_one_is_greedy_and_length_penalty_prefers_longer() -> None:
         beam_search(step, 5, bos, eos, 9, beam_size=0)
     with pytest.raises(ValueError, match="max_length must be an integer ≥ 2"):
         greedy_search(step, 5, bos, eos, 1)
+    with pytest.raises(ValueError, match=r"pad = 7 is not a token id of the step's vocabulary \(V = 6\)"):
+        beam_search(step, 5, bos, eos, 9, pad=7)
+    with pytest.raises(ValueError, match=r"step must return \(M, V\) = \(5, V\)"):
+        greedy_search(lambda tokens, rows: torch.zeros(3, 6), 5, bos, eos, 9)
 
 
 # --------------------------------------------------------------------------------------------------
 # decoder
 
 
-def test_causal_decoder_is_causal_and_ignores_right_padding() -> None:
+def test_causal_decoder_is_causal_and_right_padding_changes_nothing_before_it() -> None:
     lm = CausalDecoder(vocab_size=20, dim=32, depth=2, num_heads=4, max_length=16).eval()
     tokens = torch.randint(3, 20, (2, 8))
     prefix = torch.randn(2, 3, 32)
@@ -211,8 +220,8 @@ def test_causal_decoder_is_causal_and_ignores_right_padding() -> None:
         lm(torch.full((1, 3), 20))
     with pytest.raises(ValueError, match="no cross-attention"):
         lm(tokens, context=torch.randn(2, 4, 32))
-    with pytest.raises(ValueError, match="pad_id must be"):
-        CausalDecoder(vocab_size=5, pad_id=5)
+    with pytest.raises(ValueError, match="dim must be divisible by num_heads"):
+        CausalDecoder(vocab_size=5, dim=30, num_heads=4)
 
 
 def test_caption_loss_matches_loop() -> None:
@@ -226,6 +235,10 @@ def test_caption_loss_matches_loop() -> None:
     assert float(caption_loss(logits, tokens, prefix_length=2)) == pytest.approx(
         float(sum(terms) / len(terms))
     )
+    with pytest.raises(ValueError, match=r"logits must have shape \(B, P \+ T, V\) = \(3, 6, V\)"):
+        caption_loss(logits, tokens, prefix_length=0)
+    with pytest.raises(ValueError, match="tokens must be an int64 tensor"):
+        caption_loss(logits, tokens.float(), prefix_length=2)
 
 
 def _toy_captions(n: int, vocab: int, length: int, seed: int) -> torch.Tensor:
@@ -312,7 +325,7 @@ def test_coca_loss_is_weighted_sum_gradients_reach_both_towers_and_it_learns() -
     assert coca.image_tower.proj.weight.grad.abs().sum() > 0
     assert coca.unimodal.token_embedding.weight.grad.abs().sum() > 0
     assert coca.contrastive_pool.query.grad.abs().sum() > 0 and coca.caption_pool.query.grad.abs().sum() > 0
-    # the text embedding is read at EOS: padding after it changes nothing
+    # the text embedding is read at the first EOS (causal): padding after it changes nothing
     longer = torch.cat([tokens, torch.zeros(8, 3, dtype=torch.long)], dim=1)
     coca.eval()
     assert torch.allclose(coca.encode_text(tokens), coca.encode_text(longer), atol=1e-5)

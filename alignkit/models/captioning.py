@@ -119,7 +119,6 @@ class PrefixCaptioner(nn.Module):
             num_heads,
             max_length=prefix_length + max_length,
             dropout=dropout,
-            pad_id=PAD,
         )
         k = prefix_length
         if mapping == "mlp":
@@ -269,10 +268,8 @@ class CoCa(nn.Module):
         return self.contrastive_pool(tokens)[:, 0], self.caption_pool(tokens)
 
     def _captioning_logits(self, hidden: Tensor, tokens: Tensor, context: Tensor) -> Tensor:
-        padding = tokens == PAD
-        padding = padding if bool(padding.any()) else None
-        for block in self.multimodal:
-            hidden = block(hidden, padding, context)
+        for block in self.multimodal:  # causal: right padding never reaches the caption's tokens
+            hidden = block(hidden, context)
         return self.norm(hidden) @ self.unimodal.token_embedding.weight.T
 
     def encode_image(self, images: Tensor) -> Tensor:

@@ -39,13 +39,13 @@ def _check_dropout(dropout: float) -> float:
 class DecoderBlock(nn.Module):
     """One pre-LayerNorm decoder block::
 
-        x = x + SelfAttn(LN(x), causal, key_padding_mask)
+        x = x + SelfAttn(LN(x), causal)
         x = x + CrossAttn(LN(x), context, context_padding_mask)      (only with context_dim)
         x = x + MLP(LN(x)),   MLP = Linear(dim, 4·dim) → GELU → Linear(4·dim, dim)
 
-    ``forward(x (B, T, dim), padding_mask (B, T) bool | None, context (B, S, context_dim) | None,
-    context_padding_mask (B, S) bool | None) → (B, T, dim)``; ``True`` marks padding. Position ``t``
-    sees positions ≤ t only.
+    ``forward(x (B, T, dim), context (B, S, context_dim) | None, context_padding_mask (B, S) bool |
+    None) → (B, T, dim)``; ``True`` marks padded context entries. Position ``t`` sees positions ≤ t
+    only, so padding placed after the real tokens (right padding) never reaches them.
 
     Cost: O(B·T²·dim + B·T·dim²) (+ O(B·T·S·dim + B·S·context_dim·dim) with cross-attention).
     """
@@ -67,18 +67,12 @@ class DecoderBlock(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(
-        self,
-        x: Tensor,
-        padding_mask: Tensor | None = None,
-        context: Tensor | None = None,
-        context_padding_mask: Tensor | None = None,
+        self, x: Tensor, context: Tensor | None = None, context_padding_mask: Tensor | None = None
     ) -> Tensor:
         t = x.shape[1]
         causal = torch.ones(t, t, dtype=torch.bool, device=x.device).triu(1)  # True = may not attend
         h = self.norm_self(x)
-        x = x + self.dropout(
-            self.self_attn(h, h, h, attn_mask=causal, key_padding_mask=padding_mask, need_weights=False)[0]
-        )
+        x = x + self.dropout(self.self_attn(h, h, h, attn_mask=causal, need_weights=False)[0])
         if self.cross_attn is not None and context is not None:
             h = self.norm_cross(x)
             x = x + self.dropout(
@@ -95,6 +89,8 @@ class CausalDecoder(nn.Module):
     The input sequence is ``[prefix_1 … prefix_P, emb(token_1) … emb(token_T)] + positions``; block
     outputs go through a final LayerNorm and the output layer ``logits = h · Eᵀ`` (weights tied to
     the token embedding ``E``, Press & Wolf 2017). Position ``P + t − 1`` predicts ``token_{t+1}``.
+    Pad captions on the right (after EOS): causal attention hides those positions from every real
+    one, so no key-padding mask is needed and their outputs are simply ignored by the loss.
 
     Args:
         vocab_size: number of token ids (≥ 2).
@@ -105,12 +101,10 @@ class CausalDecoder(nn.Module):
         context_dim: width of a cross-attended context (CoCa's multimodal decoder); ``None``: no
             cross-attention.
         dropout: dropout on attention weights and residual branches, in [0, 1).
-        pad_id: the padding token id (its embedding is not used for attention keys).
 
     ``forward(tokens (B, T) int64 | None, prefix (B, P, dim) | None, context (B, S, context_dim) |
     None, context_padding_mask (B, S) bool | None) → logits (B, P + T, vocab_size)``; with
-    ``return_hidden=True`` the final hidden states (B, P + T, dim) instead. Key-padding: positions
-    whose token is ``pad_id`` are ignored as keys (prefix positions never are).
+    ``return_hidden=True`` the final hidden states (B, P + T, dim) instead.
 
     Cost: O(depth·B·L·(L + dim)·dim) for L = P + T.
 
@@ -129,7 +123,6 @@ class CausalDecoder(nn.Module):
         max_length: int = 64,
         context_dim: int | None = None,
         dropout: float = 0.0,
-        pad_id: int = 0,
     ) -> None:
         super().__init__()
         check_int(vocab_size, "vocab_size", 2)
@@ -141,11 +134,9 @@ class CausalDecoder(nn.Module):
             check_int(context_dim, "context_dim", 1)
         if dim % num_heads:
             raise ValueError(f"dim must be divisible by num_heads = {num_heads}, got dim = {dim}")
-        if not isinstance(pad_id, int) or not 0 <= pad_id < vocab_size:
-            raise ValueError(f"pad_id must be an integer in [0, {vocab_size}), got {pad_id!r}")
         dropout = _check_dropout(dropout)
         self.vocab_size, self.dim, self.max_length = vocab_size, dim, max_length
-        self.context_dim, self.pad_id = context_dim, pad_id
+        self.context_dim = context_dim
         self.token_embedding = nn.Embedding(vocab_size, dim)
         self.position_embedding = nn.Parameter(torch.zeros(max_length, dim))
         self.blocks = nn.ModuleList(DecoderBlock(dim, num_heads, context_dim, dropout) for _ in range(depth))
@@ -162,14 +153,13 @@ class CausalDecoder(nn.Module):
         context_padding_mask: Tensor | None = None,
         return_hidden: bool = False,
     ) -> Tensor:
-        parts, masks = [], []
+        parts = []
         batch = None
         if prefix is not None:
             if not isinstance(prefix, Tensor) or prefix.dim() != 3 or prefix.shape[-1] != self.dim:
                 raise ValueError(f"prefix must have shape (B, P, {self.dim}), got {shape_str(prefix)}")
             batch = prefix.shape[0]
             parts.append(prefix)
-            masks.append(torch.zeros(prefix.shape[:2], dtype=torch.bool, device=prefix.device))
         if tokens is not None:
             if not isinstance(tokens, Tensor) or tokens.dim() != 2 or tokens.dtype != torch.long:
                 raise ValueError(f"tokens must be an int64 tensor of shape (B, T), got {shape_str(tokens)}")
@@ -180,7 +170,6 @@ class CausalDecoder(nn.Module):
             if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= self.vocab_size):
                 raise ValueError(f"tokens must be ids in [0, {self.vocab_size})")
             parts.append(self.token_embedding(tokens))
-            masks.append(tokens == self.pad_id)
         if not parts:
             raise ValueError("forward needs tokens, a prefix, or both")
         x = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
@@ -198,11 +187,9 @@ class CausalDecoder(nn.Module):
                 raise ValueError(
                     f"context must have shape ({x.shape[0]}, S, {self.context_dim}), got {shape_str(context)}"
                 )
-        padding = torch.cat(masks, dim=1) if len(masks) > 1 else masks[0]
-        padding = padding if bool(padding.any()) else None
         x = self.dropout(x + self.position_embedding[:length].to(x.dtype))
         for block in self.blocks:
-            x = block(x, padding, context, context_padding_mask)
+            x = block(x, context, context_padding_mask)
         x = self.norm(x)
         return x if return_hidden else x @ self.token_embedding.weight.T
 
@@ -217,6 +204,17 @@ def caption_loss(logits: Tensor, tokens: Tensor, prefix_length: int = 0, pad_id:
     predicts ``tokens[:, t]`` for t = 1 … T − 1; PAD targets are ignored; the mean is over the
     remaining targets (the words and EOS), as in ClipCap's and CoCa's captioning loss.
     """
+    if not isinstance(logits, Tensor) or logits.dim() != 3:
+        raise ValueError(f"logits must have shape (B, P + T, V), got {shape_str(logits)}")
+    if not isinstance(tokens, Tensor) or tokens.dim() != 2 or tokens.dtype != torch.long:
+        raise ValueError(f"tokens must be an int64 tensor of shape (B, T), got {shape_str(tokens)}")
+    check_int(prefix_length, "prefix_length", 0)
+    expected = (tokens.shape[0], prefix_length + tokens.shape[1])
+    if tuple(logits.shape[:2]) != expected:
+        raise ValueError(
+            f"logits must have shape (B, P + T, V) = ({expected[0]}, {expected[1]}, V) for tokens "
+            f"{shape_str(tokens)} and prefix_length = {prefix_length}, got {shape_str(logits)}"
+        )
     targets = tokens[:, 1:]
     predicted = logits[:, prefix_length : prefix_length + targets.shape[1]]
     return F.cross_entropy(
@@ -224,11 +222,19 @@ def caption_loss(logits: Tensor, tokens: Tensor, prefix_length: int = 0, pad_id:
     )
 
 
-def _check_search(batch_size: int, bos: int, eos: int, max_length: int) -> None:
+def _check_search(batch_size: int, bos: int, eos: int, max_length: int, pad: int) -> None:
     check_int(batch_size, "batch_size", 1)
     check_int(max_length, "max_length", 2)
-    for value, name in ((bos, "bos"), (eos, "eos")):
+    for value, name in ((bos, "bos"), (eos, "eos"), (pad, "pad")):
         check_int(value, name, 0)
+
+
+def _check_step_output(logp: Tensor, rows: int, pad: int) -> Tensor:
+    if not isinstance(logp, Tensor) or logp.dim() != 2 or logp.shape[0] != rows:
+        raise ValueError(f"step must return (M, V) = ({rows}, V) log-probabilities, got {shape_str(logp)}")
+    if pad >= logp.shape[1]:
+        raise ValueError(f"pad = {pad} is not a token id of the step's vocabulary (V = {logp.shape[1]})")
+    return logp
 
 
 @torch.no_grad()
@@ -251,12 +257,12 @@ def greedy_search(
 
     Cost: ``max_length`` calls of ``step`` on at most ``batch_size`` sequences.
     """
-    _check_search(batch_size, bos, eos, max_length)
+    _check_search(batch_size, bos, eos, max_length, pad)
     tokens = torch.full((batch_size, 1), bos, dtype=torch.long, device=device)
     rows = torch.arange(batch_size, device=device)
     done = torch.zeros(batch_size, dtype=torch.bool, device=device)
     for _ in range(max_length - 1):
-        logp = step(tokens, rows)
+        logp = _check_step_output(step(tokens, rows), batch_size, pad)
         nxt = logp.argmax(-1)
         nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
         tokens = torch.cat([tokens, nxt[:, None]], dim=1)
@@ -283,8 +289,9 @@ def beam_search(
     At each step every live beam is extended by every token and the best ``beam_size`` extensions
     per item survive (Graves 2012; Sutskever et al. 2014). A beam that emits ``eos`` is finished: it
     keeps its score and is extended only by ``pad`` at zero cost, so it competes with the live beams
-    until the end. Finished sequences are ranked by ``log p / length^α`` with ``α = length_penalty``
-    (``length`` counts the tokens after ``bos``, ``eos`` included; α = 0: plain log-probability).
+    until the end on raw log-probability. The surviving sequences are then ranked by
+    ``log p / length^α`` with ``α = length_penalty`` (``length`` counts the tokens after ``bos``,
+    ``eos`` included; α = 0: plain log-probability), so the penalty re-ranks survivors only.
     With ``beam_size`` at least the number of possible sequences this is exact search; with
     ``beam_size=1`` it equals :func:`greedy_search`.
 
@@ -296,7 +303,7 @@ def beam_search(
     Cost: ``max_length`` calls of ``step`` on ``batch_size·beam_size`` sequences, plus a top-k over
     ``beam_size·V`` per item per step.
     """
-    _check_search(batch_size, bos, eos, max_length)
+    _check_search(batch_size, bos, eos, max_length, pad)
     check_int(beam_size, "beam_size", 1)
     if isinstance(length_penalty, bool) or not isinstance(length_penalty, (int, float)) or length_penalty < 0:
         raise ValueError(f"length_penalty must be a number ≥ 0, got {length_penalty!r}")
@@ -309,7 +316,7 @@ def beam_search(
     done = torch.zeros(b * k, dtype=torch.bool, device=device)
     lengths = torch.zeros(b * k, device=device)
     for _ in range(max_length - 1):
-        logp = step(tokens, rows).float()  # (b·k, V)
+        logp = _check_step_output(step(tokens, rows), b * k, pad).float()  # (b·k, V)
         vocab = logp.shape[-1]
         frozen = torch.full_like(logp, -math.inf)
         frozen[:, pad] = 0.0
