@@ -34,6 +34,7 @@ import dataclasses
 import json
 import os
 import string
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -693,6 +694,7 @@ def fit_captioners(
         if finished:  # trained earlier: reuse it
             model = load_captioner(run, name)[0]
         else:  # new, or interrupted: the Trainer continues from the last checkpoint when resuming
+            _say(progress, f"training the {name} decoder ({_epochs_wanted(name, settings)} epochs)")
             model = _fit_one(run, name, settings, tokenizer, progress, resume)
         decoders[name] = (model, tokenizer, settings)
         seconds[name] = time.perf_counter() - t0
@@ -706,6 +708,7 @@ def fit_captioners(
     for method in methods:
         results[method] = {}
         for search in searches if method in ("clipcap", "capdec", "decap", "coca") else ("beam",):
+            _say(progress, f"captioning {len(test)} test images: {method}, {search} search")
             captions = caption_images(run, images, method, search, decoders=decoders)
             results[method][search] = evaluate_captions(captions, run.digits, test)
             if search == "beam" or len(searches) == 1:
@@ -733,6 +736,11 @@ def fit_captioners(
     _write_json(_captions_dir(run) / "metrics.json", metrics)
     _write_json(_captions_dir(run) / "samples.json", samples)
     return metrics
+
+
+def _say(progress: bool, message: str) -> None:
+    if progress:
+        print(f"alignkit caption: {message}", file=sys.stderr, flush=True)
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:

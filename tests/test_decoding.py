@@ -342,3 +342,15 @@ def test_coca_loss_is_weighted_sum_gradients_reach_both_towers_and_it_learns() -
         coca.encode_text(torch.tensor([[1, 5, 6]]))
     with pytest.raises(ValueError, match="search must be one of"):
         coca.generate(images, search="sample")
+
+
+def test_memory_scores_are_built_in_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Small blocks (3 queries at a time) give the same answers as one block."""
+    import alignkit.functional.decoding as decoding
+
+    query, memory = torch.randn(10, 8), torch.randn(50, 8)
+    whole = AF.memory_projection(query, memory), AF.nearest_candidates(query, memory)
+    monkeypatch.setattr(decoding, "_BLOCK_ELEMENTS", 150)
+    assert decoding._rows_per_block(50) == 3
+    blocked = AF.memory_projection(query, memory), AF.nearest_candidates(query, memory)
+    assert torch.allclose(whole[0], blocked[0], atol=1e-6) and torch.equal(whole[1], blocked[1])

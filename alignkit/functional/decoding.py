@@ -29,6 +29,12 @@ from alignkit.functional._checks import (
 
 __all__ = ["memory_projection", "nearest_candidates", "noise_injection"]
 
+_BLOCK_ELEMENTS = 1 << 22  # query × memory scores held at once (16 MiB in float32)
+
+
+def _rows_per_block(memory_rows: int) -> int:
+    return max(1, _BLOCK_ELEMENTS // max(memory_rows, 1))
+
 
 def noise_injection(
     x: Tensor, variance: float = 0.016, generator: torch.Generator | None = None, normalize: bool = True
@@ -74,7 +80,7 @@ def memory_projection(query: Tensor, memory: Tensor, temperature: float = 0.01) 
     Returns:
         (N, d) unit rows in ``query``'s dtype (computed in float32 or float64).
 
-    Cost: O(N·M·d) time; O(N·M) memory for the weights.
+    Cost: O(N·M·d) time; the weights are built for blocks of queries, O(min(N, 2²²/M)·M) memory.
     """
     check_features(query, "query")
     check_features(memory, "memory")
@@ -87,8 +93,10 @@ def memory_projection(query: Tensor, memory: Tensor, temperature: float = 0.01) 
     dtype = compute_dtype(query, memory)
     q = F.normalize(query.to(dtype), dim=-1, eps=EPS)
     m = F.normalize(memory.to(dtype), dim=-1, eps=EPS)
-    weights = torch.softmax(q @ m.T / temperature, dim=-1)
-    return F.normalize(weights @ m, dim=-1, eps=EPS).to(query.dtype)
+    parts = [
+        torch.softmax(block @ m.T / temperature, dim=-1) @ m for block in q.split(_rows_per_block(m.shape[0]))
+    ]
+    return F.normalize(torch.cat(parts), dim=-1, eps=EPS).to(query.dtype)
 
 
 def nearest_candidates(query: Tensor, candidates: Tensor, groups: Tensor | None = None) -> Tensor:
@@ -105,7 +113,8 @@ def nearest_candidates(query: Tensor, candidates: Tensor, groups: Tensor | None 
         (N,) int64 index into ``candidates``. With ``groups``, a query that owns no candidate raises
         ``ValueError``.
 
-    Cost: O(N·M·d) without groups (chunk the queries for a huge memory), O(M·d) with groups.
+    Cost: O(N·M·d) time without groups, scored in blocks of queries (O(min(N, 2²²/M)·M) memory);
+    O(M·d) with groups.
     """
     check_features(query, "query")
     check_features(candidates, "candidates")
@@ -119,7 +128,7 @@ def nearest_candidates(query: Tensor, candidates: Tensor, groups: Tensor | None 
     q = F.normalize(query.to(dtype), dim=-1, eps=EPS)
     c = F.normalize(candidates.to(dtype), dim=-1, eps=EPS)
     if groups is None:
-        return (q @ c.T).argmax(dim=1)
+        return torch.cat([(block @ c.T).argmax(dim=1) for block in q.split(_rows_per_block(c.shape[0]))])
     if not isinstance(groups, Tensor) or groups.shape != (candidates.shape[0],) or groups.dtype != torch.long:
         raise ValueError(
             f"groups must be an int64 tensor of shape ({candidates.shape[0]},), got {shape_str(groups)}"
