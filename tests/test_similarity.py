@@ -763,3 +763,27 @@ def test_rsa_gradients_dtypes_and_bad_input() -> None:
         AF.rsa(torch.randn(5, 3), torch.randn(5, 3), method="kendall")
     with pytest.raises(ValueError, match="same number of rows"):
         AF.rsa(torch.randn(5, 3), torch.randn(6, 3))
+
+
+def test_hsic_from_kernel_sums_matches_the_matrix_formulas() -> None:
+    """Biased: tr(KHLH)/(n−1)²; unbiased: Song et al. 2012's HSIC₁ written with explicit matrices."""
+    n = 9
+    g = torch.Generator().manual_seed(0)
+    x, y = (
+        torch.randn(n, 3, generator=g, dtype=torch.float64),
+        torch.randn(n, 4, generator=g, dtype=torch.float64),
+    )
+    k, l_ = x @ x.T, torch.exp(-(torch.cdist(y, y) ** 2))
+    h = torch.eye(n, dtype=torch.float64) - 1.0 / n
+    biased = torch.trace(k @ h @ l_ @ h) / (n - 1) ** 2
+    got = AF.hsic_from_kernel_sums((k * l_).sum(), k.sum(1), l_.sum(1), n, unbiased=False)
+    assert float(got) == pytest.approx(float(biased), rel=1e-12)
+    kt, lt = k - torch.diag(torch.diag(k)), l_ - torch.diag(torch.diag(l_))
+    one = torch.ones(n, 1, dtype=torch.float64)
+    song = (
+        torch.trace(kt @ lt)
+        + (one.T @ kt @ one) * (one.T @ lt @ one) / ((n - 1) * (n - 2))
+        - 2.0 / (n - 2) * (one.T @ kt @ lt @ one)
+    ) / (n * (n - 3))
+    got = AF.hsic_from_kernel_sums((kt * lt).sum(), kt.sum(1), lt.sum(1), n, unbiased=True)
+    assert float(got) == pytest.approx(float(song), rel=1e-12)

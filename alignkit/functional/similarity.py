@@ -52,6 +52,7 @@ __all__ = [
     "canonical_correlations",
     "cka",
     "cka_from_cross_covariance",
+    "hsic_from_kernel_sums",
     "procrustes_distance",
     "pwcca",
     "rsa",
@@ -420,6 +421,8 @@ def _gram_cka(x: Tensor, y: Tensor, kernel: str, unbiased: bool, threshold: floa
         biased    ⟨HKH, HLH⟩ = ΣK∘L − (2/n)·rᵀq + (Σr)(Σq)/n²
         unbiased  n(n−3)·HSIC_u = ΣK∘L + (Σr)(Σq)/((n−1)(n−2)) − (2/(n−2))·rᵀq   (Song et al. 2012)
 
+    combined by :func:`hsic_from_kernel_sums`.
+
     Several blocks under autograd are checkpointed (recomputed in backward), so memory stays
     O(block·N) for the backward pass too.
     """
@@ -455,13 +458,36 @@ def _gram_cka(x: Tensor, y: Tensor, kernel: str, unbiased: bool, threshold: floa
     r = torch.cat([p[3] for p in parts])
     q = torch.cat([p[4] for p in parts])
 
-    def hsic(s: Tensor, a: Tensor, b: Tensor) -> Tensor:
-        if unbiased:
-            return s + a.sum() * b.sum() / ((n - 1) * (n - 2)) - 2.0 / (n - 2) * (a * b).sum()
-        return s - 2.0 / n * (a * b).sum() + a.sum() * b.sum() / (n * n)
-
-    value = _safe_ratio(hsic(s_kl, r, q), hsic(s_kk, r, r), hsic(s_ll, q, q))
+    value = _safe_ratio(
+        hsic_from_kernel_sums(s_kl, r, q, n, unbiased),
+        hsic_from_kernel_sums(s_kk, r, r, n, unbiased),
+        hsic_from_kernel_sums(s_ll, q, q, n, unbiased),
+    )
     return value.clamp(-1, 1) if unbiased else value.clamp(0, 1)
+
+
+def hsic_from_kernel_sums(sum_kl: Tensor, row_k: Tensor, row_l: Tensor, n: int, unbiased: bool) -> Tensor:
+    """HSIC from the sums of two n×n kernel matrices, never the matrices themselves.
+
+    With ``ΣK∘L = sum_kl``, row sums ``r = K1 = row_k`` and ``q = L1 = row_l`` (K, L symmetric; for
+    the unbiased form with their diagonals set to zero)::
+
+        biased    HSIC₀ = (ΣK∘L − (2/n)·rᵀq + (Σr)(Σq)/n²) / (n−1)²  = ⟨HKH, HLH⟩ / (n−1)²
+        unbiased  HSIC₁ = (ΣK∘L + (Σr)(Σq)/((n−1)(n−2)) − (2/(n−2))·rᵀq) / (n(n−3))
+
+    (Gretton et al. 2005; the unbiased estimator of Song et al. 2012, "Feature Selection via
+    Dependence Maximization"). The one place this combination lives: :func:`cka`'s Gram path and
+    :class:`alignkit.metrics.MinibatchCKA` both call it.
+
+    Shapes: scalars and (n,) row sums → scalar. Needs n ≥ 4 when unbiased.
+    """
+    if unbiased:
+        total = (
+            sum_kl + row_k.sum() * row_l.sum() / ((n - 1) * (n - 2)) - 2.0 / (n - 2) * (row_k * row_l).sum()
+        )
+        return total / (n * (n - 3))
+    total = sum_kl - 2.0 / n * (row_k * row_l).sum() + row_k.sum() * row_l.sum() / (n * n)
+    return total / ((n - 1) ** 2)
 
 
 def cka(

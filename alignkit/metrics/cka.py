@@ -53,6 +53,7 @@ from alignkit.functional.similarity import (
     _rbf_sigma2,
     _safe_ratio,
     _upper_sq_distances,
+    hsic_from_kernel_sums,
 )
 from alignkit.metrics.base import Metric
 
@@ -361,10 +362,9 @@ class MinibatchCKA(Metric):
 def _unbiased_hsic(x: Tensor, y: Tensor, kernel: str, threshold: float) -> tuple[Tensor, Tensor, Tensor]:
     """HSIC₁(K, L), HSIC₁(K, K), HSIC₁(L, L) of one minibatch (float64 scalars).
 
-    Kernel sums come from similarity.py's ``_block_stats`` (zeroed diagonal, row blocks); only the
-    combination into HSIC₁ is written here, with the 1/(n(n−3)) normalisation that
-    ``similarity._gram_cka`` leaves out (it only needs ratios; averaging over minibatches of
-    different sizes needs the normalised estimates).
+    Kernel sums come from similarity.py's ``_block_stats`` (zeroed diagonal, row blocks) and are
+    combined by :func:`alignkit.functional.similarity.hsic_from_kernel_sums` (normalised estimates:
+    minibatches of different sizes are averaged).
     """
     n = x.shape[0]
     # Centre (no rescaling: the linear kernel's HSIC scales with it, and batches are averaged).
@@ -385,8 +385,8 @@ def _unbiased_hsic(x: Tensor, y: Tensor, kernel: str, threshold: float) -> tuple
         r_parts.append(r)
         q_parts.append(q)
     r, q = torch.cat(r_parts), torch.cat(q_parts)
-
-    def hsic(s: Tensor, a: Tensor, b: Tensor) -> Tensor:
-        return (s + a.sum() * b.sum() / ((n - 1) * (n - 2)) - 2.0 / (n - 2) * (a @ b)) / (n * (n - 3))
-
-    return hsic(s_kl, r, q), hsic(s_kk, r, r), hsic(s_ll, q, q)
+    return (
+        hsic_from_kernel_sums(s_kl, r, q, n, True),
+        hsic_from_kernel_sums(s_kk, r, r, n, True),
+        hsic_from_kernel_sums(s_ll, q, q, n, True),
+    )
