@@ -118,6 +118,12 @@ class MultiLayerCKA(Metric):
         num_b: number of layers of the second model (≥ 1).
         sync_on_compute, process_group: see :class:`Metric`.
 
+    Accuracy: the raw float64 sums cancel in ``S − N·μμᵀ``, so the relative error of CKA is about
+    ``(|μ|/σ)²·1e-16`` for column means |μ| and spreads σ: 1e-12 at means 100× the spread, 1e-4 at
+    10⁶× (measured: 0.075576 vs 0.075592). :func:`alignkit.measure.layer_similarity` keeps one
+    fixed shift per layer instead and stays exact there; a fixed shift here would need re-basing
+    the sums across processes before they are added.
+
     Cost: O(n·(Σd_i² + Σe_j² + Σd_i·Σe_j)) time per batch of n rows; state memory
     O(Σd_i² + Σe_j² + Σd_i·Σe_j) float64, independent of N. Compute: O(p·q·(d² + e²)).
     """
