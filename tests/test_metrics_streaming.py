@@ -463,3 +463,26 @@ def test_metric_add_state_validation_and_single_process_sync_is_a_no_op() -> Non
     assert [t.shape[0] for t in probe.rows] == [2, 1]
     with pytest.raises(NotImplementedError):
         Metric().update()
+
+
+def test_streaming_linear_cka_is_exact_when_means_dwarf_the_spread(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Column means 10⁶× the spread: raw sums S − N·μμᵀ would lose ~1e-4; grouped scatter does not.
+    The reference is the CKA of the same data before the offset was added (CKA ignores offsets)."""
+    import alignkit.metrics.cka as cka_module
+
+    g = torch.Generator().manual_seed(0)
+    base_x = torch.randn(640, 5, generator=g, dtype=torch.float64)
+    base_y = torch.randn(640, 3, generator=g, dtype=torch.float64) + 0.3 * base_x[:, :3]
+    expected = float(AF.cka(base_x, base_y))
+    x, y = base_x + 1e6, base_y - 3e6
+    values = []
+    for max_groups in (64, 10_000):  # merged groups (64 kept at most) and every batch its own group
+        monkeypatch.setattr(cka_module, "_MAX_GROUPS", max_groups)
+        metric = StreamingLinearCKA()
+        for a, b in zip(x.split(7), y.split(7), strict=True):  # 92 batches
+            metric.update(a, b)
+        # 64: merged into one group at the 65th batch, then 27 more; otherwise one group per batch
+        assert len(metric.group_counts) == (28 if max_groups == 64 else 92)
+        values.append(float(metric.compute()))
+    assert values[0] == pytest.approx(expected, rel=1e-8)
+    assert values[1] == pytest.approx(expected, rel=1e-8)

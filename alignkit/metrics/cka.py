@@ -1,14 +1,14 @@
 """Streaming CKA: exact linear CKA over any number of batches, and minibatch (unbiased) CKA.
 
 * :class:`StreamingLinearCKA` — exact linear CKA of two representations streamed in batches:
-  d×d cross-products and column sums are accumulated in float64, so memory is independent of N
-  and the result equals :func:`alignkit.functional.cka` on the concatenated data.
+  centred d×d scatter matrices are accumulated in float64, so memory is independent of N and the
+  result equals :func:`alignkit.functional.cka` on the concatenated data.
 * :class:`MultiLayerCKA` — the same for every (layer of model A, layer of model B) pair at once,
   each layer's own cross-product shared by all the pairs it takes part in.
 * :class:`MinibatchCKA` — Nguyen, Raghu & Kornblith 2021's estimator: unbiased HSIC averaged over
   minibatches, for linear or RBF kernels.
 
-All three merge across processes with ``torch.distributed`` (sums, see :class:`Metric`), are not
+All three merge across processes with ``torch.distributed`` (see :class:`Metric`), are not
 differentiable (use :func:`alignkit.functional.cka` for a loss), and return float64 values.
 
     >>> import torch
@@ -60,72 +60,75 @@ from alignkit.metrics.base import Metric
 __all__ = ["MinibatchCKA", "MultiLayerCKA", "StreamingLinearCKA"]
 
 _F64 = torch.float64
+_MAX_GROUPS = 64  # local row groups kept before they are merged into one (MultiLayerCKA)
 
 
 def _zero() -> Tensor:
     return torch.zeros((), dtype=_F64)
 
 
-class _Shifted:
-    """One batch of one side, shifted by its column mean rounded to the compute dtype, ``m``:
-    ``a = fl(x − m)``. The difference of two numbers of the compute dtype is rounded relative to the
-    *difference*, so ``a`` carries the centred values to full precision whatever the column means.
-    The accumulators treat the batch as ``x' = a + m`` (exactly, in float64), so the raw sums
-    ``Σ x'x'ᵀ`` and ``Σ x'`` stay consistent and ``C = S − N·μμᵀ`` cancels only in float64."""
+class _Batch:
+    """One batch of one side, centred on its own mean: ``a = fl(x − m)`` with ``m`` the column mean
+    rounded to the compute dtype. The difference of two numbers of the compute dtype is rounded
+    relative to the *difference*, so ``a`` carries the centred values to full precision whatever the
+    column means; the exact batch mean is ``m + Σa/n`` (float64)."""
 
     def __init__(self, x: Tensor, dtype: torch.dtype) -> None:
         n = x.shape[0]
         self.n = n
         xk = x.to(dtype)
-        # Any shift is exact (the sums below use the same ``a`` and ``m``); the column mean in the
-        # compute dtype is close enough. Column sums of the compute dtype are cascade sums in torch.
-        shift = xk.sum(0) / n
+        shift = xk.sum(0) / n  # column sums of the compute dtype are cascade sums in torch
         self.centred = xk - shift
-        self.shift = shift.to(_F64)
-        self.residual = self.centred.sum(0).to(_F64)  # Σ a, ~0; C = AᵀA − Σa·Σaᵀ/n per batch
-        self.total = self.residual + n * self.shift  # Σ x'
+        self.residual = self.centred.sum(0).to(_F64)  # Σ a, ~0
+        self.mean = shift.to(_F64) + self.residual / n
         self.hi, self.lo = x.amax(0).to(_F64), x.amin(0).to(_F64)  # (faster than aminmax on CPU)
 
-    def raw_cross(self, other: _Shifted) -> Tensor:
-        """``Σ x' y'ᵀ = AᵀB + m_x (Σb)ᵀ + (Σa) m_yᵀ + n m_x m_yᵀ`` in float64."""
-        out = _cross(self.centred, other.centred)
-        out += torch.outer(self.shift, other.residual)
-        out += torch.outer(self.residual, other.shift)
-        out += self.n * torch.outer(self.shift, other.shift)
-        return out
+    def scatter(self, other: _Batch) -> Tensor:
+        """``Σ (x − x̄)(y − ȳ)ᵀ`` over the batch, float64: ``AᵀB − (Σa)(Σb)ᵀ/n``."""
+        return _cross(self.centred, other.centred) - torch.outer(self.residual, other.residual) / self.n
+
+
+def _between(counts: Tensor, means_a: Tensor, means_b: Tensor) -> Tensor:
+    """``Σ_g n_g (m_g − μ)(m'_g − μ')ᵀ`` for group counts (G,) and group means (G, d), (G, e), with
+    μ, μ' the count-weighted means: the scatter of the group means (the parallel-axis term)."""
+    total = counts.sum()
+    da = means_a - (counts @ means_a) / total
+    db = means_b - (counts @ means_b) / total
+    return (da * counts[:, None]).mT @ db
 
 
 class MultiLayerCKA(Metric):
     """Exact linear CKA between every layer of one model and every layer of another, streamed.
 
     For layers a_1..a_p (N, d_i) and b_1..b_q (N, e_j) of the same N inputs, accumulates in float64
-    ``N``, each layer's column sums ``Σ x``, its raw cross-product ``Σ x xᵀ`` (d_i × d_i, shared by
-    the q pairs it is in) and column max / min, and every pair's ``Σ a_i b_jᵀ`` (d_i × e_j). At
-    :meth:`compute`, with ``μ = Σx / N``, the centred products are ``C = S − N·μμᵀ`` (columns that
-    were constant over all rows set to exactly 0, as in :func:`alignkit.functional.cka`) and
+    the centred scatter ``W = Σ_batches Σ (x − x̄_g)(y − ȳ_g)ᵀ`` of every layer with itself and of
+    every pair, plus, per group g of rows (a batch, or several merged), its row count ``n_g`` and
+    column means ``x̄_g``. At :meth:`compute` the centred products are exact sums of small numbers —
+    no ``S − N·μμᵀ`` cancellation (Chan, Golub & LeVeque 1979's pairwise update)::
+
+        C_xy = W_xy + Σ_g n_g (x̄_g − μ_x)(ȳ_g − μ_y)ᵀ,   μ = Σ_g n_g x̄_g / N
+
+    (columns that were constant over all rows set to exactly 0, as in :func:`alignkit.functional.cka`)
+    and
 
         CKA(a_i, b_j) = ‖C_ab‖_F² / (‖C_aa‖_F · ‖C_bb‖_F)
 
     (Kornblith, Norouzi, Lee & Hinton 2019, "Similarity of Neural Network Representations
     Revisited", linear CKA in feature space) through
     :func:`alignkit.functional.cka_from_cross_covariance` — equal to ``AF.cka(a_i, b_j)`` on the
-    concatenated batches. Each batch is first shifted by its own column mean (products of float32
-    input are taken on centred values, in row chunks summed in float64, and the shift is added back
-    exactly in float64), so float32 input stays accurate even when the columns have large means.
+    concatenated batches, also when the column means dwarf the spread (10⁶× in the tests). Each
+    batch is centred on its own mean before its products are taken (in row chunks summed in
+    float64). Past 64 groups the local groups are merged into one (their mean scatter moves into
+    ``W``), so the state stays bounded; across processes the groups are concatenated.
 
     Args:
         num_a: number of layers of the first model (≥ 1).
         num_b: number of layers of the second model (≥ 1).
         sync_on_compute, process_group: see :class:`Metric`.
 
-    Accuracy: the raw float64 sums cancel in ``S − N·μμᵀ``, so the relative error of CKA is about
-    ``(|μ|/σ)²·1e-16`` for column means |μ| and spreads σ: 1e-12 at means 100× the spread, 1e-4 at
-    10⁶× (measured: 0.075576 vs 0.075592). :func:`alignkit.measure.layer_similarity` keeps one
-    fixed shift per layer instead and stays exact there; a fixed shift here would need re-basing
-    the sums across processes before they are added.
-
     Cost: O(n·(Σd_i² + Σe_j² + Σd_i·Σe_j)) time per batch of n rows; state memory
-    O(Σd_i² + Σe_j² + Σd_i·Σe_j) float64, independent of N. Compute: O(p·q·(d² + e²)).
+    O(Σd_i² + Σe_j² + Σd_i·Σe_j + 64·(Σd_i + Σe_j)) float64, independent of N. Compute:
+    O(p·q·(d² + e²) + G·(Σd_i + Σe_j)²) for G groups.
     """
 
     n: Tensor
@@ -142,9 +145,10 @@ class MultiLayerCKA(Metric):
     def _setup(self, sides_a: list[str], sides_b: list[str]) -> None:
         self._sides_a, self._sides_b = sides_a, sides_b
         self.add_state("n", torch.zeros((), dtype=torch.int64), "sum")
+        self.add_state("group_counts", [], "cat")  # (G,) float64 rows per group
         for side in (*sides_a, *sides_b):
-            self.add_state(f"{side}_sum", _zero(), "sum")
-            self.add_state(f"{side}_gram", _zero(), "sum")
+            self.add_state(f"{side}_means", [], "cat")  # (G, d) group means
+            self.add_state(f"{side}_gram", _zero(), "sum")  # within-group scatter
             self.add_state(f"{side}_max", torch.tensor(-torch.inf, dtype=_F64), "max")
             self.add_state(f"{side}_min", torch.tensor(torch.inf, dtype=_F64), "min")
         for sa in sides_a:
@@ -162,7 +166,7 @@ class MultiLayerCKA(Metric):
             check_same_rows(first, t, first_name, name)
         check_same_device(*((name, t) for _, name, t in named))
         for side, name, t in named:
-            width = self._tensor(f"{side}_sum")
+            width = self._tensor(f"{side}_max")
             if width.dim() == 1 and width.shape[0] != t.shape[1]:
                 raise ValueError(
                     f"{name} must keep the width of the earlier updates, {width.shape[0]} columns, "
@@ -178,17 +182,34 @@ class MultiLayerCKA(Metric):
         self._check_batch([*named_a, *named_b])
         self._place(*((name, t) for _, name, t in (*named_a, *named_b)))
         dtype = compute_dtype(*(t for _, _, t in (*named_a, *named_b)))
-        shifted = {side: _Shifted(t, dtype) for side, _, t in (*named_a, *named_b)}
-        self.n = self.n + named_a[0][2].shape[0]
-        for side, s in shifted.items():
-            setattr(self, f"{side}_sum", self._tensor(f"{side}_sum") + s.total)
-            setattr(self, f"{side}_gram", self._tensor(f"{side}_gram") + s.raw_cross(s))
-            setattr(self, f"{side}_max", torch.maximum(self._tensor(f"{side}_max"), s.hi))
-            setattr(self, f"{side}_min", torch.minimum(self._tensor(f"{side}_min"), s.lo))
+        batches = {side: _Batch(t, dtype) for side, _, t in (*named_a, *named_b)}
+        n = named_a[0][2].shape[0]
+        self.n = self.n + n
+        self.group_counts.append(torch.tensor([float(n)], dtype=_F64, device=self.device))
+        for side, b in batches.items():
+            getattr(self, f"{side}_means").append(b.mean[None])
+            setattr(self, f"{side}_gram", self._tensor(f"{side}_gram") + b.scatter(b))
+            setattr(self, f"{side}_max", torch.maximum(self._tensor(f"{side}_max"), b.hi))
+            setattr(self, f"{side}_min", torch.minimum(self._tensor(f"{side}_min"), b.lo))
         for sa, _, _ in named_a:
             for sb, _, _ in named_b:
                 name = f"{sa}_{sb}_cross"
-                setattr(self, name, self._tensor(name) + shifted[sa].raw_cross(shifted[sb]))
+                setattr(self, name, self._tensor(name) + batches[sa].scatter(batches[sb]))
+        if len(self.group_counts) > _MAX_GROUPS:
+            self._merge_groups()
+
+    def _merge_groups(self) -> None:
+        """Replace the local groups by one: their means' scatter moves into the within-group sums."""
+        counts = torch.cat(self.group_counts)
+        means = {side: torch.cat(getattr(self, f"{side}_means")) for side in (*self._sides_a, *self._sides_b)}
+        for side, m in means.items():
+            setattr(self, f"{side}_gram", self._tensor(f"{side}_gram") + _between(counts, m, m))
+            setattr(self, f"{side}_means", [(counts @ m / counts.sum())[None]])
+        for sa in self._sides_a:
+            for sb in self._sides_b:
+                name = f"{sa}_{sb}_cross"
+                setattr(self, name, self._tensor(name) + _between(counts, means[sa], means[sb]))
+        self.group_counts = [counts.sum()[None]]
 
     def update(self, features_a: Sequence[Tensor], features_b: Sequence[Tensor]) -> None:
         """Accumulate one batch: ``features_a[i]`` (n, d_i) and ``features_b[j]`` (n, e_j), same n rows.
@@ -209,13 +230,9 @@ class MultiLayerCKA(Metric):
             raise ValueError(f"{name} must hold {len(sides)} tensors (one per layer), got {len(features)}")
         return [(side, f"{name}[{i}]", t) for i, (side, t) in enumerate(zip(sides, features, strict=True))]
 
-    def _centred_products(self, side: str) -> tuple[Tensor, Tensor, Tensor]:
-        """(C = S − N μμᵀ with constant columns zeroed, μ, varying-column mask) of one side."""
-        n = float(self.n)
-        mu = self._tensor(f"{side}_sum") / n
-        varying = (self._tensor(f"{side}_max") != self._tensor(f"{side}_min")).to(_F64)
-        gram = self._tensor(f"{side}_gram") - n * torch.outer(mu, mu)
-        return gram * torch.outer(varying, varying), mu, varying
+    def _cat(self, name: str) -> Tensor:
+        value = self._state(name)
+        return torch.cat(value) if isinstance(value, list) else value
 
     def _check_computable(self) -> None:
         if int(self.n) == 0:
@@ -224,16 +241,20 @@ class MultiLayerCKA(Metric):
     def _compute(self) -> Tensor:
         """(num_a, num_b) float64 matrix of linear CKA values."""
         self._check_computable()
-        n = float(self.n)
-        sides = {s: self._centred_products(s) for s in (*self._sides_a, *self._sides_b)}
+        counts = self._cat("group_counts")
+        means = {s: self._cat(f"{s}_means") for s in (*self._sides_a, *self._sides_b)}
+        varying = {s: (self._tensor(f"{s}_max") != self._tensor(f"{s}_min")).to(_F64) for s in means}
+
+        def centred(name: str, sa: str, sb: str) -> Tensor:
+            c = self._tensor(name) + _between(counts, means[sa], means[sb])
+            return c * torch.outer(varying[sa], varying[sb])
+
+        grams = {s: centred(f"{s}_gram", s, s) for s in means}
         out = torch.empty(len(self._sides_a), len(self._sides_b), dtype=_F64, device=self.device)
         for i, sa in enumerate(self._sides_a):
-            caa, mua, va = sides[sa]
             for j, sb in enumerate(self._sides_b):
-                cbb, mub, vb = sides[sb]
-                cab = self._tensor(f"{sa}_{sb}_cross") - n * torch.outer(mua, mub)
-                cab = cab * torch.outer(va, vb)
-                out[i, j] = AF.cka_from_cross_covariance(caa, cbb, cab)
+                cab = centred(f"{sa}_{sb}_cross", sa, sb)
+                out[i, j] = AF.cka_from_cross_covariance(grams[sa], grams[sb], cab)
         return out
 
     def compute(self) -> Tensor:
@@ -247,15 +268,17 @@ class StreamingLinearCKA(MultiLayerCKA):
     Kornblith, Norouzi, Lee & Hinton 2019, "Similarity of Neural Network Representations
     Revisited" (ICML), in feature space::
 
-        CKA = ‖C_xy‖_F² / (‖C_xx‖_F · ‖C_yy‖_F),   C = S − N·μμᵀ,   S_xy = Σ_i x_i y_iᵀ,   μ = Σ_i x_i / N
+        CKA = ‖C_xy‖_F² / (‖C_xx‖_F · ‖C_yy‖_F),   C_xy = Σ_i (x_i − μ_x)(y_i − μ_y)ᵀ
 
-    with N, the column sums and the raw products ``XᵀX``, ``YᵀY``, ``XᵀY`` accumulated in float64 on
-    the input's device (each batch centred by its own mean first, see :class:`MultiLayerCKA`), then
+    with the centred products accumulated in float64 on the input's device as within-batch scatter
+    plus the scatter of the batch means (see :class:`MultiLayerCKA`; no large sums cancel), then
     :func:`alignkit.functional.cka_from_cross_covariance`. Equal to ``AF.cka(X, Y)`` on the
-    concatenated batches, whatever the split (to ~1e-15 for float64 input, ~1e-8 for float32).
+    concatenated batches, whatever the split and the column means (to ~1e-15 for float64 input,
+    ~1e-8 for float32).
 
-    States (all ``"sum"`` except the column max / min used to detect constant columns): ``n``,
-    ``x_sum``, ``y_sum``, ``x_gram``, ``y_gram``, ``x_y_cross``, ``x_max``, ``x_min``, ``y_max``, ``y_min``.
+    States: ``n``, ``x_gram``, ``y_gram``, ``x_y_cross`` (``"sum"``: within-group scatter),
+    ``group_counts``, ``x_means``, ``y_means`` (``"cat"``: rows and column means of each group, at most
+    64 per process), ``x_max``, ``x_min``, ``y_max``, ``y_min`` (constant-column detection).
 
     Args:
         sync_on_compute, process_group: see :class:`Metric`.
