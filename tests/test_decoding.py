@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 import alignkit.functional as AF
 from alignkit.models import CoCa, PrefixCaptioner
-from alignkit.nn import CausalDecoder, beam_search, caption_loss, greedy_search
+from alignkit.nn import CausalDecoder, DecoderCache, beam_search, caption_loss, greedy_search
 
 # --------------------------------------------------------------------------------------------------
 # functional
@@ -105,7 +105,7 @@ def test_nearest_candidates_matches_loop() -> None:
 def _markov_step(table: torch.Tensor, per_row: torch.Tensor):
     """log p(next | last token, batch item): table (V, V) plus an item-specific bias (B, V)."""
 
-    def step(tokens: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    def step(tokens: torch.Tensor, rows: torch.Tensor, parents: torch.Tensor | None = None) -> torch.Tensor:
         return torch.log_softmax(table[tokens[:, -1]] + per_row[rows], dim=-1)
 
     return step
@@ -193,7 +193,7 @@ def test_beam_of_one_is_greedy_and_length_penalty_prefers_longer() -> None:
     with pytest.raises(ValueError, match=r"pad = 7 is not a token id of the step's vocabulary \(V = 6\)"):
         beam_search(step, 5, bos, eos, 9, pad=7)
     with pytest.raises(ValueError, match=r"step must return \(M, V\) = \(5, V\)"):
-        greedy_search(lambda tokens, rows: torch.zeros(3, 6), 5, bos, eos, 9)
+        greedy_search(lambda tokens, rows, parents: torch.zeros(3, 6), 5, bos, eos, 9)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -354,3 +354,76 @@ def test_memory_scores_are_built_in_blocks(monkeypatch: pytest.MonkeyPatch) -> N
     assert decoding._rows_per_block(50) == 3
     blocked = AF.memory_projection(query, memory), AF.nearest_candidates(query, memory)
     assert torch.allclose(whole[0], blocked[0], atol=1e-6) and torch.equal(whole[1], blocked[1])
+
+
+def test_cached_incremental_decoding_equals_the_full_pass() -> None:
+    torch.manual_seed(0)
+    for context_dim in (None, 24):
+        lm = CausalDecoder(
+            vocab_size=20, dim=32, depth=2, num_heads=4, max_length=16, context_dim=context_dim
+        ).eval()
+        tokens, prefix = torch.randint(3, 20, (3, 9)), torch.randn(3, 2, 32)
+        context = None if context_dim is None else torch.randn(3, 5, context_dim)
+        full = lm(tokens, prefix=prefix, context=context)
+        cache = DecoderCache()
+        parts = [lm(tokens[:, :4], prefix=prefix, context=context, cache=cache)]  # prefix + 4 tokens
+        parts += [
+            lm(tokens[:, t : t + 1], context=context, cache=cache) for t in range(4, 7)
+        ]  # one at a time
+        parts.append(lm(tokens[:, 7:], context=context, cache=cache))  # two at once
+        assert cache.length == 11
+        assert torch.allclose(torch.cat(parts, dim=1), full, atol=1e-5)
+    with pytest.raises(ValueError, match="exceeds max_length = 16"):
+        lm(tokens, context=context, cache=cache)
+
+
+def test_beam_reordering_of_the_cache_follows_the_rows() -> None:
+    cache = DecoderCache()
+    cache.layer(1)["k"] = torch.arange(4.0)[:, None, None, None].expand(4, 1, 2, 1)
+    cache.reorder(torch.tensor([2, 2, 0, 3]))
+    assert cache.layers[1]["k"][:, 0, 0, 0].tolist() == [2.0, 2.0, 0.0, 3.0] and cache.layers[0] == {}
+
+
+@pytest.mark.parametrize("search", ["greedy", "beam"])
+def test_cached_generation_equals_recomputing_every_step(search: str) -> None:
+    torch.manual_seed(1)
+    cap = PrefixCaptioner(
+        16, 14, prefix_length=3, dim=32, depth=2, num_heads=4, max_length=12, dropout=0.0
+    ).eval()
+    emb = torch.randn(5, 16)
+    prefix = cap.prefix(emb)
+
+    def full_step(tokens: torch.Tensor, rows: torch.Tensor, parents: torch.Tensor | None) -> torch.Tensor:
+        return torch.log_softmax(cap.decoder(tokens, prefix=prefix[rows])[:, -1], dim=-1)
+
+    if search == "greedy":
+        expected = greedy_search(full_step, 5, 1, 2, 12)
+    else:
+        expected = beam_search(full_step, 5, 1, 2, 12, beam_size=3)[0][:, 0]
+    assert torch.equal(cap.generate(emb, search=search, beam_size=3), expected)
+
+    coca = CoCa(
+        _Patches(),
+        8,
+        14,
+        embed_dim=16,
+        dim=32,
+        num_heads=2,
+        unimodal_depth=2,
+        multimodal_depth=2,
+        caption_queries=4,
+        max_length=12,
+        dropout=0.0,
+    ).eval()
+    images = torch.rand(5, 8, 8)
+    context = coca._image(images)[1]
+
+    def coca_full(tokens: torch.Tensor, rows: torch.Tensor, parents: torch.Tensor | None) -> torch.Tensor:
+        hidden = coca.unimodal(tokens, return_hidden=True)
+        return torch.log_softmax(coca._captioning_logits(hidden, context[rows])[:, -1], dim=-1)
+
+    if search == "greedy":
+        expected = greedy_search(coca_full, 5, 1, 2, 12)
+    else:
+        expected = beam_search(coca_full, 5, 1, 2, 12, beam_size=3)[0][:, 0]
+    assert torch.equal(coca.generate(images, search=search, beam_size=3), expected)

@@ -34,7 +34,15 @@ from alignkit.functional._checks import (
 )
 from alignkit.losses import CLIPLoss
 from alignkit.nn.attention import AttentionalPooler
-from alignkit.nn.decoder import CausalDecoder, DecoderBlock, beam_search, caption_loss, greedy_search
+from alignkit.nn.decoder import (
+    CausalDecoder,
+    DecoderBlock,
+    DecoderCache,
+    StepFunction,
+    beam_search,
+    caption_loss,
+    greedy_search,
+)
 
 __all__ = ["MAPPINGS", "SEARCHES", "CoCa", "PrefixCaptioner"]
 
@@ -151,6 +159,20 @@ class PrefixCaptioner(nn.Module):
         """Mean next-token cross-entropy of the caption tokens (PAD ignored)."""
         return caption_loss(self(embedding, tokens), tokens, self.prefix_length, PAD)
 
+    def _step(self, prefix: Tensor) -> StepFunction:
+        """Incremental decoding: the first call reads the prefix and BOS, later ones the newest token."""
+        cache = DecoderCache()
+
+        def step(tokens: Tensor, rows: Tensor, parents: Tensor | None) -> Tensor:
+            if parents is None:
+                logits = self.decoder(tokens, prefix=prefix[rows], cache=cache)
+            else:
+                cache.reorder(parents)
+                logits = self.decoder(tokens[:, -1:], cache=cache)
+            return F.log_softmax(logits[:, -1].float(), dim=-1)
+
+        return step
+
     @torch.no_grad()
     def generate(
         self, embedding: Tensor, search: str = "beam", beam_size: int = 3, max_length: int | None = None
@@ -158,8 +180,7 @@ class PrefixCaptioner(nn.Module):
         """Token ids (N, L) of the best caption of each embedding (``search``: "greedy" or "beam")."""
         prefix = self.prefix(embedding)
 
-        def step(tokens: Tensor, rows: Tensor) -> Tensor:
-            return F.log_softmax(self.decoder(tokens, prefix=prefix[rows])[:, -1].float(), dim=-1)
+        step = self._step(prefix)
 
         return _decode(
             step, embedding.shape[0], search, beam_size, max_length or self.max_length, embedding.device
@@ -172,8 +193,7 @@ class PrefixCaptioner(nn.Module):
         """All beams: ``(ids (N, beam_size, L), scores (N, beam_size))``, best first (iterative decoding)."""
         prefix = self.prefix(embedding)
 
-        def step(tokens: Tensor, rows: Tensor) -> Tensor:
-            return F.log_softmax(self.decoder(tokens, prefix=prefix[rows])[:, -1].float(), dim=-1)
+        step = self._step(prefix)
 
         return beam_search(
             step,
@@ -267,9 +287,11 @@ class CoCa(nn.Module):
             raise ValueError(f"image_tower must return (N, S, token_dim) tokens, got {shape_str(tokens)}")
         return self.contrastive_pool(tokens)[:, 0], self.caption_pool(tokens)
 
-    def _captioning_logits(self, hidden: Tensor, tokens: Tensor, context: Tensor) -> Tensor:
-        for block in self.multimodal:  # causal: right padding never reaches the caption's tokens
-            hidden = block(hidden, context)
+    def _captioning_logits(
+        self, hidden: Tensor, context: Tensor, cache: DecoderCache | None = None
+    ) -> Tensor:
+        for index, block in enumerate(self.multimodal):  # causal: right padding never reaches the tokens
+            hidden = block(hidden, context, None, None if cache is None else cache.layer(index))
         return self.norm(hidden) @ self.unimodal.token_embedding.weight.T
 
     def encode_image(self, images: Tensor) -> Tensor:
@@ -292,7 +314,7 @@ class CoCa(nn.Module):
         pooled, context = self._image(images)
         tokens = _check_tokens(tokens, pooled.shape[0])
         hidden = self.unimodal(tokens, return_hidden=True)
-        logits = self._captioning_logits(hidden, tokens, context)
+        logits = self._captioning_logits(hidden, context)
         cap = caption_loss(logits, tokens, 0, PAD)
         image_embedding = F.normalize(self.image_projection(pooled), dim=-1, eps=EPS)
         text_embedding = F.normalize(self._text_embedding(hidden, tokens), dim=-1, eps=EPS)
@@ -312,9 +334,15 @@ class CoCa(nn.Module):
         """Token ids (N, L) of the best caption of each image."""
         _, context = self._image(images)
 
-        def step(tokens: Tensor, rows: Tensor) -> Tensor:
-            hidden = self.unimodal(tokens, return_hidden=True)
-            logits = self._captioning_logits(hidden, tokens, context[rows])
+        unimodal, multimodal = DecoderCache(), DecoderCache()
+
+        def step(tokens: Tensor, rows: Tensor, parents: Tensor | None) -> Tensor:
+            if parents is not None:  # incremental: reorder both caches, feed the newest token
+                unimodal.reorder(parents)
+                multimodal.reorder(parents)
+                tokens = tokens[:, -1:]
+            hidden = self.unimodal(tokens, return_hidden=True, cache=unimodal)
+            logits = self._captioning_logits(hidden, context[rows], multimodal)
             return F.log_softmax(logits[:, -1].float(), dim=-1)
 
         return _decode(

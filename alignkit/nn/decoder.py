@@ -7,8 +7,10 @@ cross-attention to a context, as in a multimodal decoder), an MLP, and an output
 token embedding. It accepts *prefix* vectors placed before the tokens (ClipCap's prefix tokens) and
 a *context* it cross-attends to (CoCa's image tokens).
 
-:func:`greedy_search` and :func:`beam_search` decode from any ``step(tokens, rows) → log-probs``
-function, so the prefix captioner, CoCa and anything else share them.
+:func:`greedy_search` and :func:`beam_search` decode from any ``step(tokens, rows, parents) →
+log-probs`` function, so the prefix captioner, CoCa and anything else share them; with a
+:class:`DecoderCache` a step feeds only the newest token (keys and values of the earlier positions
+are kept), so generating L tokens costs O(L) token passes instead of O(L²).
 """
 
 from __future__ import annotations
@@ -22,12 +24,41 @@ from torch import Tensor, nn
 
 from alignkit.functional._checks import check_int, shape_str
 
-__all__ = ["CausalDecoder", "DecoderBlock", "beam_search", "caption_loss", "greedy_search"]
+__all__ = ["CausalDecoder", "DecoderBlock", "DecoderCache", "beam_search", "caption_loss", "greedy_search"]
 
-#: ``step(tokens (M, t) int64, rows (M,) int64) → (M, V)`` log-probabilities of the next token given
-#: the decoded tokens of each of the M live sequences; ``rows[m]`` is the batch item sequence ``m``
-#: belongs to (use it to pick that item's prefix or context).
-StepFunction = Callable[[Tensor, Tensor], Tensor]
+#: ``step(tokens (M, t) int64, rows (M,) int64, parents (M,) int64 | None) → (M, V)``
+#: log-probabilities of the next token given the decoded tokens of each of the M live sequences.
+#: ``rows[m]`` is the batch item sequence ``m`` belongs to (use it to pick that item's prefix or
+#: context); ``parents[m]`` is the row of the previous call that sequence ``m`` extends (``None`` on
+#: the first call): reorder a :class:`DecoderCache` with it, then feed ``tokens[:, -1:]`` only.
+StepFunction = Callable[[Tensor, Tensor, "Tensor | None"], Tensor]
+
+
+class DecoderCache:
+    """Keys and values of every position seen so far, per block, for incremental decoding.
+
+    Pass the same cache to successive :class:`CausalDecoder` calls: the first call feeds the prefix
+    and the first tokens, each later call only the new tokens, and the result equals one call on the
+    whole sequence (to float rounding). :meth:`reorder` follows beam search's reshuffling of rows.
+
+    Attributes:
+        length: positions cached so far (the next call's tokens start at this position).
+    """
+
+    def __init__(self) -> None:
+        self.layers: list[dict[str, Tensor]] = []
+        self.length = 0
+
+    def layer(self, index: int) -> dict[str, Tensor]:
+        while len(self.layers) <= index:
+            self.layers.append({})
+        return self.layers[index]
+
+    def reorder(self, index: Tensor) -> None:
+        """Keep row ``index[m]`` of the cache as row ``m`` (``index`` (M,) int64)."""
+        for layer in self.layers:
+            for key, value in layer.items():
+                layer[key] = value.index_select(0, index)
 
 
 def _check_dropout(dropout: float) -> float:
@@ -44,8 +75,14 @@ class DecoderBlock(nn.Module):
         x = x + MLP(LN(x)),   MLP = Linear(dim, 4·dim) → GELU → Linear(4·dim, dim)
 
     ``forward(x (B, T, dim), context (B, S, context_dim) | None, context_padding_mask (B, S) bool |
-    None) → (B, T, dim)``; ``True`` marks padded context entries. Position ``t`` sees positions ≤ t
-    only, so padding placed after the real tokens (right padding) never reaches them.
+    None, cache: dict | None) → (B, T, dim)``; ``True`` marks padded context entries. Position ``t``
+    sees positions ≤ t only, so padding placed after the real tokens (right padding) never reaches
+    them. With ``cache`` (one block's dict of a :class:`DecoderCache`) the keys and values of earlier
+    calls are prepended and the new ones stored, so ``x`` holds only the new positions.
+
+    Self-attention is multi-head scaled dot-product attention (Vaswani et al. 2017) through
+    :func:`torch.nn.functional.scaled_dot_product_attention`, with fused ``qkv`` and output
+    projections.
 
     Cost: O(B·T²·dim + B·T·dim²) (+ O(B·T·S·dim + B·S·context_dim·dim) with cross-attention).
     """
@@ -54,8 +91,10 @@ class DecoderBlock(nn.Module):
         self, dim: int, num_heads: int, context_dim: int | None = None, dropout: float = 0.0
     ) -> None:
         super().__init__()
+        self.num_heads, self.attn_dropout = num_heads, dropout
         self.norm_self = nn.LayerNorm(dim)
-        self.self_attn = nn.MultiheadAttention(dim, num_heads, dropout=dropout, batch_first=True)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.out = nn.Linear(dim, dim)
         self.cross_attn: nn.MultiheadAttention | None = None
         if context_dim is not None:
             self.norm_cross = nn.LayerNorm(dim)
@@ -66,13 +105,38 @@ class DecoderBlock(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
         self.dropout = nn.Dropout(dropout)
 
+    def _self_attention(self, h: Tensor, cache: dict[str, Tensor] | None) -> Tensor:
+        b, t, d = h.shape
+        q, k, v = (
+            z.view(b, t, self.num_heads, d // self.num_heads).transpose(1, 2)
+            for z in self.qkv(h).split(d, -1)
+        )
+        if cache is not None:
+            if "k" in cache:
+                k, v = torch.cat([cache["k"], k], dim=2), torch.cat([cache["v"], v], dim=2)
+            cache["k"], cache["v"] = k, v
+        past = k.shape[2] - t
+        mask = None
+        if t > 1 and past:  # new queries see every cached key and the new keys up to themselves
+            mask = torch.ones(t, past + t, dtype=torch.bool, device=h.device).tril(past)
+        out = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=mask,
+            dropout_p=self.attn_dropout if self.training else 0.0,
+            is_causal=t > 1 and not past,
+        )
+        return self.out(out.transpose(1, 2).reshape(b, t, d))
+
     def forward(
-        self, x: Tensor, context: Tensor | None = None, context_padding_mask: Tensor | None = None
+        self,
+        x: Tensor,
+        context: Tensor | None = None,
+        context_padding_mask: Tensor | None = None,
+        cache: dict[str, Tensor] | None = None,
     ) -> Tensor:
-        t = x.shape[1]
-        causal = torch.ones(t, t, dtype=torch.bool, device=x.device).triu(1)  # True = may not attend
-        h = self.norm_self(x)
-        x = x + self.dropout(self.self_attn(h, h, h, attn_mask=causal, need_weights=False)[0])
+        x = x + self.dropout(self._self_attention(self.norm_self(x), cache))
         if self.cross_attn is not None and context is not None:
             h = self.norm_cross(x)
             x = x + self.dropout(
@@ -104,7 +168,8 @@ class CausalDecoder(nn.Module):
 
     ``forward(tokens (B, T) int64 | None, prefix (B, P, dim) | None, context (B, S, context_dim) |
     None, context_padding_mask (B, S) bool | None) → logits (B, P + T, vocab_size)``; with
-    ``return_hidden=True`` the final hidden states (B, P + T, dim) instead.
+    ``return_hidden=True`` the final hidden states (B, P + T, dim) instead. With ``cache`` (a
+    :class:`DecoderCache`), only the positions after ``cache.length`` are passed and returned.
 
     Cost: O(depth·B·L·(L + dim)·dim) for L = P + T.
 
@@ -152,6 +217,7 @@ class CausalDecoder(nn.Module):
         context: Tensor | None = None,
         context_padding_mask: Tensor | None = None,
         return_hidden: bool = False,
+        cache: DecoderCache | None = None,
     ) -> Tensor:
         parts = []
         batch = None
@@ -173,7 +239,8 @@ class CausalDecoder(nn.Module):
         if not parts:
             raise ValueError("forward needs tokens, a prefix, or both")
         x = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
-        length = x.shape[1]
+        start = 0 if cache is None else cache.length
+        length = start + x.shape[1]
         if length > self.max_length:
             raise ValueError(f"sequence of length P + T = {length} exceeds max_length = {self.max_length}")
         if context is not None and self.context_dim is None:
@@ -187,9 +254,11 @@ class CausalDecoder(nn.Module):
                 raise ValueError(
                     f"context must have shape ({x.shape[0]}, S, {self.context_dim}), got {shape_str(context)}"
                 )
-        x = self.dropout(x + self.position_embedding[:length].to(x.dtype))
-        for block in self.blocks:
-            x = block(x, context, context_padding_mask)
+        x = self.dropout(x + self.position_embedding[start:length].to(x.dtype))
+        for index, block in enumerate(self.blocks):
+            x = block(x, context, context_padding_mask, None if cache is None else cache.layer(index))
+        if cache is not None:
+            cache.length = length
         x = self.norm(x)
         return x if return_hidden else x @ self.token_embedding.weight.T
 
@@ -261,8 +330,8 @@ def greedy_search(
     tokens = torch.full((batch_size, 1), bos, dtype=torch.long, device=device)
     rows = torch.arange(batch_size, device=device)
     done = torch.zeros(batch_size, dtype=torch.bool, device=device)
-    for _ in range(max_length - 1):
-        logp = _check_step_output(step(tokens, rows), batch_size, pad)
+    for position in range(max_length - 1):
+        logp = _check_step_output(step(tokens, rows, None if position == 0 else rows), batch_size, pad)
         nxt = logp.argmax(-1)
         nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
         tokens = torch.cat([tokens, nxt[:, None]], dim=1)
@@ -315,8 +384,9 @@ def beam_search(
     scores[:, 0] = 0.0
     done = torch.zeros(b * k, dtype=torch.bool, device=device)
     lengths = torch.zeros(b * k, device=device)
+    source: Tensor | None = None
     for _ in range(max_length - 1):
-        logp = _check_step_output(step(tokens, rows), b * k, pad).float()  # (b·k, V)
+        logp = _check_step_output(step(tokens, rows, source), b * k, pad).float()  # (b·k, V)
         vocab = logp.shape[-1]
         frozen = torch.full_like(logp, -math.inf)
         frozen[:, pad] = 0.0
