@@ -101,7 +101,7 @@ class CaptionSettings:
     """
 
     epochs: int = 20
-    coca_epochs: int = 30
+    coca_epochs: int = 40
     batch_size: int = 64
     lr: float = 2e-3
     weight_decay: float = 0.01
