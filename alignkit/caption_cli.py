@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from typing import Any
 
 __all__ = ["add_commands", "format_table"]
@@ -121,9 +120,8 @@ def _caption(args: argparse.Namespace) -> int:
     if method != "iterative-memory":
         try:
             load_captioner(run, method)
-        except ValueError:
-            print(f"alignkit caption: training the {method} decoder first (once per run)", file=sys.stderr)
-            fit_captioners(args.checkpoint, [method], progress=True)
+        except ValueError:  # not trained yet (or interrupted): train it once, it says so on stderr
+            fit_captioners(args.checkpoint, [method], progress=True, searches=(search,))
     captions = caption_images(run, images, method, search, args.beam_size)
     rows = [{"index": i, "caption": c} for i, c in zip(index, captions, strict=True)]
     if references is not None:
