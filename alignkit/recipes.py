@@ -48,6 +48,7 @@ import functools
 import math
 import os
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -601,7 +602,7 @@ def _device(module: nn.Module) -> torch.device:
 # Systems
 
 
-class RecipeSystem(nn.Module):
+class RecipeSystem(nn.Module, ABC):
     """What every recipe's system provides (on top of the Trainer's ``training_step``).
 
     * ``batch(data, rows)`` → the list of training tensors for the given rows;
@@ -619,20 +620,24 @@ class RecipeSystem(nn.Module):
     def batch(self, data: RecipeData, rows: Tensor) -> list[Tensor]:
         return [data.images[rows], data.text[rows]]
 
+    @abstractmethod
     def training_step(self, batch: Sequence[Tensor]) -> dict[str, Any]:
-        raise NotImplementedError
+        """``{"loss": scalar, …}`` for one training batch (the Trainer protocol)."""
 
     def validation_loss(self, batch: Sequence[Tensor]) -> Tensor:
         return self.training_step(batch)["loss"]
 
+    @abstractmethod
     def encode_image(self, images: Tensor) -> Tensor:
-        raise NotImplementedError
+        """(N, 8, 8) images → (N, E) joint-space embeddings (not normalised)."""
 
+    @abstractmethod
     def encode_text(self, text: Tensor) -> Tensor:
-        raise NotImplementedError
+        """(N, D) MiniLM caption embeddings → (N, E) joint-space embeddings (not normalised)."""
 
+    @abstractmethod
     def image_features(self, images: Tensor) -> Tensor:
-        raise NotImplementedError
+        """(N, 8, 8) images → the image tower's raw (N, W) features."""
 
     @torch.no_grad()
     def embed(self, data: RecipeData, rows: Tensor) -> dict[str, Tensor]:

@@ -461,8 +461,8 @@ def test_metric_add_state_validation_and_single_process_sync_is_a_no_op() -> Non
     probe.sync()  # no process group: nothing to merge
     assert probe.compute() == (9.0, 3)
     assert [t.shape[0] for t in probe.rows] == [2, 1]
-    with pytest.raises(NotImplementedError):
-        Metric().update()
+    with pytest.raises(TypeError, match="abstract"):  # update and _compute must be defined
+        Metric()
 
 
 def test_streaming_linear_cka_is_exact_when_means_dwarf_the_spread(monkeypatch: pytest.MonkeyPatch) -> None:

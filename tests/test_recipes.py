@@ -22,6 +22,7 @@ from alignkit.evaluate import EMBEDDING_KEYS, METRIC_KEYS, evaluate_split, write
 from alignkit.recipes import (
     RECIPES,
     RecipeData,
+    RecipeSystem,
     build_system,
     config_keys,
     default_config,
@@ -88,6 +89,12 @@ def test_data_shapes_and_splits(full_data: RecipeData) -> None:
     assert torch.equal(parts, torch.arange(n))
     assert set(d.attributes) >= {"slant", "ink"}
     assert int(d.attributes["slant"].max()) == 2 and int(d.attributes["slant"].min()) == 0
+
+
+def test_recipe_system_is_abstract() -> None:
+    """A recipe must define training_step and the three encoders; the base alone cannot be built."""
+    with pytest.raises(TypeError, match="encode_image, encode_text, image_features, training_step"):
+        RecipeSystem()
 
 
 def test_ink_profiles_match_loops() -> None:

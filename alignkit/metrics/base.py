@@ -35,6 +35,7 @@ states as attributes) and :meth:`Metric._compute` (the value from the — possib
 from __future__ import annotations
 
 import copy
+from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from typing import Any
 
@@ -67,7 +68,7 @@ _MAX_DIMS = 6
 StateValue = Tensor | list[Tensor]
 
 
-class Metric:
+class Metric(ABC):
     """Base class of streaming, distributable metrics (update / compute / reset / sync).
 
     Args:
@@ -157,13 +158,13 @@ class Metric:
     # ---------------------------------------------------------------------------------------------
     # The interface
 
+    @abstractmethod
     def update(self, *args: Any, **kwargs: Any) -> None:
         """Accumulate one batch into the local states."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _compute(self) -> Any:
         """The metric's value from the current (possibly merged) states."""
-        raise NotImplementedError
 
     def compute(self) -> Any:
         """The metric over everything accumulated since the last :meth:`reset`, on every process.
