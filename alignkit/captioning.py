@@ -49,10 +49,12 @@ from torch import Tensor, nn
 from alignkit.data.digits import (
     ATTRIBUTE_WORDS,
     DigitsCaptions,
+    _as_images,
     caption_attribute_accuracy,
     load_digits_captions,
 )
 from alignkit.data.tokenizer import WordTokenizer
+from alignkit.functional._checks import check_dropout
 from alignkit.io import atomic_write
 from alignkit.models.captioning import MAPPINGS, SEARCHES, CoCa, PrefixCaptioner
 
@@ -149,12 +151,7 @@ class CaptionSettings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
                 raise ValueError(f"settings.{name} must be a number ≥ 0, got {value!r}")
-        if (
-            isinstance(self.dropout, bool)
-            or not isinstance(self.dropout, (int, float))
-            or not 0 <= self.dropout < 1
-        ):
-            raise ValueError(f"settings.dropout must be in [0, 1), got {self.dropout!r}")
+        check_dropout(self.dropout, "settings.dropout")
         if not isinstance(self.descriptive_only, bool):
             raise ValueError(
                 f"settings.descriptive_only must be true or false, got {self.descriptive_only!r}"
@@ -524,6 +521,9 @@ def caption_images(
         return [run.data.captions[int(train[int(j)])] for j in chosen]
     model, tokenizer, settings = (decoders or {}).get(method) or load_captioner(run, method)
     beams = settings.beam_size if beam_size is None else beam_size
+    memory = None
+    if method == "decap":
+        memory = run.text_embeddings(run.data.text[run.rows("train", settings.descriptive_only)])
     out: list[str] = []
     for start in range(0, images.shape[0], batch_size):
         chunk = images[start : start + batch_size]
@@ -531,8 +531,7 @@ def caption_images(
             ids = model.generate(chunk, search, beams, settings.max_length)
         else:
             query = run.image_embeddings(chunk)
-            if method == "decap":
-                memory = run.text_embeddings(run.data.text[run.rows("train", settings.descriptive_only)])
+            if memory is not None:  # DeCap: onto the text memory
                 query = memory_projection(query, memory, settings.decap_temperature)
             if method == "iterative-beam":
                 out += _rerank(run, model, tokenizer, query, settings)
@@ -566,33 +565,11 @@ def _rerank(
 
 
 def _check_images(images: Any) -> Tensor:
-    if isinstance(images, np.ndarray):
-        images = torch.from_numpy(np.ascontiguousarray(images))
-    if not isinstance(images, Tensor):
-        raise ValueError(f"images must be a (N, 8, 8) array, got {type(images).__name__}")
-    if images.dim() == 2:
-        images = images.unsqueeze(0)
-    if images.dim() != 3 or tuple(images.shape[1:]) != (8, 8) or images.shape[0] == 0:
-        raise ValueError(
-            f"images must have shape (N, 8, 8) with N ≥ 1 (scikit-learn digits), got {tuple(images.shape)}"
-        )
-    if (
-        images.dtype == torch.bool
-        or images.is_complex()
-        or not (
-            images.is_floating_point()
-            or images.dtype in (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
-        )
-    ):
-        raise ValueError(f"images must be numeric, got dtype {images.dtype}")
-    images = images.float()
-    if not bool(torch.isfinite(images).all()):
-        raise ValueError("images has non-finite values (NaN or Inf)")
-    low, high = float(images.min()), float(images.max())
-    if low < 0 or high > 1:
-        hint = " (scikit-learn's digits are 0…16: divide by 16)" if high <= 16 and low >= 0 else ""
-        raise ValueError(f"images must hold values in [0, 1]{hint}, got range [{low:g}, {high:g}]")
-    return images
+    """(N, 8, 8) or (8, 8) images in [0, 1] (checked by the digits' own image check) → float32 (N, 8, 8)."""
+    array = _as_images(images)
+    if tuple(array.shape[1:]) != (8, 8):
+        raise ValueError(f"images must have shape (N, 8, 8) (scikit-learn digits), got {tuple(array.shape)}")
+    return torch.from_numpy(array.astype(np.float32))
 
 
 def read_images(path: str | os.PathLike[str]) -> Tensor:

@@ -299,23 +299,27 @@ class _Patches(torch.nn.Module):
         return self.proj(patches) + self.pos
 
 
-def test_coca_loss_is_weighted_sum_gradients_reach_both_towers_and_it_learns() -> None:
-    torch.manual_seed(0)
-    images = torch.rand(8, 8, 8)
-    tokens = _toy_captions(8, 14, 5, seed=2)
-    coca = CoCa(
+def _toy_coca(depth: int) -> CoCa:
+    return CoCa(
         _Patches(),
         8,
         14,
         embed_dim=16,
         dim=32,
         num_heads=2,
-        unimodal_depth=1,
-        multimodal_depth=1,
+        unimodal_depth=depth,
+        multimodal_depth=depth,
         caption_queries=4,
         max_length=12,
         dropout=0.0,
     )
+
+
+def test_coca_loss_is_weighted_sum_gradients_reach_both_towers_and_it_learns() -> None:
+    torch.manual_seed(0)
+    images = torch.rand(8, 8, 8)
+    tokens = _toy_captions(8, 14, 5, seed=2)
+    coca = _toy_coca(1)
     out = coca(images, tokens)
     assert float(out["loss"].detach()) == pytest.approx(
         2 * float(out["caption_loss"]) + float(out["contrastive_loss"]), rel=1e-6
@@ -344,16 +348,15 @@ def test_coca_loss_is_weighted_sum_gradients_reach_both_towers_and_it_learns() -
         coca.generate(images, search="sample")
 
 
-def test_memory_scores_are_built_in_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Small blocks (3 queries at a time) give the same answers as one block."""
+def test_memory_projection_is_built_in_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Small blocks (3 queries at a time) give the same projection as one block."""
     import alignkit.functional.decoding as decoding
 
     query, memory = torch.randn(10, 8), torch.randn(50, 8)
-    whole = AF.memory_projection(query, memory), AF.nearest_candidates(query, memory)
+    whole = AF.memory_projection(query, memory)
     monkeypatch.setattr(decoding, "_BLOCK_ELEMENTS", 150)
     assert decoding._rows_per_block(50) == 3
-    blocked = AF.memory_projection(query, memory), AF.nearest_candidates(query, memory)
-    assert torch.allclose(whole[0], blocked[0], atol=1e-6) and torch.equal(whole[1], blocked[1])
+    assert torch.allclose(whole, AF.memory_projection(query, memory), atol=1e-6)
 
 
 def test_cached_incremental_decoding_equals_the_full_pass() -> None:
@@ -402,19 +405,7 @@ def test_cached_generation_equals_recomputing_every_step(search: str) -> None:
         expected = beam_search(full_step, 5, 1, 2, 12, beam_size=3)[0][:, 0]
     assert torch.equal(cap.generate(emb, search=search, beam_size=3), expected)
 
-    coca = CoCa(
-        _Patches(),
-        8,
-        14,
-        embed_dim=16,
-        dim=32,
-        num_heads=2,
-        unimodal_depth=2,
-        multimodal_depth=2,
-        caption_queries=4,
-        max_length=12,
-        dropout=0.0,
-    ).eval()
+    coca = _toy_coca(2).eval()
     images = torch.rand(5, 8, 8)
     context = coca._image(images)[1]
 

@@ -25,6 +25,7 @@ from torch import Tensor
 __all__ = [
     "EPS",
     "check_choice",
+    "check_dropout",
     "check_features",
     "check_finite",
     "check_int",
@@ -152,6 +153,13 @@ def check_choice(value: object, name: str, allowed: Sequence[Any]) -> None:
     """``value`` must be one of ``allowed`` (a ValueError lists them)."""
     if value not in allowed:
         raise ValueError(f"{name} must be one of {tuple(allowed)}, got {value!r}")
+
+
+def check_dropout(value: object, name: str = "dropout") -> float:
+    """``value`` must be a number (not a bool) in [0, 1): a dropout probability."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= value < 1.0:
+        raise ValueError(f"{name} must be a number in [0, 1), got {value!r}")
+    return float(value)
 
 
 def check_int(value: object, name: str, low: int, high: int | None = None, what: str = "") -> int:

@@ -26,10 +26,10 @@ from alignkit.functional._checks import (
     compute_dtype,
     shape_str,
 )
+from alignkit.functional.neighbors import knn
+from alignkit.functional.similarity import _BLOCK_ELEMENTS  # scores held at once (16 MiB in float32)
 
 __all__ = ["memory_projection", "nearest_candidates", "noise_injection"]
-
-_BLOCK_ELEMENTS = 1 << 22  # query × memory scores held at once (16 MiB in float32)
 
 
 def _rows_per_block(memory_rows: int) -> int:
@@ -113,8 +113,8 @@ def nearest_candidates(query: Tensor, candidates: Tensor, groups: Tensor | None 
         (N,) int64 index into ``candidates``. With ``groups``, a query that owns no candidate raises
         ``ValueError``.
 
-    Cost: O(N·M·d) time without groups, scored in blocks of queries (O(min(N, 2²²/M)·M) memory);
-    O(M·d) with groups.
+    Cost: without groups, :func:`alignkit.functional.knn` with k = 1 (cosine; blocks of queries,
+    O(N·M·d) time, about 96 MiB of scores at a time); O(M·d) with groups.
     """
     check_features(query, "query")
     check_features(candidates, "candidates")
@@ -124,11 +124,8 @@ def nearest_candidates(query: Tensor, candidates: Tensor, groups: Tensor | None 
             f"query and candidates must have the same width d, got {shape_str(query)} and "
             f"{shape_str(candidates)}"
         )
-    dtype = compute_dtype(query, candidates)
-    q = F.normalize(query.to(dtype), dim=-1, eps=EPS)
-    c = F.normalize(candidates.to(dtype), dim=-1, eps=EPS)
     if groups is None:
-        return torch.cat([(block @ c.T).argmax(dim=1) for block in q.split(_rows_per_block(c.shape[0]))])
+        return knn(query, 1, candidates, metric="cosine", exclude_self=False, backend="torch").indices[:, 0]
     if not isinstance(groups, Tensor) or groups.shape != (candidates.shape[0],) or groups.dtype != torch.long:
         raise ValueError(
             f"groups must be an int64 tensor of shape ({candidates.shape[0]},), got {shape_str(groups)}"
@@ -142,6 +139,9 @@ def nearest_candidates(query: Tensor, candidates: Tensor, groups: Tensor | None 
     if bool((owned == 0).any()):
         missing = int((owned == 0).nonzero()[0])
         raise ValueError(f"query {missing} has no candidate in groups")
+    dtype = compute_dtype(query, candidates)
+    q = F.normalize(query.to(dtype), dim=-1, eps=EPS)
+    c = F.normalize(candidates.to(dtype), dim=-1, eps=EPS)
     sims = (q[groups] * c).sum(-1)  # (M,)
     best = torch.full((n,), -math.inf, dtype=dtype, device=query.device)
     best = best.scatter_reduce(0, groups, sims, reduce="amax")

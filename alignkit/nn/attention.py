@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from alignkit.functional._checks import check_int, shape_str
+from alignkit.functional._checks import check_dropout, check_int, shape_str
 
 __all__ = ["AttentionalPooler", "CoAttention"]
 
@@ -102,8 +102,7 @@ class CoAttention(nn.Module):
         for width, name in ((dim, "dim"), (dim_b, "dim_b")):
             if width % num_heads:
                 raise ValueError(f"{name} must be divisible by num_heads = {num_heads}, got {name} = {width}")
-        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be a number in [0, 1), got {dropout!r}")
+        check_dropout(dropout)
         self.dim = dim
         self.dim_b = dim_b
         self.num_heads = num_heads

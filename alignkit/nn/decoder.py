@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from alignkit.functional._checks import check_int, shape_str
+from alignkit.functional._checks import check_dropout, check_int, shape_str
 
 __all__ = ["CausalDecoder", "DecoderBlock", "DecoderCache", "beam_search", "caption_loss", "greedy_search"]
 
@@ -59,12 +59,6 @@ class DecoderCache:
         for layer in self.layers:
             for key, value in layer.items():
                 layer[key] = value.index_select(0, index)
-
-
-def _check_dropout(dropout: float) -> float:
-    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
-        raise ValueError(f"dropout must be a number in [0, 1), got {dropout!r}")
-    return float(dropout)
 
 
 class DecoderBlock(nn.Module):
@@ -199,7 +193,7 @@ class CausalDecoder(nn.Module):
             check_int(context_dim, "context_dim", 1)
         if dim % num_heads:
             raise ValueError(f"dim must be divisible by num_heads = {num_heads}, got dim = {dim}")
-        dropout = _check_dropout(dropout)
+        dropout = check_dropout(dropout)
         self.vocab_size, self.dim, self.max_length = vocab_size, dim, max_length
         self.context_dim = context_dim
         self.token_embedding = nn.Embedding(vocab_size, dim)
