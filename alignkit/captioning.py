@@ -395,7 +395,7 @@ def _fit_one(
     trainer = Trainer(
         system,
         train,
-        epochs=settings.coca_epochs if method == "coca" else settings.epochs,
+        epochs=_epochs_wanted(method, settings),
         lr=settings.lr,
         out_dir=_captions_dir(run) / method,
         batch_size=settings.batch_size,
