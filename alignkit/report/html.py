@@ -609,6 +609,15 @@ def captioning_section(run_dir: str | os.PathLike[str]) -> str | None:
     return "\n".join(parts)
 
 
+def _config_text(value: Any) -> str:
+    """A config value as YAML would write it (``0.003``, ``true``, ``null`` → ``—``)."""
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return repr(value) if isinstance(value, float) else str(value)
+
+
 def _config_value(config: Any, *keys: str) -> Any:
     for key in keys:
         if not isinstance(config, Mapping) or key not in config:
@@ -714,7 +723,7 @@ def write_report(run_dir: str | os.PathLike[str], *, samples: int = 40, dpi: int
         parts += ["<h2>Captioning from the joint space</h2>", captioning]
     parts.append("<h2>Configuration</h2>")
     if config is not None:
-        parts.append(_table(["key", "value"], _flatten(config)))
+        parts.append(_table(["key", "value"], [(k, _config_text(v)) for k, v in _flatten(config)]))
     if notes:
         parts.append("<h2>Notes</h2><ul>")
         parts += [f'<li class="note">{html.escape(n)}</li>' for n in notes]

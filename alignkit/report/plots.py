@@ -175,7 +175,7 @@ def loss_curves(
     * **validation loss** (when logged): every epoch-record entry whose name contains ``loss`` (and
       does not start with ``train_``), e.g. ``val_loss``, against the epoch;
     * **validation scores** (when logged): every other numeric epoch entry (``val_recall@1``,
-      ``val_zero_shot_accuracy`` …) against the epoch, on a 0–1 axis when they all lie in it.
+      ``val_zero_shot_accuracy`` …) against the epoch, on an axis scaled to them.
 
     Losses and scores never share an axis (a loss of 2–4.5 would flatten a recall of 0–0.3). The
     epochs the Trainer marked ``best`` for its ``monitor`` are starred on the monitored curve, and
@@ -269,9 +269,6 @@ def loss_curves(
                     label=f"new best {key} (best.json saved)",
                     zorder=5,
                 )
-        values = [r[k] for r in epochs for k in group if _is_number(r.get(k))]
-        if ylabel == "score" and values and min(values) >= 0 and max(values) <= 1:
-            ax.set_ylim(-0.02, 1.02)
         ax.legend(fontsize=7, loc="best")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(panel_title, fontsize=10)
@@ -441,7 +438,7 @@ def embedding_projection(
     labels: Tensor,
     *,
     pairs: int = 8,
-    max_points: int = 300,
+    max_points: int = 200,
     seed: int = 0,
     path: str | os.PathLike[str] | None = None,
     title: str | None = "joint space, 2-D PCA of both modalities",
