@@ -22,6 +22,7 @@ from alignkit.towers.base import (
     state_digest,
 )
 from alignkit.towers.frozen import FrozenFeatures
+from alignkit.towers.vit import ViT
 
 
 class _Counting(Tower):
@@ -153,3 +154,66 @@ def test_frozen_features_identity(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="out_dim"):
         FrozenFeatures(0)
 
+
+# ------------------------------------------------------------------------------------------------
+# ViT
+
+
+@pytest.mark.parametrize("pooling", ["cls", "attention", "mean"])
+def test_vit_shapes_and_gradient(pooling: str) -> None:
+    vit = ViT(image_size=8, patch_size=2, width=16, depth=2, num_heads=2, pooling=pooling)
+    x = torch.randn(3, 8, 8)
+    out = vit(vit.prepare(x))
+    assert out.shape == (3, 16) and vit.out_dim == 16 and not vit.frozen
+    tokens = vit.forward_tokens(x.unsqueeze(1))
+    assert tokens.shape == (3, 16, 16)
+    (out.sum() + tokens.sum()).backward()
+    missing = [n for n, p in vit.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not missing, missing
+    if pooling == "mean":
+        assert torch.allclose(out, tokens.mean(1), atol=1e-6)
+
+
+def test_vit_rectangular_multichannel() -> None:
+    vit = ViT(image_size=(8, 12), patch_size=(4, 3), in_channels=3, width=8, depth=1, num_heads=2)
+    assert vit(torch.randn(2, 3, 8, 12)).shape == (2, 8)
+    assert vit.forward_tokens(torch.randn(2, 3, 8, 12)).shape == (2, 8, 8)
+    with pytest.raises(ValueError, match=r"\(N, 3, 8, 12\)"):
+        vit(torch.randn(2, 8, 12))
+
+
+def test_vit_patch_tokens_see_their_patch() -> None:
+    # with depth 1 and attention, every token depends on every patch; positions differ per token
+    vit = ViT(image_size=4, patch_size=2, width=8, depth=1, num_heads=2, pooling="mean", seed=1)
+    vit.eval()
+    x = torch.zeros(1, 4, 4)
+    base = vit.forward_tokens(x)
+    assert not torch.allclose(base[0, 0], base[0, 1])  # learned positions distinguish tokens
+    y = x.clone()
+    y[0, :2, :2] = 1.0  # changes patch 0 only
+    assert not torch.allclose(vit.forward_tokens(y), base)
+
+
+def test_vit_seed_is_deterministic_and_leaves_global_rng() -> None:
+    x = torch.randn(2, 1, 8, 8)
+    state = torch.get_rng_state()
+    a, b = ViT(width=16, num_heads=2, seed=3), ViT(width=16, num_heads=2, seed=3)
+    assert torch.equal(torch.get_rng_state(), state)
+    c = ViT(width=16, num_heads=2, seed=4)
+    assert torch.equal(a(x), b(x)) and not torch.allclose(a(x), c(x))
+    torch.manual_seed(7)
+    d = ViT(width=16, num_heads=2, pooling="attention")
+    torch.manual_seed(7)
+    e = ViT(width=16, num_heads=2, pooling="attention")
+    assert torch.equal(d(x), e(x))
+
+
+def test_vit_bad_config() -> None:
+    with pytest.raises(ValueError, match="divisible by patch_size"):
+        ViT(image_size=9, patch_size=2)
+    with pytest.raises(ValueError, match="num_heads"):
+        ViT(width=10, num_heads=4)
+    with pytest.raises(ValueError, match="pooling"):
+        ViT(pooling="max")
+    with pytest.raises(ValueError, match="depth"):
+        ViT(depth=0)
