@@ -4,6 +4,7 @@ sentence-transformers / Hugging Face / user-module towers and build_tower. Tiny 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -408,3 +409,102 @@ def test_minilm_tower_matches_encode_texts(tmp_path: Path) -> None:
     reference = encode_texts(_TEXTS, cache=False)
     assert torch.allclose(ours, reference, atol=1e-5)
     assert torch.allclose(ours.norm(dim=1), torch.ones(len(_TEXTS)), atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------
+# a user module by import path
+
+_USER_MODULE = '''
+import torch
+from torch import nn
+
+
+def build(width=8, with_dim=True):
+    net = nn.Sequential(nn.Flatten(), nn.Linear(16, width))
+    if with_dim:
+        net.out_dim = width
+    return net
+
+
+class TextHasher(nn.Module):
+    """Has its own prepare: strings -> lengths."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(1, 3)
+
+    def prepare(self, items):
+        return torch.tensor([[float(len(s))] for s in items])
+
+    def forward(self, x):
+        return self.linear(x)
+
+
+def not_a_module():
+    return 42
+
+
+def broken(**kwargs):
+    raise RuntimeError("boom")
+
+
+CONSTANT = 3
+'''
+
+
+@pytest.fixture
+def user_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    import sys
+
+    name = f"user_towers_{tmp_path.name.replace('-', '_')}"
+    package = tmp_path / name
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "towers.py").write_text(_USER_MODULE)
+    (package / "bad_import.py").write_text("import a_dependency_that_does_not_exist\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield name
+    for key in [k for k in sys.modules if k.startswith(name)]:
+        del sys.modules[key]
+
+
+def test_imported_tower_builds_with_kwargs(user_package: str) -> None:
+    from alignkit.towers.custom import ImportedTower
+
+    tower = ImportedTower(f"{user_package}.towers:build", kwargs={"width": 5})
+    assert tower.out_dim == 5 and not tower.frozen
+    x = torch.randn(3, 4, 4)
+    out = tower(tower.prepare(x))
+    assert out.shape == (3, 5)
+    out.sum().backward()
+    assert tower.module[1].weight.grad is not None
+    # no out_dim attribute: inferred by a dry run on the example
+    inferred = ImportedTower(f"{user_package}.towers:build", {"width": 6, "with_dim": False}, example=x[:2])
+    assert inferred.out_dim == 6
+    # the module's own prepare is used; frozen means no grad
+    hasher = ImportedTower(f"{user_package}.towers.TextHasher", frozen=True, example=["ab", "c"])
+    assert hasher.out_dim == 3 and hasher.frozen
+    assert not hasher(hasher.prepare(["abc"])).requires_grad
+    assert not any(p.requires_grad for p in hasher.parameters())
+
+
+def test_imported_tower_errors(user_package: str) -> None:
+    from alignkit.towers.custom import ImportedTower
+
+    cases = [
+        ("no_such_package_xyz.towers:build", {}, r"module 'no_such_package_xyz.towers' .* not found"),
+        (f"{user_package}.missing:build", {}, r"not found; install it or put it on PYTHONPATH"),
+        (f"{user_package}.bad_import:build", {}, r"importing module .* failed: .*a_dependency_that_does_not"),
+        (f"{user_package}.towers:nope", {}, r"has no attribute 'nope'"),
+        (f"{user_package}.towers:CONSTANT", {}, r"is not callable \(type int\)"),
+        (f"{user_package}.towers:not_a_module", {}, r"returned an object of type int, not an nn\.Module"),
+        (f"{user_package}.towers:build", {"depth": 2}, r"with kwargs \['depth'\] failed"),
+        (f"{user_package}.towers:broken", {}, r"failed: RuntimeError: boom"),
+        (f"{user_package}.towers:build", {"with_dim": False}, r"without an out_dim attribute"),
+        ("just_a_name", {}, r"module\.path:attribute"),
+    ]
+    for path, kwargs, message in cases:
+        with pytest.raises(ValueError, match=message):
+            ImportedTower(path, kwargs=kwargs)
+    with pytest.raises(ValueError, match=r"dry run .* failed"):
+        ImportedTower(f"{user_package}.towers:build", {"with_dim": False}, example=torch.randn(2, 3))
