@@ -508,3 +508,50 @@ def test_imported_tower_errors(user_package: str) -> None:
             ImportedTower(path, kwargs=kwargs)
     with pytest.raises(ValueError, match=r"dry run .* failed"):
         ImportedTower(f"{user_package}.towers:build", {"with_dim": False}, example=torch.randn(2, 3))
+
+
+# ------------------------------------------------------------------------------------------------
+# build_tower
+
+
+def test_build_tower_every_kind(tiny_bert: Path, user_package: str) -> None:
+    import inspect
+
+    from alignkit.towers import TOWER_KINDS, build_tower, tower_kwargs
+    from alignkit.towers.custom import ImportedTower
+    from alignkit.towers.hf import HFTower
+
+    assert set(TOWER_KINDS) == {"mlp", "cnn", "vit", "frozen", "sentence-transformers", "hf", "import"}
+    images = torch.rand(2, 8, 8)
+    for kind in ("mlp", "cnn"):
+        tower = build_tower(kind, width=16)
+        assert tower.out_dim == 16 and tower.frozen is False
+        assert tower(prepare_inputs(tower, images)).shape == (2, 16)
+    vit = build_tower("vit", width=16, num_heads=2, pooling="attention")
+    assert isinstance(vit, ViT) and vit(images).shape == (2, 16)
+    frozen = build_tower("frozen", out_dim=3)
+    assert isinstance(frozen, FrozenFeatures) and frozen.frozen
+    hf = build_tower("hf", path=str(tiny_bert), pooling="cls", frozen=False)
+    assert isinstance(hf, HFTower) and hf.pooling == "cls" and not hf.frozen
+    imported = build_tower("import", path=f"{user_package}.towers:build", kwargs={"width": 4})
+    assert isinstance(imported, ImportedTower) and imported.out_dim == 4
+    assert tower_kwargs("frozen") == {"out_dim": inspect.Parameter.empty}
+    assert tower_kwargs("mlp") == {"width": 256, "dropout": 0.0, "size": 8}
+    assert tower_kwargs("sentence-transformers")["path"] == "all-MiniLM-L6-v2"
+
+
+def test_build_tower_bad_input() -> None:
+    from alignkit.towers import build_tower
+
+    with pytest.raises(ValueError, match=r"tower kind must be one of \('mlp'"):
+        build_tower("resnet")
+    with pytest.raises(ValueError, match=r"tower kind 'vit' does not take colour; it takes image_size"):
+        build_tower("vit", colour=3)
+    with pytest.raises(ValueError, match=r"tower kind 'sentence-transformers' does not take pooling"):
+        build_tower("sentence-transformers", pooling="mean")
+    with pytest.raises(ValueError, match=r"tower kind 'hf' needs path"):
+        build_tower("hf")
+    with pytest.raises(ValueError, match=r"tower kind 'frozen' needs out_dim"):
+        build_tower("frozen")
+    with pytest.raises(ValueError, match="width"):
+        build_tower("vit", width=0)
