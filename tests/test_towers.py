@@ -7,6 +7,7 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -136,6 +137,7 @@ def test_digests_are_sensitive() -> None:
     assert items_digest(["a", "b"]) != items_digest(["b", "a"])
     assert items_digest(torch.zeros(2, 2)) != items_digest(torch.zeros(4))
     assert items_digest(torch.zeros(2)) != items_digest(torch.zeros(2, dtype=torch.float64))
+    assert items_digest(np.array(["a", "b"])) == items_digest(["a", "b"])
     a, b = nn.Linear(2, 2), nn.Linear(2, 2)
     assert state_digest(a) != state_digest(b)
     b.load_state_dict(a.state_dict())
@@ -380,6 +382,8 @@ def test_sentence_transformer_tower_from_directory(tiny_bert: Path, tmp_path: Pa
     from alignkit.towers.hf import masked_mean
 
     assert torch.allclose(out, masked_mean(hidden, inputs["attention_mask"]), atol=1e-5)
+    tokens = tower.forward_tokens(inputs)
+    assert torch.allclose(tokens, hidden) and tokens.shape[:2] == inputs["input_ids"].shape
     cached = tower.encode(_TEXTS, batch_size=2, cache_dir=tmp_path / "cache")
     assert torch.allclose(cached, out, atol=1e-5)
     assert len(list((tmp_path / "cache" / "towers").iterdir())) == 1

@@ -217,7 +217,7 @@ def items_digest(items: Any) -> str:
     """sha256 of raw items: the JSON list of strings, or a tensor's dtype, shape and bytes."""
     digest = hashlib.sha256()
     if isinstance(items, np.ndarray):
-        items = torch.from_numpy(np.ascontiguousarray(items))
+        items = items.tolist() if items.dtype.kind in "USO" else torch.from_numpy(np.ascontiguousarray(items))
     if isinstance(items, Tensor):
         data = items.detach().cpu().contiguous()
         digest.update(f"tensor:{data.dtype}:{tuple(data.shape)}\0".encode())

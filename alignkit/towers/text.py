@@ -154,14 +154,21 @@ class SentenceTransformerTower(Tower):
     def select(self, inputs: Inputs, rows: Any) -> Inputs:
         return _select(inputs, rows, trim_padding=True)
 
-    def forward(self, inputs: dict[str, Tensor]) -> Tensor:
+    def _run(self, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
         if not isinstance(inputs, dict) or "input_ids" not in inputs or "attention_mask" not in inputs:
             raise ValueError("inputs must be the dict from prepare(texts) with input_ids and attention_mask")
         device = next(self.encoder.parameters()).device
         features = {k: v.to(device) for k, v in inputs.items()}
         with torch.no_grad() if self.frozen else contextlib.nullcontext():
-            out = self.encoder(features)
-        return out["sentence_embedding"]
+            return self.encoder(features)
+
+    def forward(self, inputs: dict[str, Tensor]) -> Tensor:
+        return self._run(inputs)["sentence_embedding"]
+
+    def forward_tokens(self, inputs: dict[str, Tensor]) -> Tensor:
+        """Token embeddings (N, T, d) of the transformer, padding positions included (see
+        ``inputs["attention_mask"]``)."""
+        return self._run(inputs)["token_embeddings"]
 
     def encode(
         self,
