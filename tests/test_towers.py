@@ -225,39 +225,7 @@ def test_vit_bad_config() -> None:
 # ------------------------------------------------------------------------------------------------
 # Hugging Face and sentence-transformers towers on tiny random models saved to disk
 
-_WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "the", "digit", "three", "seven", "heavy"]
-_WORDS += ["light", "thin", "one", "two", "top", "left", "##s", "##ish"]
 _TEXTS = ["a heavy three", "the digit seven", "one", "two thin threes on the top left"]
-
-
-@pytest.fixture(scope="module")
-def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    transformers = pytest.importorskip("transformers")
-    directory = tmp_path_factory.mktemp("tiny-bert")
-    vocab = directory / "vocab.txt"
-    vocab.write_text("\n".join(_WORDS) + "\n", encoding="utf-8")
-    tokenizer = transformers.BertTokenizer(vocab=str(vocab))
-    assert tokenizer("a heavy threes")["input_ids"] == [2, 5, 10, 8, 17, 3]  # the vocabulary is used
-    torch.manual_seed(0)
-    config = transformers.BertConfig(
-        vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64
-    )
-    transformers.BertModel(config).save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
-
-
-@pytest.fixture(scope="module")
-def tiny_vit(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    transformers = pytest.importorskip("transformers")
-    directory = tmp_path_factory.mktemp("tiny-vit")
-    torch.manual_seed(0)
-    config = transformers.ViTConfig(
-        image_size=8, patch_size=4, num_channels=3, hidden_size=32, num_hidden_layers=1,
-        num_attention_heads=2, intermediate_size=64,
-    )
-    transformers.ViTModel(config).save_pretrained(directory)
-    return directory
 
 
 def test_hf_text_mean_pooling_matches_manual_masked_mean(tiny_bert: Path) -> None:

@@ -452,7 +452,7 @@ def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
             value = yaml.safe_load(text) if text.strip() else text
         except yaml.YAMLError:
             value = text
-        if isinstance(value, (dict, list)):
+        if isinstance(value, (dict, list)) and key not in VALUE_KEYS:
             raise ValueError(f"override {key!r} must be a single value, got {text!r}")
         flat[key] = value
     return _unflatten(flat)

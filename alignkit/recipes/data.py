@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from alignkit.recipes.config import ATTRIBUTES
 from alignkit.recipes.towers import PreparedRows, load_tower, resolve
+from alignkit.towers.base import is_frozen, prepare_inputs
 
 __all__ = ["RecipeData", "ink_profiles", "load_data", "load_recipe_data"]
 
@@ -206,10 +207,9 @@ def _side(
         return value, ("image" if kind == "image" else "features"), None
     finetune = bool(model[f"tower_{side}_finetune"])
     items = value.to_tensor() if hasattr(value, "to_tensor") else value
-    tower = load_tower(model, data, side, kind, frozen=not finetune)
-    if not finetune:
+    tower = load_tower(model, data, side, kind, frozen=not finetune, example=items[:2])
+    if is_frozen(tower):
         return _embed(tower, items, progress), "features", None
-    from alignkit.towers.base import prepare_inputs
 
-    inputs = prepare_inputs(tower, items)
+    inputs = prepare_inputs(tower, items)  # a trainable part (fine-tuning, an attention pooler)
     return PreparedRows(tower, inputs, len(value)), "inputs", lambda: tower

@@ -59,10 +59,16 @@ class PreparedRows:
 
 
 def load_tower(
-    model: Mapping[str, Any], data: Mapping[str, Any], side: str, kind: str, frozen: bool
+    model: Mapping[str, Any],
+    data: Mapping[str, Any],
+    side: str,
+    kind: str,
+    frozen: bool,
+    example: Any = None,
 ) -> nn.Module:
     """Build the loaded tower ``model.tower_<side>`` (sentence-transformers, hf or import) for a side
-    holding ``kind`` (``"text"`` | ``"image"`` | ``"features"``)."""
+    holding ``kind`` (``"text"`` | ``"image"`` | ``"features"``); ``example`` rows let an imported
+    module without ``out_dim`` be measured by a dry run."""
     name = model[f"tower_{side}"]
     path = model[f"tower_{side}_path"]
     if name in ("auto", "sentence-transformers"):
@@ -78,7 +84,7 @@ def load_tower(
         return HFTower(path, pooling=model[f"tower_{side}_pooling"], frozen=frozen, modality=modality)
     from alignkit.towers.custom import ImportedTower
 
-    return ImportedTower(path, kwargs=model[f"tower_{side}_kwargs"] or {}, frozen=frozen)
+    return ImportedTower(path, kwargs=model[f"tower_{side}_kwargs"] or {}, frozen=frozen, example=example)
 
 
 def resolve(model: Mapping[str, Any], side: str, kind: str) -> str:
