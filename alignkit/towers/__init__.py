@@ -11,7 +11,7 @@ Every tower follows :mod:`alignkit.towers.base`: ``out_dim``, ``frozen``, ``prep
 Kinds (``TOWER_KINDS``) and their keyword arguments (config ``model.tower_a.<key>``):
 
 ``"mlp"``, ``"cnn"`` — from-scratch image towers of the digits demo (:mod:`alignkit.towers.image`):
-    ``width=256``, ``dropout=0.0``, ``size=8``.
+    ``width=256``, ``dropout=0.0``, ``size=8`` (or (H, W)), ``channels=1`` (see :func:`image_tower`).
 ``"vit"`` — :class:`~alignkit.towers.vit.ViT`, a small Vision Transformer trained from scratch:
     ``image_size=8``, ``patch_size=2``, ``in_channels=1``, ``width=64``, ``depth=2``, ``num_heads=4``,
     ``mlp_ratio=4.0``, ``dropout=0.0``, ``pooling="cls"`` ("cls" | "attention" | "mean"), ``seed=None``.
