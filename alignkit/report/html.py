@@ -45,6 +45,7 @@ __all__ = [
     "load_run_embeddings",
     "metrics_table_html",
     "retrieval_examples_html",
+    "run_weights_digest",
     "write_comparison_page",
     "write_plots",
     "write_report",
@@ -579,6 +580,15 @@ def captioning_section(run_dir: str | os.PathLike[str]) -> str | None:
         methods = metrics["methods"]
     except (OSError, json.JSONDecodeError, KeyError, TypeError):
         return None
+    weights = run_weights_digest(run_dir)
+    recorded = metrics.get("checkpoint_digest") if isinstance(metrics, Mapping) else None
+    if weights is not None and recorded != weights[1]:
+        why = "records no source weights" if not recorded else f"comes from weights {str(recorded)[:12]}…"
+        return (
+            f'<p class="note">Not shown: {html.escape(str(base / "metrics.json"))} {html.escape(why)}, '
+            f"not this run's {html.escape(weights[1][:12])}… (the run was retrained since). Rerun "
+            f"<code>alignkit caption {html.escape(str(run_dir))} --fit</code>.</p>"
+        )
     rows = []
     for method, searches in methods.items():
         for search, scores in searches.items():
@@ -624,6 +634,22 @@ def _config_value(config: Any, *keys: str) -> Any:
             return None
         config = config[key]
     return config
+
+
+def run_weights_digest(run_dir: str | os.PathLike[str]) -> tuple[str, str] | None:
+    """``(manifest, sha256)`` of the weights a run's derived artefacts come from: ``checkpoints/
+    best.json`` (else ``last.json``) and its model digest
+    (:func:`alignkit.train.checkpoint.checkpoint_digest`); ``None`` when the run has no readable one."""
+    from alignkit.train.checkpoint import checkpoint_digest
+
+    for name in ("best.json", "last.json"):
+        manifest = Path(run_dir) / "checkpoints" / name
+        if manifest.is_file():
+            try:
+                return f"checkpoints/{name}", checkpoint_digest(manifest)
+            except ValueError:
+                return None
+    return None
 
 
 def _data_uri(path: Path) -> str:
@@ -672,6 +698,7 @@ def write_report(run_dir: str | os.PathLike[str], *, samples: int = 40, dpi: int
     recipe = metrics.get("recipe") or (config.get("recipe") if isinstance(config, Mapping) else None)
     title = f"alignkit run · {run.name}" + (f" · {recipe}" if recipe else "")
     tensors = load_run_embeddings(run) if (run / EMBEDDINGS_FILE).is_file() else None
+    weights = run_weights_digest(run)
     n_test = None if tensors is None else int(tensors["image"].shape[0])
     parts = [
         "<!DOCTYPE html>",
@@ -679,7 +706,13 @@ def write_report(run_dir: str | os.PathLike[str], *, samples: int = 40, dpi: int
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>",
         f"<h1>{html.escape(title)}</h1>",
-        f'<p class="sub">run directory <code>{html.escape(str(run))}</code></p>',
+        f'<p class="sub">run directory <code>{html.escape(str(run))}</code>'
+        + (
+            f" · weights <code>{html.escape(weights[0])}</code> sha256 <code>{weights[1][:16]}…</code>"
+            if weights
+            else ""
+        )
+        + "</p>",
         "<h2>Test-split metrics</h2>",
         metrics_table_html(metrics, n_test),
         '<p class="legend">Chance: a random ranking / classifier on the same test split (zero-shot '
