@@ -16,6 +16,7 @@ import json
 import math
 import os
 import re
+import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -353,25 +354,52 @@ def measure_files(
 ) -> dict[str, Any]:
     """Load two embedding files (:func:`alignkit.io.load_embeddings`) and :func:`measure` them.
 
+    A metric that does not apply to this pair (e.g. ``cosine`` on files of different widths, k too
+    large for N) is skipped with its reason when several were asked for; the others are still
+    computed. Messages name the files, not ``x`` / ``y``.
+
     Returns:
-        ``{"a": str, "b": str, "n": N, "d_a": d_a, "d_b": d_b, "k": k, "metrics": {key: float}}``.
+        ``{"a": str, "b": str, "n": N, "d_a": d_a, "d_b": d_b, "k": k, "metrics": {key: float},
+        "skipped": {metric: reason}}``.
 
     Raises:
-        ValueError: one line for every problem with the files (see :mod:`alignkit.io`) or the pair.
+        ValueError: one line for every problem with the files (see :mod:`alignkit.io`) or the pair,
+            or when no requested metric applies.
 
     Cost: reading both files, O(N·(d_a + d_b)) memory, plus the metrics' cost (see :func:`measure`).
     """
     from alignkit.io import load_embeddings
 
     names = _metric_names(metrics)  # an unknown metric is reported before any file is read
-    x = load_embeddings(path_a, key=key_a)
-    y = load_embeddings(path_b, key=key_b)
+    loaded = []
+    for path, key, flag in ((path_a, key_a, "--key-a"), (path_b, key_b, "--key-b")):
+        try:
+            loaded.append(load_embeddings(path, key=key))
+        except ValueError as err:  # the CLI spells the key option --key-a / --key-b
+            raise ValueError(str(err).replace("key=", f"{flag} ")) from None
+    x, y = loaded
     if x.shape[0] != y.shape[0]:
         raise ValueError(
             f"{path_a} and {path_b} must hold the same N samples row by row, got N = {x.shape[0]} "
             f"{shape_str(x)} and N = {y.shape[0]} {shape_str(y)}"
         )
-    results = measure(x, y, names, k=k)
+
+    def named(message: str) -> str:
+        message = re.sub(r"\bx \(", f"{path_a} (", message)
+        message = re.sub(r"\by \(", f"{path_b} (", message)
+        return message.replace("d_x == d_y", "the same width").replace("x and y", "both files")
+
+    results: dict[str, float] = {}
+    skipped: dict[str, str] = {}
+    for name in names:
+        try:
+            results.update(measure(x, y, [name], k=k))
+        except ValueError as err:
+            if len(names) == 1:
+                raise ValueError(named(str(err))) from None
+            skipped[name] = named(str(err))
+    if not results:
+        raise ValueError("no requested metric applies: " + "; ".join(skipped.values()))
     return {
         "a": str(path_a),
         "b": str(path_b),
@@ -380,6 +408,7 @@ def measure_files(
         "d_b": y.shape[1],
         "k": k,
         "metrics": results,
+        "skipped": skipped,
     }
 
 
@@ -770,10 +799,13 @@ def _run_command(
     report = measure_files(
         a, b, metrics if metrics is not None else DEFAULT_METRICS, k=k_value, key_a=key_a, key_b=key_b
     )
+    for name, reason in report["skipped"].items():
+        print(f"alignkit measure: skipped {name}: {reason}", file=sys.stderr)
     if as_json:
         results = report.pop("metrics")
         print(format_json(results, **report))
     else:
+        report.pop("skipped")
         n = report["n"]
         title = f"{report['a']} ({n} × {report['d_a']})  vs  {report['b']} ({n} × {report['d_b']})"
         print(format_table(report["metrics"], title=title))

@@ -31,9 +31,18 @@ def run_fit(args: argparse.Namespace) -> int:
         raise ValueError(one_line(err)) from None
 
 
+def _load(path: str, key: str | None, flag: str) -> Any:
+    """:func:`alignkit.io.load_embeddings`, its "choose one with key=" hint naming the CLI flag."""
+    from alignkit.io import load_embeddings
+
+    try:
+        return load_embeddings(path, key=key)
+    except ValueError as err:
+        raise ValueError(str(err).replace("key=", f"{flag} ")) from None
+
+
 def _fit(args: argparse.Namespace) -> int:
     from alignkit.adapters import METHODS, OBJECTIVES, fit_adapter
-    from alignkit.io import load_embeddings
 
     if args.source is None or args.target is None:
         raise ValueError("needs two embedding files: alignkit fit SOURCE TARGET --out adapter.safetensors")
@@ -70,8 +79,8 @@ def _fit(args: argparse.Namespace) -> int:
         raise ValueError(f"--lr must be a number > 0, got {args.lr!r}")
     if options["temperature"] is not None and options["temperature"] <= 0:
         raise ValueError(f"--temperature must be a number > 0, got {args.temperature!r}")
-    source = load_embeddings(args.source, key=args.key_source)
-    target = load_embeddings(args.target, key=args.key_target)
+    source = _load(args.source, args.key_a, "--key-a")
+    target = _load(args.target, args.key_b, "--key-b")
     if source.shape[0] != target.shape[0]:
         raise ValueError(
             f"SOURCE {args.source} has {source.shape[0]} rows and TARGET {args.target} has "
@@ -119,7 +128,7 @@ def add_command(subparsers: Any) -> None:
         default="mse",
         help="mse (default) | cosine | clip | info_nce (procrustes: mse or cosine)",
     )
-    fit.add_argument("--out", help="adapter file to write (.safetensors)")
+    fit.add_argument("-o", "--out", help="adapter file to write (.safetensors)")
     fit.add_argument("--val-fraction", default="0.1", help="held-out fraction of rows (default 0.1; 0: none)")
     fit.add_argument("--epochs", help="maximum epochs of gradient training (default 100)")
     fit.add_argument("--seed", default="0", help="split / initialisation seed (default 0)")
@@ -128,7 +137,8 @@ def add_command(subparsers: Any) -> None:
     fit.add_argument("--hidden-dim", help="MLP hidden width (default 2·max(d_s, d_t), 64 to 2048)")
     fit.add_argument("--batch-size", help="rows per training step (default 1024)")
     fit.add_argument("--temperature", help="clip / info_nce temperature (default 0.07)")
-    fit.add_argument("--key-source", help="array / column to read from SOURCE when it holds several")
-    fit.add_argument("--key-target", help="array / column to read from TARGET when it holds several")
+    for flag, old, name in (("--key-a", "--key-source", "SOURCE"), ("--key-b", "--key-target", "TARGET")):
+        what = f"array / column to read from {name} when it holds several ({old} is the older name)"
+        fit.add_argument(flag, old, dest=flag[2:].replace("-", "_"), help=what)
     fit.add_argument("--json", action="store_true", help="print the report as JSON")
     fit.set_defaults(func=run_fit)

@@ -1,7 +1,7 @@
 """The ``alignkit train`` and ``alignkit demo`` commands.
 
-    alignkit train --config configs/clip.yaml [--out DIR] [--resume] [key=value ...]
-    alignkit demo [--out runs/demo]
+    alignkit train --config configs/clip.yaml [-o DIR] [--resume] [--quiet | --json] [KEY=VALUE ...]
+    alignkit demo [-o runs/demo] [KEY=VALUE ...]
 
 ``train`` runs one recipe (:mod:`alignkit.recipes`) into a run directory — ``config.yaml``,
 ``metrics.jsonl``, ``checkpoints/``, ``metrics.json``, ``embeddings_test.safetensors`` and, when
@@ -18,11 +18,14 @@ prints.
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from alignkit.cli._common import add_output_flags, add_overrides, overrides_of
 
 __all__ = ["add_command", "format_results", "prepare_run_dir", "run_and_report", "train_command"]
 
@@ -44,12 +47,13 @@ def add_command(subparsers: Any) -> None:
         "e.g. train.epochs=3 model.embed_dim=64.",
     )
     train.add_argument("--config", help="YAML config (default: the clip recipe's defaults)")
-    train.add_argument("--out", help="run directory (default runs/<recipe>)")
+    train.add_argument("-o", "--out", help="run directory (default runs/<recipe>)")
     train.add_argument(
         "--resume", action="store_true", help="continue from OUT/checkpoints/last.json if it exists"
     )
     train.add_argument("--no-report", action="store_true", help="do not write report.html")
-    train.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
+    add_overrides(train)
+    add_output_flags(train)
     train.set_defaults(func=train_command)
 
 
@@ -80,52 +84,26 @@ def prepare_run_dir(out: str | Path, resume: bool) -> Path:
     return path
 
 
-_ROWS = (
-    ("zero_shot_accuracy", "zero-shot accuracy", "classes"),
-    ("i2t_recall@1", "image→text R@1", "rows"),
-    ("i2t_recall@5", "image→text R@5", "rows5"),
-    ("i2t_recall@10", "image→text R@10", "rows10"),
-    ("t2i_recall@1", "text→image R@1", "rows"),
-    ("t2i_recall@5", "text→image R@5", "rows5"),
-    ("t2i_recall@10", "text→image R@10", "rows10"),
-    ("median_rank", "median rank (i2t)", "median"),
-    ("cka_linear", "linear CKA (joint)", None),
-    ("cka_towers", "linear CKA (towers)", None),
-    ("mutual_knn", "mutual 10-NN", "knn"),
-    ("alignment", "alignment (↓)", None),
-    ("uniformity", "uniformity (↓)", None),
-)
-
-
 def format_results(metrics: Mapping[str, Any], n_test: int, n_classes: int = 10) -> str:
-    """A plain-text table of the test metrics with the chance level of each where it has one
-    (zero-shot 1/C, R@K = K/N, median rank (N+1)/2, mutual k-NN k/(N−1)), then any
-    recipe-specific numbers."""
-    chance = {
-        "classes": 1 / n_classes,
-        "rows": 1 / n_test,
-        "rows5": min(1.0, 5 / n_test),
-        "rows10": min(1.0, 10 / n_test),
-        "median": (n_test + 1) / 2,
-        "knn": 10 / max(1, n_test - 1),
-    }
-    lines = [f"{'test split (' + str(n_test) + ' rows)':28}{'value':>10}{'chance':>10}"]
-    shown = {"recipe", "epochs", "seconds"}
-    for key, label, kind in _ROWS:
-        if key not in metrics:
-            continue
-        shown.add(key)
-        value = metrics[key]
-        text = "n/a" if value is None else f"{value:.3f}"
-        ref = "" if kind is None else f"{chance[kind]:.3f}"
-        lines.append(f"{label:28}{text:>10}{ref:>10}")
-    for key, value in metrics.items():
-        if key not in shown and isinstance(value, (int, float)):
-            lines.append(f"{key:28}{value:>10.3f}")
+    """A plain-text table of the test metrics: label, ↑/↓ (higher / lower is better), value and the
+    chance level where one exists — labels, order and chance levels from
+    :mod:`alignkit.report.labels` (the report shows the same), then any recipe-specific numbers."""
+    from alignkit.report.html import format_metric
+    from alignkit.report.labels import METRIC_INFO, metric_rows
+
+    lines = [f"{'test split (' + str(n_test) + ' rows)':30}{'value':>10}{'chance':>10}"]
+    for info, value, chance in metric_rows(metrics, n_test, n_classes):
+        if info.key in ("epochs", "seconds"):
+            continue  # in the title line
+        known = info.key in METRIC_INFO
+        text = "n/a" if value is None else format_metric(info if known else None, value)
+        ref = "" if chance is None else format_metric(info, chance)
+        label = f"{info.label} {info.arrow}".rstrip()
+        lines.append(f"{label:30}{text:>10}{ref:>10}")
     return "\n".join(lines)
 
 
-def _write_report(run_dir: Path) -> None:
+def _write_report(run_dir: Path, quiet: bool = False) -> None:
     try:
         from alignkit.report import write_report  # provided by the report module
     except ImportError as err:
@@ -140,32 +118,55 @@ def _write_report(run_dir: Path) -> None:
     except Exception as err:  # the run itself succeeded: say so, and why the report did not
         print(f"report: could not be written: {type(err).__name__}: {err}", file=sys.stderr)
         return
-    print(f"report: {path}")
+    print(f"report: {path}", file=sys.stderr if quiet else sys.stdout)
 
 
-def run_and_report(config: Mapping[str, Any], out: Path, resume: bool, report: bool, title: str) -> int:
+def run_and_report(
+    config: Mapping[str, Any],
+    out: Path,
+    resume: bool,
+    report: bool,
+    title: str,
+    quiet: bool = False,
+    as_json: bool = False,
+) -> int:
+    """Train ``config`` into ``out``, print the results table (or, with ``as_json``, only the metrics
+    as JSON on stdout) and write the report. Progress goes to stderr: a bar in a terminal, else one
+    line per stage and epoch; ``quiet`` silences it."""
     from alignkit.recipes import run_recipe
     from alignkit.recipes.data import load_recipe_data
     from alignkit.train import cleanup, dist_info
 
     info = dist_info()
+    show = info.is_main and not quiet
     if info.is_main:
         prepare_run_dir(out, resume)
-    data = load_recipe_data(config, progress=info.is_main)
+    if show:
+        world = f" on {info.world_size} processes (DDP)" if info.distributed else ""
+        start = "resuming" if resume and (out / "checkpoints" / "last.json").is_file() else "training"
+        epochs = config["train"]["epochs"]
+        line = f"{title}: {start} recipe {config['recipe']} for {epochs} epochs{world} → {out}"
+        print(line, file=sys.stderr, flush=True)
+    data = load_recipe_data(config, progress=show)
     try:
-        metrics = run_recipe(config, out, resume=resume, data=data)
+        metrics = run_recipe(config, out, resume=resume, data=data, progress=show)
     finally:
         if info.distributed:
             cleanup()
     if not info.is_main:
         return 0
-    print(
-        f"{title}: recipe {metrics['recipe']}, {metrics['epochs']} epochs, {metrics['seconds']:.1f} s → {out}"
-    )
-    classes = 10 if data.class_names is None else len(data.class_names)
-    print(format_results(metrics, n_test=len(data.splits["test"]), n_classes=classes))
+    if as_json:
+        print(json.dumps(metrics, indent=2, allow_nan=False))
+    else:
+        world = f", {info.world_size} processes" if info.distributed else ""
+        print(
+            f"{title}: recipe {metrics['recipe']}, {metrics['epochs']} epochs{world}, "
+            f"{metrics['seconds']:.1f} s → {out}"
+        )
+        classes = 10 if data.class_names is None else len(data.class_names)
+        print(format_results(metrics, n_test=len(data.splits["test"]), n_classes=classes))
     if report:
-        _write_report(out)
+        _write_report(out, quiet=quiet or as_json)
     return 0
 
 
@@ -177,6 +178,8 @@ def train_command(args: argparse.Namespace) -> int:
     config_path = args.config
     if config_path is None and args.resume and args.out and (Path(args.out) / "config.yaml").is_file():
         config_path = Path(args.out) / "config.yaml"
-    config = load_config(config_path, list(args.overrides))
+    config = load_config(config_path, overrides_of(args))
     out = Path(args.out) if args.out else Path("runs") / config["recipe"]
-    return run_and_report(config, out, args.resume, not args.no_report, "alignkit train")
+    return run_and_report(
+        config, out, args.resume, not args.no_report, "alignkit train", args.quiet, args.json
+    )

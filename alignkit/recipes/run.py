@@ -61,7 +61,7 @@ def run_recipe(
     out_dir: str | os.PathLike[str],
     resume: bool = False,
     data: RecipeData | None = None,
-    progress: bool = True,
+    progress: bool | str = True,
 ) -> dict[str, Any]:
     """Train ``config``'s recipe into ``out_dir`` and evaluate it on the test split.
 
@@ -76,7 +76,8 @@ def run_recipe(
         out_dir: the run directory.
         resume: continue from ``out_dir/checkpoints/last.json`` if it exists.
         data: the data (default :func:`~alignkit.recipes.data.load_recipe_data` of the config).
-        progress: show the Trainer's progress bar (when stderr is a terminal).
+        progress: show the Trainer's progress: a bar in a terminal, else one line per epoch on
+            stderr; a string labels it (``"[2/6] byol: "``, see :class:`~alignkit.train.Trainer`).
 
     ``train.threads`` (default 1) is applied with ``torch.set_num_threads`` for the whole process:
     these towers are tiny, and on a shared 2-core CPU two intra-op threads per step were measured
@@ -92,7 +93,7 @@ def run_recipe(
 
     cfg = validate_config(config)
     start = time.perf_counter()
-    data = load_recipe_data(cfg, progress=progress) if data is None else data
+    data = load_recipe_data(cfg, progress=bool(progress)) if data is None else data
     out = Path(out_dir)
     info = dist_info()
     if info.is_main:
