@@ -197,6 +197,7 @@ def test_feature_rows_reads_rows_of_a_memory_mapped_npy(tmp_path) -> None:
     rows = FeatureRows(path, release_bytes=1)  # release after every read: reads must stay correct
     expected = torch.from_numpy(a.astype(np.float16).astype(np.float32))
     assert len(rows) == 30 and rows.shape == (30, 6) and rows.storage_dtype == np.float16
+    assert rows.dim() == rows.ndim == 2 and rows.dtype == torch.float32
     index = torch.tensor([5, 0, 29, 5])
     batch = rows[index]
     assert batch.dtype == torch.float32 and torch.equal(batch, expected[index])
@@ -419,6 +420,7 @@ def test_pairs_source_images_and_captions(tmp_path, suffix: str) -> None:
     assert (src.kind_a, src.kind_b) == ("image", "text")
     assert src.b == captions and src.names == ("image", "caption")
     assert isinstance(src.a, ImageRows) and src.a.shape == (6, 3, 8, 10)
+    assert src.a.dim() == src.a.ndim == 4 and src.a.dtype == torch.float32 and len(src.a) == 6
     images = src.a[torch.arange(6)]
     assert images.dtype == torch.float32 and float(images.min()) >= 0.0 and float(images.max()) <= 1.0
     # row 1 equals Pillow's own centre-crop resize of the file (scale the short side, crop the middle)
