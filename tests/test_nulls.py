@@ -104,6 +104,27 @@ def test_permute_hook_on_neighbour_tables_equals_recomputing() -> None:
     assert fast.value == pytest.approx(slow.value)
 
 
+def test_mapping_metric_tests_every_key_on_the_same_permutations() -> None:
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(30, 4, generator=g)
+    y = x + 0.7 * torch.randn(30, 4, generator=g)
+    sides = {"median_rank": "less", "mean_rank": "less"}
+    both = AF.permutation_test(
+        lambda a, b: AF.recall_at_k(a, b, k=(1, 5)), x, y, 20, seed=1, alternative=sides
+    )
+    assert set(both) == {"recall@1", "recall@5", "median_rank", "mean_rank", "map"}
+    for key in ("recall@5", "mean_rank"):
+        alone = AF.permutation_test(
+            lambda a, b, key=key: AF.recall_at_k(a, b, k=(1, 5))[key], x, y, 20, seed=1,
+            alternative=sides.get(key, "greater"),
+        )
+        torch.testing.assert_close(both[key].null, alone.null)
+        assert both[key].p_value == alone.p_value
+    assert both["mean_rank"].alternative == "less" and both["mean_rank"].p_value < 0.1
+    with pytest.raises(ValueError, match="does not return"):
+        AF.permutation_test(lambda a, b: {"s": 1.0}, x, y, 3, alternative={"t": "less"})
+
+
 def test_chance_levels_equal_permutation_null_means() -> None:
     n, k = 50, 5
     levels = AF.chance_levels(n, k=k)

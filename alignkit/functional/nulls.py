@@ -33,7 +33,7 @@ permutation test is the chance level of the data at hand.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 import torch
@@ -48,9 +48,6 @@ __all__ = [
     "chance_levels",
     "permutation_test",
 ]
-
-MetricFn = Callable[[Tensor, Tensor], "float | Tensor"]
-
 
 @dataclass(frozen=True)
 class PermutationTest:
@@ -111,8 +108,7 @@ def _pair(x: object, y: object) -> tuple[Tensor, Tensor]:
     return x, y
 
 
-def _score(metric_fn: MetricFn, a: Tensor, b: Tensor) -> float:
-    value = metric_fn(a, b)
+def _number(value: object) -> float:
     if isinstance(value, Tensor):
         if value.numel() != 1:
             raise ValueError(f"metric_fn must return one number, got a tensor of shape {tuple(value.shape)}")
@@ -129,16 +125,23 @@ def _check_seed(seed: object) -> int:
     return seed
 
 
+def _scores(metric_fn: Callable[[Tensor, Tensor], object], a: Tensor, b: Tensor) -> dict[str, float] | float:
+    value = metric_fn(a, b)
+    if isinstance(value, Mapping):
+        return {str(key): _number(v) for key, v in value.items()}
+    return _number(value)
+
+
 def permutation_test(
-    metric_fn: MetricFn,
+    metric_fn: Callable[[Tensor, Tensor], object],
     x: Tensor,
     y: Tensor,
     permutations: int = 100,
     seed: int = 0,
     *,
-    alternative: str = "greater",
+    alternative: str | Mapping[str, str] = "greater",
     permute: Callable[[Tensor, Tensor], Tensor] | None = None,
-) -> PermutationTest:
+) -> PermutationTest | dict[str, PermutationTest]:
     """Permutation null of a paired similarity score: shuffle the rows of ``y`` K times.
 
     With ``s = metric_fn`` and permutations ``π_1 … π_K`` drawn from ``torch.Generator(seed)``::
@@ -151,19 +154,24 @@ def permutation_test(
     Zero"). Under independence of x and y, p is uniform on {1/(K+1), …, 1}.
 
     Args:
-        metric_fn: ``metric_fn(x, y) → float`` or a one-element tensor (e.g. ``AF.cka``).
+        metric_fn: ``metric_fn(x, y)`` → a number or one-element tensor (e.g. ``AF.cka``), or a mapping
+            ``{key: number}`` (e.g. ``AF.recall_at_k``): then every key is tested on the same
+            permutations and a dict of results is returned.
         x: (N, d_x) rows, kept fixed (or any tensor with N rows when ``permute`` is given).
         y: (N, d_y) rows paired with x row by row; its rows are permuted.
         permutations: K ≥ 1.
         seed: seed of the permutations (the same seed gives the same null).
-        alternative: ``"greater"`` (similarities) or ``"less"`` (distances).
+        alternative: ``"greater"`` (similarities) or ``"less"`` (distances); for a mapping-valued
+            ``metric_fn`` also a mapping ``{key: "greater" | "less"}`` (missing keys: "greater").
         permute: ``permute(y, perm) → permuted y``; default ``y[perm]``. Lets a caller permute a cheaper
             stand-in, e.g. a k-NN index table ``inv[idx[perm]]`` instead of recomputing neighbours.
 
     Returns:
-        :class:`PermutationTest` (value, null mean / sd, p-value, the K null scores).
+        :class:`PermutationTest` (value, null mean / sd, p-value, the K null scores), or
+        ``{key: PermutationTest}`` for a mapping-valued ``metric_fn``.
 
-    Time: K + 1 calls of ``metric_fn``. Memory: one permuted copy of ``y`` at a time plus K floats.
+    Time: K + 1 calls of ``metric_fn``. Memory: one permuted copy of ``y`` at a time plus K floats
+    per key.
     """
     if not callable(metric_fn):
         raise ValueError(f"metric_fn must be callable, got {type(metric_fn).__name__}")
@@ -173,28 +181,58 @@ def permutation_test(
         raise ValueError("x and y must be tensors with the same number of rows")
     check_int(permutations, "permutations", 1)
     seed = _check_seed(seed)
-    if alternative not in ("greater", "less"):
-        raise ValueError(f"alternative must be 'greater' or 'less', got {alternative!r}")
     shuffle = permute if permute is not None else (lambda t, p: t[p])
-    observed = _score(metric_fn, x, y)
-    if not math.isfinite(observed):
-        raise ValueError(f"metric_fn returned {observed} on the real pairing")
+    first = _scores(metric_fn, x, y)
+    scalar = not isinstance(first, dict)
+    observed: dict[str, float] = {"": first} if scalar else first  # type: ignore[dict-item,assignment]
+    sides = _alternatives(alternative, observed, scalar)
+    for key, value in observed.items():
+        if not math.isfinite(value):
+            where = f" for {key!r}" if key else ""
+            raise ValueError(f"metric_fn returned {value} on the real pairing{where}")
     g = torch.Generator().manual_seed(seed)
     n = y.shape[0]
-    null = torch.empty(permutations, dtype=torch.float64)
+    null = torch.empty(len(observed), permutations, dtype=torch.float64)
     for i in range(permutations):
         perm = torch.randperm(n, generator=g).to(y.device)
-        null[i] = _score(metric_fn, x, shuffle(y, perm))
-    # a relative tolerance so that a permuted score equal to the observed one up to rounding counts
-    tol = 1e-12 * max(1.0, abs(observed))
-    hits = (null >= observed - tol) if alternative == "greater" else (null <= observed + tol)
-    p = (1 + int(hits.sum())) / (1 + permutations)
-    sd = float(null.std()) if permutations > 1 else 0.0
-    return PermutationTest(observed, float(null.mean()), sd, p, permutations, seed, alternative, null)
+        got = _scores(metric_fn, x, shuffle(y, perm))
+        values = {"": got} if scalar else got
+        if not isinstance(values, dict) or set(values) != set(observed):
+            raise ValueError("metric_fn must return the same keys for every permutation")
+        null[:, i] = torch.tensor([values[key] for key in observed], dtype=torch.float64)
+    results = {}
+    for row, (key, value) in enumerate(observed.items()):
+        # a relative tolerance so that a permuted score equal to the observed one up to rounding counts
+        tol = 1e-12 * max(1.0, abs(value))
+        hits = (null[row] >= value - tol) if sides[key] == "greater" else (null[row] <= value + tol)
+        p = (1 + int(hits.sum())) / (1 + permutations)
+        sd = float(null[row].std()) if permutations > 1 else 0.0
+        results[key] = PermutationTest(
+            value, float(null[row].mean()), sd, p, permutations, seed, sides[key], null[row].clone()
+        )
+    return results[""] if scalar else results
+
+
+def _alternatives(
+    alternative: str | Mapping[str, str], observed: Mapping[str, float], scalar: bool
+) -> dict[str, str]:
+    if isinstance(alternative, str):
+        sides = dict.fromkeys(observed, alternative)
+    elif isinstance(alternative, Mapping) and not scalar:
+        unknown = sorted(set(alternative) - set(observed))
+        if unknown:
+            raise ValueError(f"alternative names keys {unknown} that metric_fn does not return")
+        sides = {key: alternative.get(key, "greater") for key in observed}
+    else:
+        raise ValueError(f"alternative must be 'greater' or 'less', got {alternative!r}")
+    for side in sides.values():
+        if side not in ("greater", "less"):
+            raise ValueError(f"alternative must be 'greater' or 'less', got {side!r}")
+    return sides
 
 
 def bootstrap_interval(
-    metric_fn: MetricFn,
+    metric_fn: Callable[[Tensor, Tensor], object],
     x: Tensor,
     y: Tensor,
     resamples: int = 1000,
@@ -227,13 +265,13 @@ def bootstrap_interval(
     seed = _check_seed(seed)
     if not isinstance(level, (int, float)) or isinstance(level, bool) or not 0.0 < float(level) < 1.0:
         raise ValueError(f"level must be a number in (0, 1), got {level!r}")
-    value = _score(metric_fn, x, y)
+    value = _number(metric_fn(x, y))
     g = torch.Generator().manual_seed(seed)
     n = x.shape[0]
     scores = torch.empty(resamples, dtype=torch.float64)
     for i in range(resamples):
         idx = torch.randint(0, n, (n,), generator=g).to(x.device)
-        scores[i] = _score(metric_fn, x[idx], y[idx])
+        scores[i] = _number(metric_fn(x[idx], y[idx]))
     lo_q, hi_q = (1.0 - float(level)) / 2.0, (1.0 + float(level)) / 2.0
     low, high = torch.quantile(scores, torch.tensor([lo_q, hi_q], dtype=torch.float64)).tolist()
     return BootstrapInterval(value, low, high, float(scores.std()), float(level), resamples, seed)
