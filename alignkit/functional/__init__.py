@@ -14,6 +14,7 @@ from alignkit.functional import (
     disentangle,
     losses,
     neighbors,
+    nulls,
     retrieval,
     scores,
     similarity,
@@ -25,6 +26,7 @@ from alignkit.functional.decoding import *  # noqa: F403
 from alignkit.functional.disentangle import *  # noqa: F403
 from alignkit.functional.losses import *  # noqa: F403
 from alignkit.functional.neighbors import *  # noqa: F403
+from alignkit.functional.nulls import *  # noqa: F403
 from alignkit.functional.retrieval import *  # noqa: F403
 from alignkit.functional.scores import *  # noqa: F403
 from alignkit.functional.similarity import *  # noqa: F403
@@ -36,6 +38,7 @@ __all__ = [
     *disentangle.__all__,
     *losses.__all__,
     *neighbors.__all__,
+    *nulls.__all__,
     *retrieval.__all__,
     *scores.__all__,
     *similarity.__all__,
