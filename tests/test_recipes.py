@@ -1,4 +1,4 @@
-"""Tests of alignkit.recipes (configs, systems, run_recipe) and alignkit.evaluate.
+"""Tests of alignkit.recipes (configs, systems, run_recipe) and alignkit.recipes.evaluate.
 
 The MiniLM caption embeddings come from the disk cache (``load_data`` is computed once per session; a
 cold cache costs one MiniLM pass, ≈ 20-40 s). Every recipe run uses a small slice of the splits
@@ -18,7 +18,6 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from alignkit.evaluate import EMBEDDING_KEYS, METRIC_KEYS, evaluate_split, write_evaluation
 from alignkit.recipes import (
     RECIPES,
     RecipeData,
@@ -33,6 +32,7 @@ from alignkit.recipes import (
     run_recipe,
     validate_config,
 )
+from alignkit.recipes.evaluate import EMBEDDING_KEYS, METRIC_KEYS, evaluate_split, write_evaluation
 from alignkit.train import read_metrics
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"

@@ -1,6 +1,6 @@
 """Evaluation of a trained recipe system: per-epoch validation and the final test-split report.
 
-    from alignkit.evaluate import evaluate_split, write_evaluation
+    from alignkit.recipes.evaluate import evaluate_split, write_evaluation
     metrics, tensors = evaluate_split(system, data, "test")
     write_evaluation("runs/clip", metrics, tensors)   # metrics.json + embeddings_test.safetensors
 
@@ -46,7 +46,8 @@ from torch import Tensor, nn
 from alignkit.io import atomic_write
 
 if TYPE_CHECKING:
-    from alignkit.recipes import RecipeData, RecipeSystem
+    from alignkit.recipes.data import RecipeData
+    from alignkit.recipes.systems.base import RecipeSystem
 
 __all__ = [
     "EMBEDDING_KEYS",
