@@ -121,13 +121,13 @@ def load_run_embeddings(run_dir: str | os.PathLike[str]) -> dict[str, Tensor]:
     Raises:
         ValueError: the file is missing or a tensor is missing / has the wrong shape.
     """
-    from safetensors.torch import load_file
+    from alignkit.io import load_safetensors
 
     run = _run_dir(run_dir)
     path = run / EMBEDDINGS_FILE
-    if not path.is_file():
+    if not path.exists() and not path.is_symlink():
         raise ValueError(f"run_dir {str(run)!r} has no {EMBEDDINGS_FILE}")
-    tensors = load_file(str(path))
+    tensors, _ = load_safetensors(path)
     for key in ("image", "text", "labels"):
         if key not in tensors:
             raise ValueError(f"{path}: missing tensor {key!r} (has {sorted(tensors)})")
@@ -305,7 +305,7 @@ def write_report(run_dir: str | os.PathLike[str], *, samples: int = 40, dpi: int
     Raises:
         ValueError: ``run_dir`` is not a directory or has no ``metrics.json`` (the message names it).
     """
-    import yaml
+    from alignkit.io import load_yaml_bounded
 
     run = _run_dir(run_dir)
     metrics = _read_metrics_json(run)
@@ -314,8 +314,8 @@ def write_report(run_dir: str | os.PathLike[str], *, samples: int = 40, dpi: int
     config: Any = None
     if config_path.is_file():
         try:
-            config = yaml.safe_load(config_path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as err:
+            config = load_yaml_bounded(config_path)
+        except ValueError as err:
             notes.append(f"config.yaml could not be parsed: {err}")
     else:
         notes.append("config.yaml is missing")
