@@ -12,6 +12,7 @@ from alignkit.functional import (
     contrastive,
     decoding,
     disentangle,
+    hubs,
     losses,
     neighbors,
     retrieval,
@@ -23,6 +24,7 @@ from alignkit.functional._checks import validation
 from alignkit.functional.contrastive import *  # noqa: F403
 from alignkit.functional.decoding import *  # noqa: F403
 from alignkit.functional.disentangle import *  # noqa: F403
+from alignkit.functional.hubs import *  # noqa: F403
 from alignkit.functional.losses import *  # noqa: F403
 from alignkit.functional.neighbors import *  # noqa: F403
 from alignkit.functional.retrieval import *  # noqa: F403
@@ -34,6 +36,7 @@ __all__ = [
     *contrastive.__all__,
     *decoding.__all__,
     *disentangle.__all__,
+    *hubs.__all__,
     *losses.__all__,
     *neighbors.__all__,
     *retrieval.__all__,
