@@ -1,4 +1,4 @@
-"""Tests for ``alignkit fit`` / ``alignkit transform`` (alignkit.fit_cli).
+"""Tests for ``alignkit fit`` / ``alignkit transform`` (alignkit.cli.fit, alignkit.cli.transform).
 
 Three levels:
 
@@ -26,24 +26,17 @@ import pytest
 import alignkit
 import alignkit.cli
 from alignkit.adapters import Adapter
-from alignkit.fit_cli import add_commands
+from alignkit.cli import fit as fit_command
+from alignkit.cli import transform as transform_command
 from alignkit.io import load_embeddings, save_embeddings
 
 REPO = Path(alignkit.__file__).resolve().parents[1]
 
-# Runs alignkit.cli.main with fit / transform added to its parser (used only while they are not wired).
-_SHIM = """
-import sys
-import alignkit.cli as cli
-from alignkit.fit_cli import add_commands
-_original = cli._parser
-def _patched():
-    parser = _original()
-    add_commands(parser._subparsers._group_actions[0])
-    return parser
-cli._parser = _patched
-sys.exit(cli.main(sys.argv[1:]))
-"""
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    fit_command.add_command(sub)
+    transform_command.add_command(sub)
 
 
 def _wired() -> bool:
@@ -247,9 +240,7 @@ def test_main_turns_bad_input_into_one_stderr_line_and_exit_2(
 
 
 def _command() -> list[str]:
-    if _wired():
-        return [sys.executable, "-m", "alignkit"]
-    return [sys.executable, "-c", _SHIM]
+    return [sys.executable, "-m", "alignkit"]
 
 
 def _subprocess(argv: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:

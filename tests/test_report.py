@@ -1,4 +1,4 @@
-"""Tests of alignkit.report (plots, report.html), alignkit.compare and alignkit.report_cli.
+"""Tests of alignkit.report (plots, report.html), alignkit.recipes.compare and the report / compare commands.
 
 The run directories are synthetic (random embeddings with the contract's keys); one test writes
 ``metrics.jsonl`` with the real :class:`alignkit.train.Trainer` so the loss-curve reader follows its format.
@@ -23,7 +23,10 @@ from matplotlib.image import imread
 from safetensors.torch import save_file
 from torch import nn
 
-from alignkit.compare import COLUMNS, compare, markdown_table
+from alignkit.cli import compare as compare_command
+from alignkit.cli import report as report_command
+from alignkit.cli._common import parse_overrides
+from alignkit.recipes.compare import COLUMNS, compare, markdown_table
 from alignkit.report import (
     cka_heatmap,
     cka_matrix,
@@ -34,7 +37,6 @@ from alignkit.report import (
     write_plots,
     write_report,
 )
-from alignkit.report_cli import add_commands, parse_overrides
 
 METRICS = {
     "recipe": "clip",
@@ -583,7 +585,9 @@ def test_compare_bad_input(tmp_path: Path, fake_recipes: list[Any], monkeypatch:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="alignkit")
-    add_commands(parser.add_subparsers(dest="command", required=True))
+    sub = parser.add_subparsers(dest="command", required=True)
+    report_command.add_command(sub)
+    compare_command.add_command(sub)
     return parser
 
 

@@ -5,7 +5,7 @@
 
 The page shows the run's resolved config (``config.yaml``), the final test-split metrics
 (``metrics.json``), the plots of :func:`write_plots` embedded as ``data:image/png;base64`` URIs, and
-— when a ``compare.json`` (:func:`alignkit.compare.compare`) sits in the run directory or its parent —
+— when a ``compare.json`` (:func:`alignkit.recipes.compare.compare`) sits in the run directory or its parent —
 the all-recipes comparison table. Every file is written atomically (temporary file + ``os.replace``).
 """
 
@@ -22,8 +22,8 @@ from typing import Any
 
 from torch import Tensor
 
-from alignkit.evaluate import METRIC_KEYS
 from alignkit.io import atomic_write
+from alignkit.recipes.evaluate import METRIC_KEYS
 from alignkit.report.plots import cka_heatmap, embedding_projection, image_text_similarity, loss_curves
 
 __all__ = [
