@@ -13,6 +13,7 @@ from alignkit.functional import (
     decoding,
     disentangle,
     generation,
+    hubs,
     losses,
     neighbors,
     nulls,
@@ -26,6 +27,7 @@ from alignkit.functional.contrastive import *  # noqa: F403
 from alignkit.functional.decoding import *  # noqa: F403
 from alignkit.functional.disentangle import *  # noqa: F403
 from alignkit.functional.generation import *  # noqa: F403
+from alignkit.functional.hubs import *  # noqa: F403
 from alignkit.functional.losses import *  # noqa: F403
 from alignkit.functional.neighbors import *  # noqa: F403
 from alignkit.functional.nulls import *  # noqa: F403
@@ -39,6 +41,7 @@ __all__ = [
     *decoding.__all__,
     *disentangle.__all__,
     *generation.__all__,
+    *hubs.__all__,
     *losses.__all__,
     *neighbors.__all__,
     *nulls.__all__,
