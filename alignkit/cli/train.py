@@ -18,11 +18,14 @@ prints.
 from __future__ import annotations
 
 import argparse
+import math
 import shutil
 import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from alignkit.cli._common import number
 
 __all__ = ["add_command", "format_results", "prepare_run_dir", "run_and_report", "train_command"]
 
@@ -49,6 +52,12 @@ def add_command(subparsers: Any) -> None:
         "--resume", action="store_true", help="continue from OUT/checkpoints/last.json if it exists"
     )
     train.add_argument("--no-report", action="store_true", help="do not write report.html")
+    train.add_argument(
+        "--seeds",
+        default="1",
+        help="train N seeds (seed, seed+1, …) into OUT/seed-<s>/ and write the mean, sd and 95 %% "
+        "interval of every metric to OUT/metrics.json (default 1)",
+    )
     train.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
     train.set_defaults(func=train_command)
 
@@ -179,4 +188,39 @@ def train_command(args: argparse.Namespace) -> int:
         config_path = Path(args.out) / "config.yaml"
     config = load_config(config_path, list(args.overrides))
     out = Path(args.out) if args.out else Path("runs") / config["recipe"]
+    seeds = number(getattr(args, "seeds", "1"), "--seeds", int, 1, 1000)
+    if seeds > 1:
+        return run_seeds_and_report(config, out, seeds, args.resume, not args.no_report)
     return run_and_report(config, out, args.resume, not args.no_report, "alignkit train")
+
+
+def format_seeds(summary: Mapping[str, Any]) -> str:
+    """A plain-text table of every metric's mean ± sd and its 95 % interval over the seeds."""
+    lines = [f"{str(summary['n_seeds']) + ' seeds':36}{'mean':>9}{'± sd':>8}   95 % interval"]
+    for key, mean in summary["mean"].items():
+        if key in ("epochs", "seeds"):
+            continue
+        sd, low, high = summary["sd"].get(key), summary["low"].get(key), summary["high"].get(key)
+        spread = f"{sd:8.3f}   [{low:.3f}, {high:.3f}]" if sd is not None and math.isfinite(sd) else ""
+        lines.append(f"{key:36}{mean:9.3f}{spread}")
+    return "\n".join(lines)
+
+
+def run_seeds_and_report(config: Mapping[str, Any], out: Path, seeds: int, resume: bool, report: bool) -> int:
+    """Train ``seeds`` seeds of ``config`` into ``out/seed-<s>/``, print the summary table, write each
+    seed's report; ``out/metrics.json`` holds the mean / sd / interval of every metric."""
+    from alignkit.recipes.run import run_seeds
+
+    prepare_run_dir(out, resume)
+
+    def said(i: int, seed: int, metrics: Mapping[str, Any]) -> None:
+        r1 = metrics.get("i2t_recall@1")
+        text = f", i2t R@1 {r1:.3f}" if isinstance(r1, float) else ""
+        print(f"[{i + 1}/{seeds}] seed {seed}: {metrics.get('seconds', 0.0):.1f} s{text}", flush=True)
+        if report:
+            _write_report(out / f"seed-{seed}")
+
+    summary = run_seeds(config, out, seeds, resume=resume, on_run=said)
+    print(f"alignkit train: recipe {summary['recipe']}, {seeds} seeds → {out}/metrics.json")
+    print(format_seeds(summary))
+    return 0
