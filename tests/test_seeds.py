@@ -70,3 +70,20 @@ def test_train_seeds_writes_each_run_and_the_summary(
     assert summary["mean"]["i2t_recall@1"] == pytest.approx(sum(r1) / 2)
     assert summary["n_seeds"] == 2 and summary["low"]["i2t_recall@1"] <= summary["high"]["i2t_recall@1"]
     assert main(["train", "--out", str(out), "--seeds", "0"]) == 2
+
+
+@pytest.mark.slow
+def test_compare_seeds_reports_mean_and_sd(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "cmp"
+    argv = ["compare", "--recipes", "clip,joint", "--out", str(out), "--seeds", "2"]
+    argv += ["--epochs-scale", "0.025"]
+    assert main([*argv, "--set", "data.train_subset=256"]) == 0
+    printed = capsys.readouterr().out
+    assert "[1/2] clip: training 2 seeds" in printed and "[2/2] joint" in printed
+    table = json.loads((out / "compare.json").read_text())
+    row = table["rows"][0]
+    runs = [json.loads((out / "clip" / f"seed-{s}" / "metrics.json").read_text()) for s in (0, 1)]
+    assert row["i2t_recall@1"] == pytest.approx((runs[0]["i2t_recall@1"] + runs[1]["i2t_recall@1"]) / 2)
+    assert row["i2t_recall@1_low"] <= row["i2t_recall@1"] <= row["i2t_recall@1_high"]
+    assert " ± " in (out / "compare.md").read_text()
+    assert (out / "clip" / "seed-0" / "report.html").is_file()
