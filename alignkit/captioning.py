@@ -634,14 +634,16 @@ def read_images(path: str | os.PathLike[str]) -> Tensor:
     Raises:
         ValueError: one line naming the file and the problem (pickled content is never loaded).
     """
-    from alignkit.io import load_embeddings
+    from alignkit.io import check_input_file, load_embeddings, read_npy
 
     file = Path(path)
-    if file.suffix.lower() == ".npy" and file.is_file():
+    if file.suffix.lower() == ".npy":
+        check_input_file(file)
         try:
-            array = np.load(file, allow_pickle=False)
-        except (ValueError, OSError) as err:
-            raise ValueError(f"{file}: not a readable numeric .npy array ({err})") from None
+            with open(file, "rb") as f:
+                array = read_npy(f, file, os.fstat(f.fileno()).st_size)
+        except OSError as err:
+            raise ValueError(f"{file}: not a readable numeric .npy array ({err.strerror or err})") from None
         if array.dtype.kind not in "biuf":
             raise ValueError(f"{file}: array has dtype {array.dtype}; expected numeric pixel values")
         tensor = torch.from_numpy(np.array(array, dtype=np.float32))

@@ -130,6 +130,22 @@ def test_read_split_file_bad_input(tmp_path, name, content, n, groups, match) ->
         read_split_file(path, n, groups)
 
 
+def test_read_split_file_tables(tmp_path) -> None:
+    (tmp_path / "col.csv").write_text("split\ntrain\ntest\nval\ntrain\n")
+    splits = read_split_file(tmp_path / "col.csv", 4)
+    assert [splits[k].tolist() for k in ("train", "val", "test")] == [[0, 3], [2], [1]]
+    (tmp_path / "idx.jsonl").write_text(
+        "".join(
+            json.dumps({"index": i, "split": s}) + "\n" for i, s in [(4, "train"), (1, "test"), (2, "train")]
+        )
+    )
+    splits = read_split_file(tmp_path / "idx.jsonl", 5)
+    assert [splits[k].tolist() for k in ("train", "val", "test")] == [[2, 4], [], [1]]
+    (tmp_path / "nosplit.csv").write_text("part\ntrain\n")
+    with pytest.raises(ValueError, match="no column 'split'"):
+        read_split_file(tmp_path / "nosplit.csv", 1)
+
+
 def test_read_split_file_missing(tmp_path) -> None:
     with pytest.raises(ValueError, match="no such split file"):
         read_split_file(tmp_path / "nope.json", 3)
@@ -197,6 +213,7 @@ def test_feature_rows_reads_rows_of_a_memory_mapped_npy(tmp_path) -> None:
     rows = FeatureRows(path, release_bytes=1)  # release after every read: reads must stay correct
     expected = torch.from_numpy(a.astype(np.float16).astype(np.float32))
     assert len(rows) == 30 and rows.shape == (30, 6) and rows.storage_dtype == np.float16
+    assert rows.dim() == rows.ndim == 2 and rows.dtype == torch.float32
     index = torch.tensor([5, 0, 29, 5])
     batch = rows[index]
     assert batch.dtype == torch.float32 and torch.equal(batch, expected[index])
@@ -211,6 +228,16 @@ def test_feature_rows_reads_rows_of_a_memory_mapped_npy(tmp_path) -> None:
     assert torch.equal(torch.cat(list(loader)), expected)
     with pytest.raises(IndexError):
         rows[torch.tensor([30])]
+
+
+def test_feature_rows_fortran_order_and_integer_storage(tmp_path) -> None:
+    a = np.arange(40, dtype=np.int32).reshape(8, 5)
+    np.save(tmp_path / "f.npy", np.asfortranarray(a.astype(np.float64)))
+    np.save(tmp_path / "i.npy", a)
+    index = torch.tensor([7, 2, 2])
+    for name in ("f.npy", "i.npy"):
+        rows = FeatureRows(tmp_path / name)
+        assert torch.equal(rows[index], torch.from_numpy(a[[7, 2, 2]].astype(np.float32)))
 
 
 @pytest.mark.parametrize(
@@ -419,6 +446,7 @@ def test_pairs_source_images_and_captions(tmp_path, suffix: str) -> None:
     assert (src.kind_a, src.kind_b) == ("image", "text")
     assert src.b == captions and src.names == ("image", "caption")
     assert isinstance(src.a, ImageRows) and src.a.shape == (6, 3, 8, 10)
+    assert src.a.dim() == src.a.ndim == 4 and src.a.dtype == torch.float32 and len(src.a) == 6
     images = src.a[torch.arange(6)]
     assert images.dtype == torch.float32 and float(images.min()) >= 0.0 and float(images.max()) <= 1.0
     # row 1 equals Pillow's own centre-crop resize of the file (scale the short side, crop the middle)

@@ -9,7 +9,7 @@ import argparse
 import json
 from typing import Any
 
-from alignkit.cli._common import add_output_flags, add_overrides, overrides_of, parse_overrides
+from alignkit.cli._common import add_output_flags, add_overrides, number, overrides_of, parse_overrides
 
 __all__ = ["add_command"]
 
@@ -20,6 +20,8 @@ def _compare(args: argparse.Namespace) -> int:
     recipes = [r.strip() for r in str(args.recipes).split(",") if r.strip()]
     if not recipes:
         raise ValueError(f"--recipes must name at least one recipe, got {args.recipes!r}")
+    seeds = number(args.seeds, "--seeds", int, 1, 1000)
+
     table = compare(
         recipes,
         args.out,
@@ -27,6 +29,7 @@ def _compare(args: argparse.Namespace) -> int:
         epochs_scale=args.epochs_scale,
         reports=True,
         progress=not args.quiet,
+        seeds=seeds,
     )
     if args.json:
         print(json.dumps(table, indent=2, allow_nan=False))
@@ -55,6 +58,9 @@ def add_command(subparsers: Any) -> None:
     comp.add_argument("-o", "--out", default="runs/compare", help="output directory (default runs/compare)")
     comp.add_argument(
         "--epochs-scale", type=float, default=None, help="multiply every recipe's epochs (e.g. 0.25)"
+    )
+    comp.add_argument(
+        "--seeds", default="1", help="seeds per recipe: cells become mean ± sd (default 1)"
     )
     add_overrides(comp, "config override passed to every recipe")
     add_output_flags(comp)

@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from alignkit.cli._common import add_output_flags, add_overrides, overrides_of
+from alignkit.cli._common import add_output_flags, add_overrides, number, overrides_of
 
 __all__ = ["add_command", "format_results", "prepare_run_dir", "run_and_report", "train_command"]
 
@@ -52,6 +53,12 @@ def add_command(subparsers: Any) -> None:
         "--resume", action="store_true", help="continue from OUT/checkpoints/last.json if it exists"
     )
     train.add_argument("--no-report", action="store_true", help="do not write report.html")
+    train.add_argument(
+        "--seeds",
+        default="1",
+        help="train N seeds (seed, seed+1, …) into OUT/seed-<s>/ and write the mean, sd and 95 %% "
+        "interval of every metric to OUT/metrics.json (default 1)",
+    )
     add_overrides(train)
     add_output_flags(train)
     train.set_defaults(func=train_command)
@@ -156,7 +163,7 @@ def run_and_report(
     if not info.is_main:
         return 0
     if as_json:
-        print(json.dumps(metrics, indent=2, allow_nan=False))
+        print(json.dumps(_finite(metrics), indent=2, allow_nan=False))
     else:
         world = f", {info.world_size} processes" if info.distributed else ""
         print(
@@ -180,6 +187,66 @@ def train_command(args: argparse.Namespace) -> int:
         config_path = Path(args.out) / "config.yaml"
     config = load_config(config_path, overrides_of(args))
     out = Path(args.out) if args.out else Path("runs") / config["recipe"]
+    seeds = number(getattr(args, "seeds", "1"), "--seeds", int, 1, 1000)
+    if seeds > 1:
+        report = not args.no_report
+        return run_seeds_and_report(config, out, seeds, args.resume, report, args.quiet, args.json)
     return run_and_report(
         config, out, args.resume, not args.no_report, "alignkit train", args.quiet, args.json
     )
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every non-finite float replaced by ``None`` (JSON has no NaN)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {str(k): _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def format_seeds(summary: Mapping[str, Any]) -> str:
+    """A plain-text table of every metric's mean ± sd and its 95 % interval over the seeds."""
+    lines = [f"{str(summary['n_seeds']) + ' seeds':36}{'mean':>9}{'± sd':>8}   95 % interval"]
+    for key, mean in summary["mean"].items():
+        if key in ("epochs", "seeds"):
+            continue
+        sd, low, high = summary["sd"].get(key), summary["low"].get(key), summary["high"].get(key)
+        spread = f"{sd:8.3f}   [{low:.3f}, {high:.3f}]" if sd is not None and math.isfinite(sd) else ""
+        lines.append(f"{key:36}{mean:9.3f}{spread}")
+    return "\n".join(lines)
+
+
+def run_seeds_and_report(
+    config: Mapping[str, Any],
+    out: Path,
+    seeds: int,
+    resume: bool,
+    report: bool,
+    quiet: bool = False,
+    as_json: bool = False,
+) -> int:
+    """Train ``seeds`` seeds of ``config`` into ``out/seed-<s>/``, print the summary table, write each
+    seed's report; ``out/metrics.json`` holds the mean / sd / interval of every metric."""
+    from alignkit.recipes.run import run_seeds
+
+    prepare_run_dir(out, resume)
+
+    def said(i: int, seed: int, metrics: Mapping[str, Any]) -> None:
+        r1 = metrics.get("i2t_recall@1")
+        text = f", i2t R@1 {r1:.3f}" if isinstance(r1, float) else ""
+        if not quiet:
+            line = f"[{i + 1}/{seeds}] seed {seed}: {metrics.get('seconds', 0.0):.1f} s{text}"
+            print(line, file=sys.stderr, flush=True)
+        if report:
+            _write_report(out / f"seed-{seed}", quiet=quiet or as_json)
+
+    summary = run_seeds(config, out, seeds, resume=resume, on_run=said, progress=not quiet)
+    if as_json:
+        print(json.dumps(_finite(summary), indent=2, allow_nan=False))
+        return 0
+    print(f"alignkit train: recipe {summary['recipe']}, {seeds} seeds → {out}/metrics.json")
+    print(format_seeds(summary))
+    return 0

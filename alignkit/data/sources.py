@@ -241,6 +241,20 @@ class FeatureRows(Dataset):
         return torch.Size(self._array.shape)
 
     @property
+    def ndim(self) -> int:
+        """2, as for the (N, d) tensor this stands for."""
+        return 2
+
+    def dim(self) -> int:
+        """2 (tensor-like)."""
+        return 2
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """torch.float32: the dtype rows come back as (see :attr:`storage_dtype` for the file's)."""
+        return torch.float32
+
+    @property
     def storage_dtype(self) -> np.dtype:
         """The dtype in the file (rows come back as float32)."""
         return self._array.dtype
@@ -299,6 +313,20 @@ class ImageRows(Dataset):
     def shape(self) -> torch.Size:
         """(N, C, H, W)."""
         return self.pixels.shape
+
+    @property
+    def ndim(self) -> int:
+        """4."""
+        return 4
+
+    def dim(self) -> int:
+        """4 (tensor-like)."""
+        return 4
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """torch.float32: the dtype rows come back as (stored as uint8)."""
+        return torch.float32
 
     def __getitem__(self, index: Any) -> Tensor:
         if isinstance(index, np.ndarray):

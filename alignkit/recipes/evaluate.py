@@ -165,9 +165,15 @@ def evaluate_split(
     try:
         emb = system.embed(data, rows)
         class_text = logits = None
+        extra_zero_shot: dict[str, float] = {}
         if data.prompts is not None and data.labels is not None:
             class_text = system.class_embeddings(data.prompts)
             logits = system.zero_shot_logits(data.images[rows], class_text)
+            labels = data.labels[rows].to(logits.device)
+            for name, prompts in data.extra_prompts.items():
+                other = system.zero_shot_logits(data.images[rows], system.class_embeddings(prompts))
+                right = (other.argmax(1) == labels).float().mean()
+                extra_zero_shot[f"zero_shot_accuracy_{name}"] = float(right)
         extra = system.extra_metrics(data)
     finally:
         system.train(was_training)
@@ -181,6 +187,7 @@ def evaluate_split(
     if logits is not None:
         labels = data.labels[rows].to(logits.device)
         metrics["zero_shot_accuracy"] = float((logits.argmax(1) == labels).float().mean())
+        metrics.update(extra_zero_shot)
     metrics.update({
         **{f"i2t_recall@{k}": i2t.get(f"recall@{k}", 1.0) for k in (1, 5, 10)},
         **{f"t2i_recall@{k}": t2i.get(f"recall@{k}", 1.0) for k in (1, 5, 10)},

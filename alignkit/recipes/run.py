@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Mapping
@@ -16,7 +17,7 @@ from alignkit.recipes.config import validate_config, write_config
 from alignkit.recipes.data import RecipeData, load_recipe_data
 from alignkit.recipes.systems import build_system
 
-__all__ = ["run_recipe"]
+__all__ = ["BatchRows", "run_recipe", "run_seeds", "summarize_seeds"]
 
 
 class BatchRows(Dataset):
@@ -141,3 +142,84 @@ def run_recipe(
     if info.is_main:
         metrics = evaluate_run(system, data, out, recipe=cfg["recipe"], epochs=t["epochs"], start=start)
     return metrics
+
+
+def summarize_seeds(runs: Mapping[int, Mapping[str, Any]], level: float = 0.95) -> dict[str, Any]:
+    """Mean, standard deviation and a ``level`` Student-t interval of every numeric metric over the
+    runs of several seeds (:func:`alignkit.functional.seed_interval`).
+
+    Returns ``{"recipe", "seeds", "n_seeds", "level", "mean": {k: …}, "sd": {…}, "low": {…},
+    "high": {…}, "runs": {seed: metrics}}``."""
+    from alignkit.functional import seed_interval
+
+    seeds = sorted(runs)
+    keys = [k for k, v in runs[seeds[0]].items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    summary: dict[str, Any] = {
+        "recipe": runs[seeds[0]].get("recipe"),
+        "seeds": seeds,
+        "n_seeds": len(seeds),
+        "level": level,
+        "mean": {},
+        "sd": {},
+        "low": {},
+        "high": {},
+    }
+    for key in keys:
+        values = [runs[s].get(key) for s in seeds]
+        finite = [float(v) for v in values if isinstance(v, (int, float)) and math.isfinite(float(v))]
+        if not finite:
+            continue
+        stats = seed_interval(finite, level)
+        for part in ("mean", "sd", "low", "high"):
+            summary[part][key] = stats[part]
+    summary["runs"] = {str(s): dict(runs[s]) for s in seeds}
+    return summary
+
+
+def run_seeds(
+    config: Mapping[str, Any],
+    out_dir: str | os.PathLike[str],
+    seeds: int,
+    resume: bool = False,
+    data: RecipeData | None = None,
+    progress: bool | str = True,
+    on_run: Any = None,
+) -> dict[str, Any]:
+    """:func:`run_recipe` for ``seeds`` seeds (``seed``, ``seed + 1``, …; the data split,
+    ``data.seed``, stays fixed so the spread is the training's) into ``out_dir/seed-<s>/``, then
+    the summary of :func:`summarize_seeds` written to ``out_dir/metrics.json``.
+
+    ``on_run(i, seed, metrics)`` is called after each run (progress lines)."""
+    import json
+
+    cfg = validate_config(config)
+    if not (isinstance(seeds, int) and 1 <= seeds <= 1000):
+        raise ValueError(f"--seeds must be an integer in [1, 1000], got {seeds!r}")
+    data = load_recipe_data(cfg, progress=bool(progress)) if data is None else data
+    out = Path(out_dir)
+    runs: dict[int, dict[str, Any]] = {}
+    for i in range(seeds):
+        seed = int(cfg["seed"]) + i
+        one = {**cfg, "seed": seed}
+        runs[seed] = run_recipe(one, out / f"seed-{seed}", resume=resume, data=data, progress=progress)
+        if on_run is not None:
+            on_run(i, seed, runs[seed])
+    summary = summarize_seeds(runs)
+    from alignkit.io import atomic_write
+
+    text = json.dumps(_finite(summary), indent=2, allow_nan=False) + "\n"
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_write(out / "metrics.json", "w") as handle:
+        handle.write(text)
+    write_config(cfg, out / "config.yaml")
+    return summary
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
