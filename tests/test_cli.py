@@ -58,7 +58,7 @@ def test_unknown_option_that_is_a_config_key_gets_a_hint(capsys: pytest.CaptureF
 def test_every_command_spells_output_and_overrides_the_same_way() -> None:
     import argparse
 
-    from alignkit.cli import _parser
+    from alignkit.cli import _parser, parse_args
 
     parser = _parser()
     commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
@@ -72,8 +72,12 @@ def test_every_command_spells_output_and_overrides_the_same_way() -> None:
     for name in ("fit", "measure"):
         flags = {s for a in commands[name]._actions for s in a.option_strings}
         assert {"--key-a", "--key-b"} <= flags, name
-    caption = parser.parse_args(["caption", "runs/x", "--fit", "epochs=3", "--set", "dim=8"])
-    assert (caption.run, caption.overrides, caption.set_overrides) == ("runs/x", ["epochs=3"], ["dim=8"])
+    caption, unknown = parse_args(["caption", "runs/x", "--fit", "epochs=3", "--set", "dim=8", "beam=2"])
+    assert (caption.run, caption.set_overrides) == ("runs/x", ["dim=8"])
+    assert caption.overrides == ["epochs=3", "beam=2"]
+    assert unknown == []
+    train, _ = parse_args(["train", "a=1", "--resume", "b=2", "-o", "x", "c=3"])  # overrides anywhere
+    assert train.overrides == ["a=1", "b=2", "c=3"] and train.resume and train.out == "x"
     fit = parser.parse_args(["fit", "a", "b", "--key-source", "x", "--key-b", "y", "-o", "m.safetensors"])
     assert (fit.key_a, fit.key_b, fit.out) == ("x", "y", "m.safetensors")  # the old names still work
     assert "KEY=VALUE" in parser.format_help() and "--key-a/--key-b" in parser.format_help()

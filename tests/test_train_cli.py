@@ -106,7 +106,8 @@ def test_format_results_shows_chance_levels() -> None:
     assert zero_shot.split()[-2:] == ["0.500", "0.100"]
     r1 = next(line for line in lines if line.startswith("image→text R@1 "))
     assert r1.split()[-1] == "0.010"
-    assert next(line for line in lines if line.startswith("median rank")).split()[-1] == "50.500"
+    assert next(line for line in lines if line.startswith("median rank")).split()[-1] == "50.5"  # (N+1)/2
+    assert "↑" in zero_shot and "↓" in next(line for line in lines if line.startswith("uniformity"))
     assert any(line.startswith("extra") for line in lines)
     assert not any(line.startswith("recipe") for line in lines)
 

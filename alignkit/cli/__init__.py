@@ -14,7 +14,7 @@ from typing import NoReturn
 
 from alignkit.cli import caption, compare, config, demo, fit, losses, measure, report, train, transform
 
-__all__ = ["COMMANDS", "main"]
+__all__ = ["COMMANDS", "GRAMMAR", "main", "parse_args"]
 
 #: One module per command, in the order ``alignkit --help`` lists them.
 COMMANDS = (demo, train, compare, report, caption, config, measure, fit, transform, losses)
@@ -75,10 +75,21 @@ def _unknown(argv: list[str], unknown: list[str]) -> str:
     return f"unrecognized arguments: {shown}" + ("; " + "; ".join(hints) if hints else "")
 
 
+def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
+    """Parse ``argv`` with the one grammar: ``KEY=VALUE`` items may stand anywhere after the command
+    (argparse alone takes positionals only in their first run), so any left over join
+    ``args.overrides`` of a command that takes overrides. Returns ``(args, still unknown)``."""
+    args, unknown = _parser().parse_known_args(list(argv))
+    if hasattr(args, "overrides"):
+        extra = [u for u in unknown if not u.startswith("-") and "=" in u]
+        args.overrides = [*(args.overrides or []), *extra]
+        unknown = [u for u in unknown if u not in extra]
+    return args, unknown
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = _parser()
-    args, unknown = parser.parse_known_args(argv)
+    args, unknown = parse_args(argv)
     if unknown:
         command = getattr(args, "command", None)
         print(f"alignkit {command}: error: {_unknown(argv, unknown)} (see --help)", file=sys.stderr)
