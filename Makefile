@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo lint bench clean
+.PHONY: test demo lint bench readme-tables clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,9 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/losses.py
+
+readme-tables: $(STAMP)
+	$(BIN)/python scripts/readme_tables.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
