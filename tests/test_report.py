@@ -760,8 +760,9 @@ def test_retrieval_examples_show_the_nearest_captions(tmp_path: Path) -> None:
         assert ref[0] == q and shown[0][:2] == ("hit", "✓")  # own caption first (image ≈ text)
         for (css, sign, _, _), j in zip(shown[1:], ref[1:], strict=True):
             same = bool(emb["labels"][j] == emb["labels"][q])
-            assert (css, sign) == (("near", "≈") if same else ("miss", "✗"))
-    assert section.count('class="thumb hit"') == 3  # each caption query finds its own image
+            want = ("near", "≈") if same else ("miss", "✗")
+            assert (css, sign) == (("hit", "✓") if captions[j] == captions[q] else want)
+    assert section.count('class="thumb hit"') >= 3  # each caption query finds its own image
     digits_shown = re.findall(r'<td class="num">(\d)</td>', section)
     assert len(set(digits_shown[:4])) == 4  # image queries of distinct digits
     shuffled = dict(emb, labels=emb["labels"].roll(1))

@@ -497,7 +497,8 @@ def retrieval_examples_html(
     (:func:`alignkit.data.load_digits_captions`, the recipe's ``data.seed``): row i of
     ``embeddings_test.safetensors`` is test row i. Similarity is the cosine of the joint embeddings,
     the gallery every test item (as :func:`alignkit.functional.recall_at_k` scores it). Marks: ✓ the
-    query's own caption / image (the one R@K counts), ≈ an item of the same digit, ✗ another digit;
+    query's own caption / image or one with the identical caption (what the grouped R@K counts), ≈ an
+    item of the same digit, ✗ another digit;
     when the own item is not among the ``top``, its rank is given. Queries are drawn with distinct
     digits, seeded by ``seed``.
 
@@ -534,14 +535,15 @@ def retrieval_examples_html(
         return thumbs[i]
 
     def mark(query: int, hit: int) -> tuple[str, str]:
-        if hit == query:
+        if hit == query or captions[hit] == captions[query]:  # an identical caption is as right
             return "hit", "✓"
         return ("near", "≈") if int(labels[hit]) == int(labels[query]) else ("miss", "✗")
 
     parts = [
         '<p class="legend">Nearest neighbours among all '
-        f"{n} test items by cosine similarity in the joint space. ✓ the query's own caption / image "
-        "(what R@K counts) · ≈ same digit · ✗ another digit.</p>",
+        f"{n} test items by cosine similarity in the joint space. ✓ the query's own caption / image, "
+        "or one with the identical caption (what the grouped R@K counts) · ≈ same digit · ✗ another "
+        "digit.</p>",
         "<h3>Image → captions</h3>",
         "<table><thead><tr><th>test image</th><th>digit</th>"
         f"<th>top-{k} captions (cosine)</th></tr></thead><tbody>",
@@ -585,8 +587,8 @@ def retrieval_examples_html(
         )
     parts += [
         "</tbody></table>",
-        '<p class="legend">Image borders: green ✓ the caption\'s own image, blue ≈ same digit, grey ✗ '
-        "another digit (hover for the cosine).</p>",
+        '<p class="legend">Image borders: green ✓ the caption\'s own image (or one with the identical '
+        "caption), blue ≈ same digit, grey ✗ another digit (hover for the cosine).</p>",
     ]
     return "\n".join(parts)
 
