@@ -144,13 +144,14 @@ def _write_report(run_dir: Path) -> None:
 
 
 def run_and_report(config: Mapping[str, Any], out: Path, resume: bool, report: bool, title: str) -> int:
-    from alignkit.recipes import load_data, run_recipe
+    from alignkit.recipes import run_recipe
+    from alignkit.recipes.data import load_recipe_data
     from alignkit.train import cleanup, dist_info
 
     info = dist_info()
     if info.is_main:
         prepare_run_dir(out, resume)
-    data = load_data(config["data"]["seed"], config["data"]["text_model"])
+    data = load_recipe_data(config, progress=info.is_main)
     try:
         metrics = run_recipe(config, out, resume=resume, data=data)
     finally:
@@ -161,7 +162,8 @@ def run_and_report(config: Mapping[str, Any], out: Path, resume: bool, report: b
     print(
         f"{title}: recipe {metrics['recipe']}, {metrics['epochs']} epochs, {metrics['seconds']:.1f} s → {out}"
     )
-    print(format_results(metrics, n_test=len(data.splits["test"])))
+    classes = 10 if data.class_names is None else len(data.class_names)
+    print(format_results(metrics, n_test=len(data.splits["test"]), n_classes=classes))
     if report:
         _write_report(out)
     return 0

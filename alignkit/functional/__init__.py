@@ -12,6 +12,8 @@ from alignkit.functional import (
     contrastive,
     decoding,
     disentangle,
+    generation,
+    hubs,
     losses,
     neighbors,
     nulls,
@@ -24,6 +26,8 @@ from alignkit.functional._checks import validation
 from alignkit.functional.contrastive import *  # noqa: F403
 from alignkit.functional.decoding import *  # noqa: F403
 from alignkit.functional.disentangle import *  # noqa: F403
+from alignkit.functional.generation import *  # noqa: F403
+from alignkit.functional.hubs import *  # noqa: F403
 from alignkit.functional.losses import *  # noqa: F403
 from alignkit.functional.neighbors import *  # noqa: F403
 from alignkit.functional.nulls import *  # noqa: F403
@@ -36,6 +40,8 @@ __all__ = [
     *contrastive.__all__,
     *decoding.__all__,
     *disentangle.__all__,
+    *generation.__all__,
+    *hubs.__all__,
     *losses.__all__,
     *neighbors.__all__,
     *nulls.__all__,

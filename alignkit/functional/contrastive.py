@@ -40,13 +40,14 @@ from torch.autograd.function import once_differentiable
 from torch.utils.checkpoint import checkpoint
 
 from alignkit.functional._checks import (
-    EPS,
     check_features,
     check_finite,
     check_positive,
     check_reduction,
     check_same_device,
     compute_dtype,
+    l2_normalize,
+    one_device,
     reduce,
     shape_str,
 )
@@ -356,6 +357,7 @@ def _sigmoid_rows_impl(
 # ----------------------------------------------------------------------------------------------
 # public: InfoNCE and CLIP / SigLIP
 # ----------------------------------------------------------------------------------------------
+@one_device
 def info_nce(
     query: Tensor,
     key: Tensor,
@@ -429,14 +431,15 @@ def info_nce(
     q, k = query.to(cdtype), key.to(cdtype)
     neg = negatives.to(cdtype) if negatives is not None else None
     if normalize:
-        q, k = F.normalize(q, dim=1, eps=EPS), F.normalize(k, dim=1, eps=EPS)
-        neg = F.normalize(neg, dim=1, eps=EPS) if neg is not None else None
+        q, k = l2_normalize(q, dim=1), l2_normalize(k, dim=1)
+        neg = l2_normalize(neg, dim=1) if neg is not None else None
     if neg is not None:
         k = torch.cat([k, neg], 0)
     per_query = _softmax_ce(q, k, 1.0 / float(temperature), offset, symmetric, chunk_size)
     return reduce(per_query, reduction).to(out_dtype)
 
 
+@one_device
 def clip_loss(
     a: Tensor,
     b: Tensor,
@@ -587,6 +590,7 @@ def _check_labels(labels: object, n: int) -> Tensor:
     return labels
 
 
+@one_device
 def supcon_loss(
     features: Tensor,
     labels: Tensor | None = None,
@@ -650,7 +654,7 @@ def supcon_loss(
         return zero.expand(out_shape) if reduction == "none" else zero
 
     cdtype = compute_dtype(features)
-    flat = F.normalize(features.to(cdtype).reshape(n * views, -1), dim=1, eps=EPS)
+    flat = l2_normalize(features.to(cdtype).reshape(n * views, -1), dim=1)
     per_anchor = _supcon_rows(
         flat, flat_labels, flat, flat_labels, 0, float(temperature), variant, chunk_size
     )

@@ -10,12 +10,44 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.utils.data import Dataset
 
 from alignkit.recipes.config import validate_config, write_config
-from alignkit.recipes.data import RecipeData, load_data
+from alignkit.recipes.data import RecipeData, load_recipe_data
 from alignkit.recipes.systems import build_system
 
 __all__ = ["run_recipe"]
+
+
+class BatchRows(Dataset):
+    """The training rows as a dataset whose batches the system assembles itself
+    (``system.batch(data, rows)``): sides that live on disk (memory-mapped features) or as prepared
+    inputs are read batch by batch, so resident memory does not grow with N."""
+
+    def __init__(self, system: Any, data: RecipeData, rows: Tensor) -> None:
+        self.system, self.data, self.rows = system, data, rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> list[Any]:
+        return self.__getitems__([index])
+
+    def __getitems__(self, indices: list[int]) -> list[Any]:
+        return self.system.batch(self.data, self.rows[torch.as_tensor(indices, dtype=torch.long)])
+
+
+def as_batch(batch: list[Any]) -> list[Any]:
+    """The collate function of :class:`BatchRows`: the system already assembled the batch."""
+    return batch
+
+
+def _training_rows(system: Any, data: RecipeData, rows: Tensor) -> Any:
+    """Every side in memory as tensors: the batch tensors of all rows (the Trainer slices them);
+    otherwise a :class:`BatchRows` dataset."""
+    if all(isinstance(side, Tensor) for side in (data.a, data.b)):
+        return system.batch(data, rows)
+    return BatchRows(system, data, rows)
 
 
 def _train_rows(cfg: Mapping[str, Any], data: RecipeData) -> Tensor:
@@ -43,7 +75,7 @@ def run_recipe(
         config: a config (validated here).
         out_dir: the run directory.
         resume: continue from ``out_dir/checkpoints/last.json`` if it exists.
-        data: the data (default :func:`load_data` of ``data.seed`` / ``data.text_model``).
+        data: the data (default :func:`~alignkit.recipes.data.load_recipe_data` of the config).
         progress: show the Trainer's progress bar (when stderr is a terminal).
 
     ``train.threads`` (default 1) is applied with ``torch.set_num_threads`` for the whole process:
@@ -60,7 +92,7 @@ def run_recipe(
 
     cfg = validate_config(config)
     start = time.perf_counter()
-    data = load_data(cfg["data"]["seed"], cfg["data"]["text_model"]) if data is None else data
+    data = load_recipe_data(cfg, progress=progress) if data is None else data
     out = Path(out_dir)
     info = dist_info()
     if info.is_main:
@@ -79,9 +111,10 @@ def run_recipe(
     device = None if t["device"] == "auto" else t["device"]
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError("config key 'train.device' is 'cuda' but no CUDA device is available")
+    train_data = _training_rows(system, data, _train_rows(cfg, data))
     trainer = Trainer(
         system,
-        system.batch(data, _train_rows(cfg, data)),
+        train_data,
         epochs=t["epochs"],
         lr=t["lr"],
         out_dir=out,
@@ -94,6 +127,7 @@ def run_recipe(
         monitor="val_loss",
         mode="min",
         seed=cfg["seed"],
+        collate_fn=None if isinstance(train_data, list) else as_batch,
         log_every=t["log_every"],
         progress=progress,
         resume=resume,
