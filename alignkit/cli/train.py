@@ -99,6 +99,7 @@ _ROWS = (
     ("t2i_recall@10", "text→image R@10", "rows10"),
     ("median_rank", "median rank (i2t)", "median"),
     ("cka_linear", "linear CKA (joint)", None),
+    ("cka_unbiased", "unbiased CKA (joint)", None),
     ("cka_towers", "linear CKA (towers)", None),
     ("mutual_knn", "mutual 10-NN", "knn"),
     ("alignment", "alignment (↓)", None),
@@ -118,7 +119,9 @@ def format_results(metrics: Mapping[str, Any], n_test: int, n_classes: int = 10)
         "median": (n_test + 1) / 2,
         "knn": 10 / max(1, n_test - 1),
     }
-    lines = [f"{'test split (' + str(n_test) + ' rows)':28}{'value':>10}{'chance':>10}"]
+    nulls = metrics.get("null") if isinstance(metrics.get("null"), Mapping) else {}
+    header = f"{'test split (' + str(n_test) + ' rows)':28}{'value':>10}{'chance':>10}"
+    lines = [header + ("   permutation null (p)" if nulls else "")]
     shown = {"recipe", "epochs", "seconds"}
     for key, label, kind in _ROWS:
         if key not in metrics:
@@ -127,7 +130,9 @@ def format_results(metrics: Mapping[str, Any], n_test: int, n_classes: int = 10)
         value = metrics[key]
         text = "n/a" if value is None else f"{value:.3f}"
         ref = "" if kind is None else f"{chance[kind]:.3f}"
-        lines.append(f"{label:28}{text:>10}{ref:>10}")
+        null = nulls.get(key)
+        tail = f"   {null['null_mean']:.3f} ± {null['null_sd']:.3f} ({null['p_value']:.3f})" if null else ""
+        lines.append(f"{label:28}{text:>10}{ref:>10}{tail}")
     for key, value in metrics.items():
         if key not in shown and isinstance(value, (int, float)):
             lines.append(f"{key:28}{value:>10.3f}")

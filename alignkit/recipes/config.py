@@ -231,6 +231,8 @@ _COMMON: dict[str, _Field] = {
     "train.device": _choice("auto", DEVICES),
     "train.evaluate_checkpoint": _choice("best", CHECKPOINTS),
     "train.threads": _int(1, low=1, nullable=True),
+    "train.null_permutations": _int(50, high=10000),
+    "train.bootstrap": _int(0, high=100000),
 }
 
 #: The keys that say where the data and the encoders come from (``data.source``, ``model.tower_a`` …):

@@ -139,7 +139,16 @@ def run_recipe(
         trainer.load_best()
     metrics: dict[str, Any] = {}
     if info.is_main:
-        metrics = evaluate_run(system, data, out, recipe=cfg["recipe"], epochs=t["epochs"], start=start)
+        metrics = evaluate_run(
+            system,
+            data,
+            out,
+            recipe=cfg["recipe"],
+            epochs=t["epochs"],
+            start=start,
+            null_permutations=t["null_permutations"],
+            bootstrap=t["bootstrap"],
+        )
     return metrics
 
 
