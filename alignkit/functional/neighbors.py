@@ -23,17 +23,17 @@ import math
 from typing import Any, NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from alignkit.functional._checks import (
-    EPS,
     check_choice,
     check_features,
     check_int,
     check_same_device,
     check_same_rows,
     compute_dtype,
+    l2_normalize,
+    one_device,
     shape_str,
 )
 
@@ -253,6 +253,7 @@ def _faiss_search(faiss: Any, a: Tensor, b: Tensor, k: int, metric: str, exclude
 
 
 @torch.no_grad()
+@one_device
 def knn(
     x: Tensor,
     k: int,
@@ -337,8 +338,8 @@ def knn(
 
     a, b = x.to(dtype), y.to(dtype)
     if metric == "cosine":
-        a = F.normalize(a, dim=-1, eps=EPS)
-        b = a if searched_self else F.normalize(b, dim=-1, eps=EPS)
+        a = l2_normalize(a)
+        b = a if searched_self else l2_normalize(b)
     elif metric == "euclidean":
         center = b.mean(0)
         a, b = a - center, (a - center if searched_self else b - center)
@@ -405,6 +406,7 @@ def _given_neighbors(neighbors: object, n: int, k: int) -> tuple[Tensor, Tensor,
     return out[0], out[1], out[2], out[3]
 
 
+@one_device
 def mutual_knn(
     x: Tensor,
     y: Tensor,
@@ -485,6 +487,7 @@ def _sparse_hsic(rows: Tensor, cols: Tensor, kv: Tensor, lv: Tensor, n: int, unb
     return trace - (col_l @ row_k + col_k @ row_l) / n + sum_k * sum_l / (n * n)
 
 
+@one_device
 def cknna(
     x: Tensor,
     y: Tensor,
@@ -582,8 +585,8 @@ def _csls_radii(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Normalised x, y in the compute dtype; r_y(x_i) (N,) and r_x(y_j) (M,)."""
     dtype = compute_dtype(x, y)
-    xh = F.normalize(x.to(dtype), dim=-1, eps=EPS)
-    yh = F.normalize(y.to(dtype), dim=-1, eps=EPS)
+    xh = l2_normalize(x.to(dtype))
+    yh = l2_normalize(y.to(dtype))
     opts: dict[str, Any] = {"metric": "dot", "exclude_self": False, "chunk_size": chunk_size}
     r_src = knn(xh, k, y=yh, backend=backend, **opts).values.mean(1)
     r_tgt = knn(yh, k, y=xh, backend=backend, **opts).values.mean(1)
@@ -591,6 +594,7 @@ def _csls_radii(
 
 
 @torch.no_grad()
+@one_device
 def csls(x: Tensor, y: Tensor, k: int = 10, chunk_size: int | None = None, backend: str = "auto") -> Tensor:
     """Cross-domain similarity local scaling matrix ``CSLS(x_i, y_j) = 2cos(x_i, y_j) − r_y(x_i) − r_x(y_j)``.
 
@@ -621,6 +625,7 @@ def csls(x: Tensor, y: Tensor, k: int = 10, chunk_size: int | None = None, backe
 
 
 @torch.no_grad()
+@one_device
 def csls_retrieve(
     x: Tensor,
     y: Tensor,

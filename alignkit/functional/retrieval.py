@@ -26,7 +26,6 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from alignkit.functional._checks import (
-    EPS,
     check_choice,
     check_features,
     check_int,
@@ -34,6 +33,8 @@ from alignkit.functional._checks import (
     check_same_device,
     check_same_shape,
     compute_dtype,
+    l2_normalize,
+    one_device,
     shape_str,
 )
 from alignkit.functional.neighbors import _check_width, _default_block, _spans, _tile_cols, _tile_rows
@@ -201,6 +202,7 @@ def _ranks_multi(scores: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
 
 
 @torch.no_grad()
+@one_device
 def recall_at_k(
     query: Tensor,
     gallery: Tensor,
@@ -272,7 +274,7 @@ def recall_at_k(
     q, g = query.to(dtype), gallery.to(dtype)
     col_bias = None
     if metric == "cosine":
-        q, g = F.normalize(q, dim=-1, eps=EPS), F.normalize(g, dim=-1, eps=EPS)
+        q, g = l2_normalize(q), l2_normalize(g)
     elif metric == "euclidean":  # −‖q − g‖² + ‖q‖² = 2q·g − ‖g‖², on centred features
         center = g.mean(0)
         q, g = 2 * (q - center), g - center
@@ -360,6 +362,7 @@ def _uniformity(zh: Tensor, t: float, block: int) -> Tensor:
     return _StreamingUniformity.apply(zh, float(t), block) - math.log(n * (n - 1))
 
 
+@one_device
 def alignment_uniformity(
     x: Tensor, y: Tensor, alpha: float = 2.0, t: float = 2.0, chunk_size: int | None = None
 ) -> dict[str, Tensor]:
@@ -406,8 +409,8 @@ def alignment_uniformity(
     n = x.shape[0]
     dtype = compute_dtype(x, y)
     out = torch.promote_types(x.dtype, y.dtype)
-    xh = F.normalize(x.to(dtype), dim=-1, eps=EPS)
-    yh = F.normalize(y.to(dtype), dim=-1, eps=EPS)
+    xh = l2_normalize(x.to(dtype))
+    yh = l2_normalize(y.to(dtype))
     sq = (xh - yh).square().sum(1)
     if alpha == 2:
         alignment = sq.mean()
@@ -472,6 +475,7 @@ def _fit_logistic(
     return weight.detach(), bias.detach()
 
 
+@one_device
 def linear_probe(
     train_x: Tensor,
     train_y: Tensor,
