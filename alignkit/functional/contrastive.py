@@ -488,8 +488,20 @@ def clip_loss(
     _check_pair(a, b, "a", "b")
     check_same_device(("a", a), ("b", b))
     _check_chunk(chunk_size)
-    n = a.shape[0]
-    offset = _check_offset(target_offset, n, b.shape[0], "b")
+    offset = _check_offset(target_offset, a.shape[0], b.shape[0], "b")
+    return _clip_loss(a, b, logit_scale, logit_bias, chunk_size, offset)
+
+
+def _clip_loss(
+    a: Tensor,
+    b: Tensor,
+    logit_scale: float | Tensor,
+    logit_bias: float | Tensor | None,
+    chunk_size: int | None,
+    offset: int,
+) -> Tensor:
+    """:func:`clip_loss` after its input checks (for callers that validated ``a`` and ``b`` already,
+    e.g. :class:`alignkit.losses.CLIPLoss`, so the finiteness scans are not repeated)."""
     out_dtype = _out_dtype(a, b)
     cdtype = compute_dtype(a, b)
     q, k = a.to(cdtype), b.to(cdtype)
