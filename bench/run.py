@@ -10,9 +10,10 @@ First the machine's fp32 GEMM rate is measured (square ``torch.mm``, best of 5),
 * **time**: the implementations alternate in one process (ours, baseline, ours, baseline, …) after
   one warm-up each; the median of ``--repeat`` (3) rounds is reported, so both sides see the same
   machine load. The speed-up is baseline time / our time, both from that process.
-* **peak memory**: each implementation once more in a fresh process, peak resident set size (CPU;
-  ``max_memory_allocated`` on CUDA) beyond what the process held once its inputs existed
-  (bench/_harness.py).
+* **peak memory**: each implementation in a fresh process, one warm-up call, then the peak during
+  a second call beyond what the process held before it: resident set size sampled every
+  millisecond with glibc's mmap threshold fixed at 128 KiB (so freed buffers are returned, not
+  silently reused), or ``max_memory_allocated`` on CUDA.
 * **% GEMM**: the row's useful floating-point work (its matrix products: the model is printed in
   the table) divided by our time, as a fraction of the measured GEMM rate — how close the row runs
   to the machine's limit.
@@ -297,32 +298,57 @@ def _timing_child(
 
 
 def _memory_child(setup: Setup, kw: dict, device: str, threads: int, queue: Any) -> None:
-    import resource
+    """Peak memory of one call after a warm-up call: CUDA ``max_memory_allocated``; on the CPU the
+    resident set size sampled every millisecond by a thread (the parent starts this process with a
+    fixed glibc mmap threshold, so freed buffers leave the resident set and are not silently reused)."""
+    import threading
 
     try:
         torch.set_num_threads(threads)
         step = setup(device=device, **kw)
+        step()  # warm-up: lazy library loading and thread pools are not the row's memory
         if device.startswith("cuda"):
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
             base = torch.cuda.memory_allocated()
-        else:
-            base = _rss_bytes()
-        step()
-        if device.startswith("cuda"):
+            step()
+            torch.cuda.synchronize()
             peak = torch.cuda.max_memory_allocated() - base
         else:
-            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
+            base = _rss_bytes()
+            high = [base]
+            done = threading.Event()
+
+            def sample() -> None:
+                while not done.is_set():
+                    high[0] = max(high[0], _rss_bytes())
+                    time.sleep(0.001)
+
+            sampler = threading.Thread(target=sample, daemon=True)
+            sampler.start()
+            step()
+            done.set()
+            sampler.join()
+            peak = max(high[0], _rss_bytes()) - base
         queue.put((max(peak, 0), None))
     except Exception as err:
         queue.put((0, f"{type(err).__name__}: {str(err).splitlines()[0][:100]}"))
 
 
-def _in_child(target: Callable[..., None], args: tuple) -> Any:
+def _in_child(target: Callable[..., None], args: tuple, env: dict[str, str] | None = None) -> Any:
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     proc = ctx.Process(target=target, args=(*args, queue))
-    proc.start()
+    saved = {key: os.environ.get(key) for key in env or {}}
+    os.environ.update(env or {})
+    try:
+        proc.start()
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
     while True:
         try:
             out = queue.get(timeout=1)
@@ -345,7 +371,7 @@ def run_row(row: Row, kw: dict[str, Any], device: str, repeat: int, threads: int
         return [f"| {row.name.format(**kw)} | {error} | | | | |"]
     mems = []
     for _, setup in sides:
-        out = _in_child(_memory_child, (setup, kw, device, threads))
+        out = _in_child(_memory_child, (setup, kw, device, threads), {"MALLOC_MMAP_THRESHOLD_": "131072"})
         mems.append(None if out is None or out[1] else out[0])
     flops = row.flops(kw) if row.flops else None
     frac = f"{flops / times[0] / gemm:.0%}" if flops else "—"
