@@ -12,11 +12,14 @@ is :func:`measure_files` and :func:`minilm_layer_cka` plus printing.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
 import re
+import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -27,6 +30,7 @@ from torch import Tensor, nn
 
 import alignkit.functional as AF
 from alignkit.functional._checks import check_features, check_same_device, shape_str
+from alignkit.functional.neighbors import Neighbors
 from alignkit.metrics.cka import MultiLayerCKA
 from alignkit.nn.features import FLATTEN_MODES, FeatureExtractor
 
@@ -79,6 +83,39 @@ def _one(name: str, fn: Callable[[Tensor, Tensor, int], Tensor]) -> Callable[[Te
     return run
 
 
+# Neighbour graphs shared by the metrics of one measure() call: (weak reference to the tensor, k,
+# its cosine kNN graph with self excluded). mutual_knn and cknna search the same two graphs.
+_GRAPHS: ContextVar[list[tuple[weakref.ref, int, Neighbors]] | None] = ContextVar("_GRAPHS", default=None)
+
+
+def _graph(z: Tensor, k: int) -> Neighbors:
+    """``AF.knn(z, k)`` (cosine, self excluded), searched once per :func:`measure` call."""
+    cache = _GRAPHS.get()
+    if cache is None:
+        return AF.knn(z, k)
+    cache[:] = [entry for entry in cache if entry[0]() is not None]  # drop graphs of freed tensors
+    for ref, kk, found in cache:
+        if ref() is z and kk == k:
+            return found
+    found = AF.knn(z, k)
+    cache.append((weakref.ref(z), k, found))
+    return found
+
+
+def _shared_graphs(fn: Callable[..., dict[str, float]]) -> Callable[..., dict[str, float]]:
+    """Run ``fn`` with a fresh neighbour-graph cache (see :func:`_graph`)."""
+
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> dict[str, float]:
+        token = _GRAPHS.set([])
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            _GRAPHS.reset(token)
+
+    return run
+
+
 def _retrieval(x: Tensor, y: Tensor, k: int) -> dict[str, float]:
     ks = tuple(v for v in (1, 5, 10) if v <= y.shape[0])
     return AF.recall_at_k(x, y, k=ks)
@@ -106,13 +143,13 @@ _REGISTRY = (
     ),
     Metric(
         "mutual_knn",
-        _one("mutual_knn", lambda x, y, k: AF.mutual_knn(x, y, k=k)),
+        _one("mutual_knn", lambda x, y, k: AF.mutual_knn(x, y, k=k, neighbors=(_graph(x, k), _graph(y, k)))),
         "mean shared fraction of the k nearest neighbours (Huh et al. 2024)",
         uses_k=True,
     ),
     Metric(
         "cknna",
-        _one("cknna", lambda x, y, k: AF.cknna(x, y, k=k)),
+        _one("cknna", lambda x, y, k: AF.cknna(x, y, k=k, neighbors=(_graph(x, k), _graph(y, k)))),
         "CKA on mutual k-nearest-neighbour pairs (Huh et al. 2024)",
         uses_k=True,
     ),
@@ -213,6 +250,7 @@ def _check_k(k: object) -> int:
 # measure
 
 
+@_shared_graphs
 def measure(
     x: Tensor,
     y: Tensor,

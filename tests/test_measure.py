@@ -649,3 +649,24 @@ def test_cli_layers_minilm_heatmap(tmp_path: Path, capsys: pytest.CaptureFixture
     ]
     assert lines[-1] == f"heatmap: {png}"
     assert float(lines[2].split()[1]) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_measure_searches_each_neighbour_graph_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """mutual_knn and cknna share the two kNN searches of one measure() call (and give the values of
+    the separate functional calls); a new call searches again."""
+    x, y = torch.randn(60, 5), torch.randn(60, 7)
+    expected = {"mutual_knn": float(AF.mutual_knn(x, y, k=4)), "cknna": float(AF.cknna(x, y, k=4))}
+    calls = []
+    original = AF.knn
+
+    def spy(z: Tensor, k: int, *args: object, **kwargs: object) -> object:
+        calls.append(z.shape[1])
+        return original(z, k, *args, **kwargs)
+
+    monkeypatch.setattr(AF, "knn", spy)
+    assert measure(x, y, metrics=("mutual_knn", "cknna"), k=4) == pytest.approx(expected, abs=1e-12)
+    assert sorted(calls) == [5, 7]
+    measure(x, y, metrics=("cknna",), k=4)
+    assert sorted(calls) == [5, 5, 7, 7]
+    with pytest.raises(ValueError, match="neighbors of y must hold"):
+        AF.mutual_knn(x, y, k=4, neighbors=(original(x, 4), original(y, 3)))
