@@ -213,9 +213,10 @@ _KEY_NOTES = {
 LOWER_IS_ALIGNED = frozenset({"procrustes", "median_rank", "mean_rank", "alignment"})
 # keys that do not depend on which row of y is paired with which row of x: no null
 _PAIRING_FREE = frozenset({"uniformity_x", "uniformity_y", "uniformity"})
-# ``alignkit measure`` runs this many permutations by default when N ≤ _AUTO_NULL_MAX_N, none above
+# ``alignkit measure`` runs this many permutations by default when N·(d_x + d_y) ≤ _AUTO_NULL_MAX_SIZE
+# (e.g. 1000 × (64 + 64); each permutation costs one more ``measure``), none above
 _AUTO_PERMUTATIONS = 100
-_AUTO_NULL_MAX_N = 1000
+_AUTO_NULL_MAX_SIZE = 2**17
 
 
 def _metric_names(metrics: str | Iterable[str], allowed: Iterable[str] | None = None) -> list[str]:
@@ -495,8 +496,9 @@ def measure_files(
 
     Args:
         permutations: K for :func:`null_baselines` (chance level, permutation null and p-value of every
-            value); 0 for none; ``None`` for the default of ``alignkit measure``: 100 when N ≤ 1000,
-            none above (each permutation costs one more :func:`measure`).
+            value); 0 for none; ``None`` for the default of ``alignkit measure``: 100 when
+            N·(d_a + d_b) ≤ 2¹⁷ (e.g. 1000 × (64 + 64)), none above (each permutation costs one more
+            :func:`measure`).
         seed: seed of the permutations.
 
     Returns:
@@ -536,7 +538,8 @@ def measure_files(
         "metrics": results,
     }
     if permutations is None:
-        permutations = _AUTO_PERMUTATIONS if n <= _AUTO_NULL_MAX_N else 0
+        size = n * (x.shape[1] + y.shape[1])
+        permutations = _AUTO_PERMUTATIONS if size <= _AUTO_NULL_MAX_SIZE else 0
     report["permutations"] = permutations
     if permutations > 0:
         report["seed"] = seed
@@ -856,7 +859,7 @@ def run_command(
     """``alignkit measure`` (see :mod:`alignkit.cli`): prints the results, returns the exit code.
 
     ``permutations``: K of the permutation null printed beside every value (``None``: 100 when
-    N ≤ 1000, none above; 0: none); ``seed`` seeds the permutations.
+    N·(d_a + d_b) ≤ 2¹⁷, none above; 0: none); ``seed`` seeds the permutations.
     Every problem is raised as a one-line ``ValueError`` (the CLI prints it and exits with 2).
     """
     try:
@@ -971,6 +974,7 @@ def _run_command(
                 "chance: closed form where one exists"
             )
         else:
-            reason = f"N = {n} > {_AUTO_NULL_MAX_N}" if perms is None else "--permutations 0"
+            size = f"N·(d_a + d_b) = {n * (report['d_a'] + report['d_b'])} > {_AUTO_NULL_MAX_SIZE}"
+            reason = size if perms is None else "--permutations 0"
             print(f"no permutation null ({reason}); --permutations K prints one beside every value")
     return 0
