@@ -50,7 +50,7 @@ CALLS: dict[str, Callable[[str, str], object]] = {
     "mutual_knn": lambda a, b: AF.mutual_knn(_t(a, N, D), _t(b, N, D), k=3),
     "alignment_uniformity": lambda a, b: AF.alignment_uniformity(_t(a, N, D), _t(b, N, D)),
     "linear_probe": lambda a, b: AF.linear_probe(
-        _t(a, N, D), _t(b, N, dtype=torch.long), _t(a, N, D), _t(a, N, dtype=torch.long)
+        _t(a, N, D), _t(b, N, dtype=torch.long), _t(a, N, D), _t(a, N, dtype=torch.long), max_iter=5
     ),
     "recall_at_k": lambda a, b: AF.recall_at_k(_t(a, N, D), _t(b, N, D), k=1),
     "paired_distance": lambda a, b: AF.paired_distance(_t(a, N, D), _t(b, N, D)),

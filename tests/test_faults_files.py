@@ -234,11 +234,11 @@ def test_check_not_input_sees_links(tmp_path: Path) -> None:
         ("x: " + "[" * 500 + "]" * 500 + "\n", "nested deeper"),
         ("x: [1, 2\n", "not valid YAML"),
         ("x: !!python/object/apply:os.getcwd []\n", "not valid YAML"),
-        ("a: 1\n" + "".join(f"k{i}: [{', '.join(['1'] * 100)}]\n" for i in range(1100)), "values"),
+        ("a: 1\n" + "".join(f"k{i}: [{', '.join(['1'] * 10)}]\n" for i in range(20)), "values"),
     ],
 )
 def test_yaml_bombs_are_refused(text: str, match: str) -> None:
-    message = _one_line_value_error(lambda: load_yaml_bounded(text), "YAML text")
+    message = _one_line_value_error(lambda: load_yaml_bounded(text, max_nodes=200), "YAML text")
     assert match in message, message
 
 

@@ -9,7 +9,6 @@ import random
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -20,33 +19,28 @@ from alignkit.cli import main
 from alignkit.io import LOCK_NAME, directory_lock, save_embeddings
 
 ROOT = Path(__file__).resolve().parents[1]
+_KILLS = 8  # SIGKILL trials
 
 
-def _python(code: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(code)],
-        cwd=ROOT,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def _holder(directory: Path) -> subprocess.Popen[str]:
-    """A process that holds ``directory``'s lock until its stdin closes."""
-    proc = _python(
-        f"""
-        import sys
-        from alignkit.io import directory_lock
-        with directory_lock({str(directory)!r}):
-            print("locked", flush=True)
-            sys.stdin.read()
-        """
-    )
-    assert proc.stdout is not None
-    assert proc.stdout.readline().strip() == "locked", proc.stderr.read() if proc.stderr else ""
-    return proc
+def _holder(directory: Path) -> tuple[int, int]:
+    """A forked process that holds ``directory``'s lock until the returned pipe is closed: (pid, pipe)."""
+    ready_r, ready_w = os.pipe()
+    go_r, go_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: lock, say so, wait
+        try:
+            os.close(ready_r)
+            os.close(go_w)
+            with directory_lock(directory):
+                os.write(ready_w, b"1")
+                os.read(go_r, 1)
+        finally:
+            os._exit(0)
+    os.close(ready_w)
+    os.close(go_r)
+    assert os.read(ready_r, 1) == b"1"
+    os.close(ready_r)
+    return pid, go_w
 
 
 def _run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
@@ -62,14 +56,15 @@ def test_second_writer_is_refused_naming_the_holder(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     run = tmp_path / "run"
-    holder = _holder(run)
+    pid, release = _holder(run)
     try:
-        with pytest.raises(ValueError, match=rf"in use by another alignkit process \(pid {holder.pid}"):
+        with pytest.raises(ValueError, match=rf"in use by another alignkit process \(pid {pid}"):
             directory_lock(run).__enter__()
         code, _, err = _run_cli(["train", "--out", str(run), "train.epochs=1"], capsys)
-        assert code == 2 and f"pid {holder.pid}" in err and err.count("\n") == 1
+        assert code == 2 and f"pid {pid}" in err and err.count("\n") == 1
     finally:
-        holder.communicate("")
+        os.close(release)
+        os.waitpid(pid, 0)
     with directory_lock(run) as lock:  # released when the holder exits
         assert lock.read_text().strip() == str(os.getpid())
     assert lock.read_text() == ""  # emptied on release, never unlinked
@@ -79,13 +74,14 @@ def test_lock_of_a_killed_or_dead_process_is_taken_over(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     run = tmp_path / "run"
-    holder = _holder(run)
-    holder.send_signal(signal.SIGKILL)  # the kernel drops the flock; the pid stays in the file
-    holder.wait()
-    assert (run / LOCK_NAME).read_text().strip() == str(holder.pid)
+    pid, release = _holder(run)
+    os.kill(pid, signal.SIGKILL)  # the kernel drops the flock; the pid stays in the file
+    os.waitpid(pid, 0)
+    os.close(release)
+    assert (run / LOCK_NAME).read_text().strip() == str(pid)
     with directory_lock(run) as lock:
         assert lock.read_text().strip() == str(os.getpid())
-    assert f"taking over the stale lock of pid {holder.pid}" in capsys.readouterr().err
+    assert f"taking over the stale lock of pid {pid}" in capsys.readouterr().err
 
 
 def test_lock_is_reentrant_within_a_process(tmp_path: Path) -> None:
@@ -158,30 +154,35 @@ def test_resume_says_where_it_resumes_and_ctrl_c_is_130(
 
 
 def test_sigkill_during_checkpoint_writes_leaves_a_whole_checkpoint(tmp_path: Path) -> None:
-    """A writer saving checkpoints in a loop is killed at random moments: the manifest always names a
-    complete, digest-checked checkpoint whose weights match its own step."""
-    from alignkit.train.checkpoint import load_checkpoint
+    """A forked writer saving checkpoints in a loop is killed at random moments: the manifest always
+    names a complete, digest-checked checkpoint whose weights match its own step."""
+    from alignkit.train.checkpoint import load_checkpoint, save_checkpoint
 
     path = tmp_path / "ck" / "last.json"
     rng = random.Random(0)
-    for trial in range(4):
-        writer = _python(
-            f"""
-            import torch
-            from alignkit.train.checkpoint import save_checkpoint
-            for i in range({trial} * 1000, 10**9):
-                save_checkpoint({str(path)!r}, {{"w": torch.full((64, 256), float(i))}}, state={{"i": i}})
-                print(i, flush=True)
-            """
-        )
-        assert writer.stdout is not None
-        writer.stdout.readline()  # at least one checkpoint is complete
-        time.sleep(rng.uniform(0.0, 0.3))
-        writer.send_signal(signal.SIGKILL)
-        writer.communicate()
+    for trial in range(_KILLS):
+        first = trial * 1000
+        pid = os.fork()
+        if pid == 0:  # the writer
+            try:
+                for i in range(first, first + 10**6):
+                    save_checkpoint(path, {"w": torch.full((64, 256), float(i))}, state={"i": i})
+            finally:
+                os._exit(0)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # until this writer has completed one checkpoint
+            try:
+                if load_checkpoint(path, verify=False).state["i"] >= first:
+                    break
+            except ValueError:
+                pass  # mid-replace: the old files are being removed
+            time.sleep(0.005)
+        time.sleep(rng.uniform(0.0, 0.2))
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
         ckpt = load_checkpoint(path)  # verifies sizes and SHA-256
         assert torch.all(ckpt.model["w"] == float(ckpt.state["i"]))
-        assert ckpt.state["i"] >= trial * 1000
+        assert ckpt.state["i"] >= first
 
 
 # ----------------------------------------------------------------------------- paths and exit codes
