@@ -133,12 +133,12 @@ def test_resume_with_an_incompatible_change_writes_nothing(
 def test_resume_says_where_it_resumes_and_ctrl_c_is_130(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import alignkit.recipes
+    import alignkit.recipes.data
 
     def interrupted(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(alignkit.recipes, "load_data", interrupted)  # stop right after the message
+    monkeypatch.setattr(alignkit.recipes.data, "load_recipe_data", interrupted)  # stop after the message
     run = tmp_path / "run"
     _fake_run(run)
     code, out, err = _run_cli(["train", "--out", str(run), "--resume"], capsys)

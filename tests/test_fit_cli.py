@@ -99,9 +99,10 @@ def test_fit_prints_the_table_and_writes_an_adapter(
     assert _run(["fit", str(files["x"]), str(files["y"]), "--out", str(out)]) == 0
     text = capsys.readouterr().out
     rows = {line.split("  ")[0].strip(): line.split() for line in text.splitlines()}
-    before, after = rows["R@1 (held-out)"][-2:]
-    assert float(after) == 1.0 and float(before) < 0.5
-    assert float(rows["linear CKA (held-out)"][-1]) == pytest.approx(1.0, abs=1e-4)
+    keep_old, before, after, native = rows["R@1"][-4:]  # new-model queries on the held-out index
+    assert float(after) == 1.0 and float(before) < 0.5 and float(native) == 1.0 == float(keep_old)
+    assert float(rows["top-10 overlap with native"][-2]) == pytest.approx(1.0)
+    assert "60 held-out rows" in text and "only 60 held-out rows" in text  # small: flagged
     assert f"adapter written to {out}" in text
     adapter = Adapter.load(out)
     mapped = adapter(load_embeddings(files["x"])).detach().numpy()
@@ -131,7 +132,7 @@ def test_fit_json_and_options(
     assert (report["method"], report["objective"], report["n_val"], report["target_dim"]) == (
         "mlp",
         "cosine",
-        60,
+        48,  # validation comes out of the 240 training rows (60 are held out)
         5,
     )
     assert report["recall_at_1_before"] is None  # 8 → 5 dims: no raw comparison
@@ -256,8 +257,8 @@ def _subprocess(argv: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
 def test_end_to_end_in_a_subprocess(files: dict[str, Path], tmp_path: Path) -> None:
     fit = _subprocess(["fit", "x.npy", "y.npy", "--out", "adapter.safetensors"], tmp_path)
     assert fit.returncode == 0, fit.stderr
-    row = next(line for line in fit.stdout.splitlines() if line.startswith("R@1 (held-out)"))
-    assert float(row.split()[-1]) == 1.0
+    row = next(line for line in fit.stdout.splitlines() if line.startswith("R@1 "))
+    assert float(row.split()[-2]) == 1.0  # after (the last column is native)
     assert "Traceback" not in fit.stderr
 
     transform = _subprocess(["transform", "adapter.safetensors", "x.npy", "-o", "mapped.npy"], tmp_path)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from alignkit.cli._common import parse_overrides
+from alignkit.cli._common import number, parse_overrides
 
 __all__ = ["add_command"]
 
@@ -19,8 +19,20 @@ def _compare(args: argparse.Namespace) -> int:
     recipes = [r.strip() for r in str(args.recipes).split(",") if r.strip()]
     if not recipes:
         raise ValueError(f"--recipes must name at least one recipe, got {args.recipes!r}")
+    seeds = number(args.seeds, "--seeds", int, 1, 1000)
+
+    def said(i: int, name: str) -> None:
+        extra = f" {seeds} seeds" if seeds > 1 else ""
+        print(f"[{i + 1}/{len(recipes)}] {name}: training{extra}", flush=True)
+
     table = compare(
-        recipes, args.out, parse_overrides(args.overrides), epochs_scale=args.epochs_scale, reports=True
+        recipes,
+        args.out,
+        parse_overrides(args.overrides),
+        epochs_scale=args.epochs_scale,
+        reports=True,
+        seeds=seeds,
+        on_recipe=said,
     )
     print(markdown_table(table), end="")
     print(f"wrote {args.out}/compare.json, compare.md, compare.html and each run's report.html")
@@ -45,6 +57,9 @@ def add_command(subparsers: Any) -> None:
     comp.add_argument("--out", default="runs/compare", help="output directory (default runs/compare)")
     comp.add_argument(
         "--epochs-scale", type=float, default=None, help="multiply every recipe's epochs (e.g. 0.25)"
+    )
+    comp.add_argument(
+        "--seeds", default="1", help="seeds per recipe: cells become mean ± sd (default 1)"
     )
     comp.add_argument(
         "--set",

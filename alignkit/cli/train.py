@@ -19,11 +19,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import shutil
 import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from alignkit.cli._common import number
 
 __all__ = [
     "add_command",
@@ -57,6 +60,12 @@ def add_command(subparsers: Any) -> None:
         "--resume", action="store_true", help="continue from OUT/checkpoints/last.json if it exists"
     )
     train.add_argument("--no-report", action="store_true", help="do not write report.html")
+    train.add_argument(
+        "--seeds",
+        default="1",
+        help="train N seeds (seed, seed+1, …) into OUT/seed-<s>/ and write the mean, sd and 95 %% "
+        "interval of every metric to OUT/metrics.json (default 1)",
+    )
     train.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
     train.set_defaults(func=train_command)
 
@@ -168,7 +177,8 @@ def run_and_report(config: Mapping[str, Any], out: Path, resume: bool, report: b
     refused naming the holder's pid); ``resume`` first checks the requested config against the run's
     (:func:`alignkit.recipes.run.check_resume`, before anything is written) and says where it resumes."""
     from alignkit.io import directory_lock
-    from alignkit.recipes import load_data, run_recipe
+    from alignkit.recipes import run_recipe
+    from alignkit.recipes.data import load_recipe_data
     from alignkit.recipes.run import check_resume
     from alignkit.train import cleanup, dist_info
 
@@ -182,7 +192,7 @@ def run_and_report(config: Mapping[str, Any], out: Path, resume: bool, report: b
             if resume:
                 _say_resume(title, out, config, check_resume(config, out))
             prepare_run_dir(out, resume)
-        data = load_data(config["data"]["seed"], config["data"]["text_model"])
+        data = load_recipe_data(config, progress=info.is_main)
         try:
             metrics = run_recipe(config, out, resume=resume, data=data)
         finally:
@@ -193,7 +203,8 @@ def run_and_report(config: Mapping[str, Any], out: Path, resume: bool, report: b
     print(
         f"{title}: recipe {metrics['recipe']}, {metrics['epochs']} epochs, {metrics['seconds']:.1f} s → {out}"
     )
-    print(format_results(metrics, n_test=len(data.splits["test"])))
+    classes = 10 if data.class_names is None else len(data.class_names)
+    print(format_results(metrics, n_test=len(data.splits["test"]), n_classes=classes))
     if report:
         _write_report(out)
     return 0
@@ -221,4 +232,48 @@ def train_command(args: argparse.Namespace) -> int:
         config_path = Path(args.out) / "config.yaml"
     config = load_config(config_path, list(args.overrides))
     out = Path(args.out) if args.out else Path("runs") / config["recipe"]
+    seeds = number(getattr(args, "seeds", "1"), "--seeds", int, 1, 1000)
+    if seeds > 1:
+        return run_seeds_and_report(config, out, seeds, args.resume, not args.no_report)
     return run_and_report(config, out, args.resume, not args.no_report, "alignkit train")
+
+
+def format_seeds(summary: Mapping[str, Any]) -> str:
+    """A plain-text table of every metric's mean ± sd and its 95 % interval over the seeds."""
+    lines = [f"{str(summary['n_seeds']) + ' seeds':36}{'mean':>9}{'± sd':>8}   95 % interval"]
+    for key, mean in summary["mean"].items():
+        if key in ("epochs", "seeds"):
+            continue
+        sd, low, high = summary["sd"].get(key), summary["low"].get(key), summary["high"].get(key)
+        spread = f"{sd:8.3f}   [{low:.3f}, {high:.3f}]" if sd is not None and math.isfinite(sd) else ""
+        lines.append(f"{key:36}{mean:9.3f}{spread}")
+    return "\n".join(lines)
+
+
+def run_seeds_and_report(config: Mapping[str, Any], out: Path, seeds: int, resume: bool, report: bool) -> int:
+    """Train ``seeds`` seeds of ``config`` into ``out/seed-<s>/``, print the summary table, write each
+    seed's report; ``out/metrics.json`` holds the mean / sd / interval of every metric."""
+    from alignkit.io import directory_lock
+    from alignkit.recipes.run import run_seeds
+
+    check_run_dir(out)
+    with directory_lock(out):  # one writer per run directory (its seed-<s>/ runs included)
+        return _run_seeds_locked(config, out, seeds, resume, report, run_seeds)
+
+
+def _run_seeds_locked(
+    config: Mapping[str, Any], out: Path, seeds: int, resume: bool, report: bool, run_seeds: Any
+) -> int:
+    prepare_run_dir(out, resume)
+
+    def said(i: int, seed: int, metrics: Mapping[str, Any]) -> None:
+        r1 = metrics.get("i2t_recall@1")
+        text = f", i2t R@1 {r1:.3f}" if isinstance(r1, float) else ""
+        print(f"[{i + 1}/{seeds}] seed {seed}: {metrics.get('seconds', 0.0):.1f} s{text}", flush=True)
+        if report:
+            _write_report(out / f"seed-{seed}")
+
+    summary = run_seeds(config, out, seeds, resume=resume, on_run=said)
+    print(f"alignkit train: recipe {summary['recipe']}, {seeds} seeds → {out}/metrics.json")
+    print(format_seeds(summary))
+    return 0

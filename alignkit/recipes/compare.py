@@ -52,7 +52,7 @@ def markdown_table(table: Mapping[str, Any]) -> str:
     """The markdown table of a comparison (``compare.json`` object): one row per recipe.
 
     Numbers use the column's format of :data:`COLUMNS` (3 decimals; median rank and seconds 1); a
-    missing or non-finite value prints as ``—``.
+    missing or non-finite value prints as ``—``; over several seeds a cell is ``mean ± sd``.
     """
     rows = table.get("rows")
     if not isinstance(rows, list):
@@ -67,8 +67,11 @@ def markdown_table(table: Mapping[str, Any]) -> str:
     for row in rows:
         cells = []
         for key in keys:
-            value = _number(row.get(key))
-            cells.append("—" if value is None else format(value, formats.get(key, ".4g")))
+            value, sd = _number(row.get(key)), _number(row.get(f"{key}_sd"))
+            text = "—" if value is None else format(value, formats.get(key, ".4g"))
+            if value is not None and sd is not None:
+                text += " ± " + format(sd, formats.get(key, ".4g"))
+            cells.append(text)
         lines.append(f"| {row.get('recipe')} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -104,6 +107,8 @@ def compare(
     *,
     epochs_scale: float | None = None,
     reports: bool = True,
+    seeds: int = 1,
+    on_recipe: Any = None,
 ) -> dict[str, Any]:
     """Train each recipe into ``out_dir/<recipe>/`` and write the comparison table.
 
@@ -114,6 +119,10 @@ def compare(
         epochs_scale: multiply each recipe's configured epochs by this (> 0; at least 1 epoch), e.g.
             0.2 for a quick look; the epochs come from ``alignkit.recipes.load_config``.
         reports: rewrite each run's ``report.html`` with the comparison section.
+        seeds: train each recipe with this many seeds (:func:`alignkit.recipes.run.run_seeds`, into
+            ``out_dir/<recipe>/seed-<s>/``); the row then holds each metric's mean over the seeds and
+            ``<metric>_sd`` / ``<metric>_low`` / ``<metric>_high`` (its 95 % Student-t interval).
+        on_recipe: ``on_recipe(i, name)`` called before each recipe is trained (progress lines).
 
     Returns:
         The ``compare.json`` object: ``{"columns": [{"key", "title"}…], "rows": [{"recipe", "run_dir",
@@ -138,6 +147,8 @@ def compare(
         raise ValueError(
             f"overrides must be a mapping of config keys to values, got {type(overrides).__name__}"
         )
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or not 1 <= seeds <= 1000:
+        raise ValueError(f"seeds must be an integer in [1, 1000], got {seeds!r}")
     run_recipe = _runner()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -148,7 +159,22 @@ def compare(
         settings = dict(overrides or {})
         if epochs_scale is not None:
             settings.update(_epoch_override(str(recipe), float(epochs_scale)))
+        if on_recipe is not None:
+            on_recipe(len(rows), name)
         start = time.perf_counter()
+        if seeds > 1:
+            from alignkit.recipes.run import run_seeds
+
+            summary = run_seeds(_config(str(recipe), settings), run_dir, seeds, progress=False)
+            elapsed = time.perf_counter() - start
+            row = {"recipe": name, "run_dir": str(run_dir / f"seed-{summary['seeds'][0]}"), "seeds": seeds}
+            for key, _, _ in COLUMNS:
+                row[key] = _number(summary["mean"].get(key))
+                for part in ("sd", "low", "high"):
+                    row[f"{key}_{part}"] = _number(summary[part].get(key))
+            rows.append(row)
+            run_dirs.append(Path(row["run_dir"]))
+            continue
         returned = run_recipe(_config(str(recipe), settings), run_dir, progress=False)
         elapsed = time.perf_counter() - start
         metrics_path = run_dir / "metrics.json"
@@ -158,7 +184,7 @@ def compare(
             metrics = dict(returned)
         else:
             raise ValueError(f"recipe {name!r} wrote no {metrics_path} and returned no metrics dict")
-        row: dict[str, Any] = {"recipe": name, "run_dir": str(run_dir)}
+        row = {"recipe": name, "run_dir": str(run_dir)}
         for key, _, _ in COLUMNS:
             row[key] = _number(metrics.get(key))
         if row["seconds"] is None:
@@ -173,6 +199,7 @@ def compare(
             for k, v in (overrides or {}).items()
         },
         "epochs_scale": epochs_scale,
+        "seeds": seeds,
     }
     write_text_atomic(out / "compare.json", json.dumps(table, indent=2, allow_nan=False) + "\n")
     markdown = markdown_table(table)

@@ -25,6 +25,7 @@ from alignkit.io import atomic_write, load_yaml_bounded
 
 __all__ = [
     "ATTRIBUTES",
+    "INPUT_KEYS",
     "RECIPES",
     "config_keys",
     "default_config",
@@ -36,7 +37,7 @@ __all__ = [
 
 RECIPES = ("clip", "byol", "supcon", "joint", "binder", "disentangled")
 ATTRIBUTES = ("slant", "ink", "thickness", "height", "width", "vertical", "horizontal")
-IMAGE_TOWERS = ("mlp", "cnn")
+IMAGE_TOWERS = ("mlp", "cnn", "vit")
 PROJECTIONS = ("linear", "mlp")
 DEVICES = ("auto", "cpu", "cuda")
 CHECKPOINTS = ("best", "last")
@@ -71,6 +72,8 @@ class _Field:
             text += f" ({self.unit})" if self.unit else ""
         elif self.kind == "bool":
             text = "true or false"
+        elif self.kind == "value":
+            text = self.doc or "a value"
         else:
             text = "a non-empty string"
         return text + (" or null" if self.nullable else "")
@@ -88,6 +91,10 @@ class _Field:
             return value
         if self.kind == "bool":
             if isinstance(value, bool):
+                return value
+            raise bad
+        if self.kind == "value":  # a list / mapping / scalar checked where it is used (data sources)
+            if isinstance(value, (str, int, float, list, dict)) and not isinstance(value, bool):
                 return value
             raise bad
         if self.kind == "str":
@@ -153,12 +160,79 @@ def _choice(default: Any, choices: Sequence[Any]) -> _Field:
     return _Field("choice", default, choices=tuple(choices))
 
 
+def _str_field(default: str | None, nullable: bool = True) -> _Field:
+    return _Field("str", default, nullable=nullable)
+
+
+def _value(default: Any, doc: str) -> _Field:
+    return _Field("value", default, nullable=True, doc=doc)
+
+
+SOURCES = ("digits", "embeddings", "pairs")
+TOWERS = ("auto", "mlp", "cnn", "vit", "frozen", "sentence-transformers", "hf", "import")
+POOLINGS = ("cls", "mean", "attention")
+
+#: Keys whose values are lists or mappings (not descended into when a config is flattened).
+VALUE_KEYS = frozenset(
+    {"data.extras", "data.extra_columns", "data.extra_types", "data.class_names", "data.prompts",
+     "data.image_size", "model.tower_a_kwargs", "model.tower_b_kwargs"}
+)
+
+#: Where the pairs come from (:mod:`alignkit.data.sources`); ``digits`` ignores all but ``data.seed``,
+#: ``data.text_model`` and ``data.train_subset``.
+_SOURCE_FIELDS: dict[str, _Field] = {
+    "data.source": _choice("digits", SOURCES),
+    "data.a": _str_field(None),
+    "data.b": _str_field(None),
+    "data.key_a": _str_field(None),
+    "data.key_b": _str_field(None),
+    "data.labels": _str_field(None),
+    "data.labels_key": _str_field(None),
+    "data.groups": _str_field(None),
+    "data.groups_key": _str_field(None),
+    "data.extras": _value(None, "a mapping name → path of further (N, d) feature files"),
+    "data.table": _str_field(None),
+    "data.column_a": _str_field(None),
+    "data.column_b": _str_field(None),
+    "data.type_a": _choice("auto", ("auto", "text", "image")),
+    "data.type_b": _choice("auto", ("auto", "text", "image")),
+    "data.label_column": _str_field(None),
+    "data.group_column": _str_field(None),
+    "data.extra_columns": _value(None, "a list of further column names"),
+    "data.extra_types": _value(None, "a mapping column → text | image | label | number"),
+    "data.image_root": _str_field(None),
+    "data.image_size": _value(32, "an integer or [height, width]"),
+    "data.image_mode": _choice("L", ("L", "RGB")),
+    "data.image_fit": _choice("crop", ("crop", "stretch")),
+    "data.class_names": _value(None, "a list of class names or a .txt path (one per line)"),
+    "data.prompts": _value(None, "a prompt template with {} for the class name, or a list of them"),
+    "data.val_fraction": _float(0.1, high=0.9),
+    "data.test_fraction": _float(0.2, high=0.9),
+    "data.split_file": _str_field(None),
+    "data.split_column": _str_field(None),
+}
+
+
+def _tower_fields(side: str) -> dict[str, _Field]:
+    """``model.tower_<side>`` and its options: which encoder turns side ``a`` / ``b`` into features."""
+    return {
+        f"model.tower_{side}": _choice("auto", TOWERS),
+        f"model.tower_{side}_path": _str_field(None),
+        f"model.tower_{side}_pooling": _choice("mean", POOLINGS),
+        f"model.tower_{side}_finetune": _Field("bool", False),
+        f"model.tower_{side}_kwargs": _value(None, "a mapping of keyword arguments for an import tower"),
+    }
+
+
 _COMMON: dict[str, _Field] = {
     "recipe": _choice("clip", RECIPES),
     "seed": _int(0, high=MAX_SEED, unit="seed"),
     "data.seed": _int(0, high=MAX_SEED, unit="seed"),
     "data.train_subset": _int(None, low=2, high=MAX_ROWS, nullable=True, unit="samples"),
     "data.text_model": _Field("str", "all-MiniLM-L6-v2"),
+    **_SOURCE_FIELDS,
+    **_tower_fields("a"),
+    **_tower_fields("b"),
     "model.image_tower": _choice("mlp", IMAGE_TOWERS),
     "model.image_width": _int(256, low=1, high=MAX_WIDTH, unit="features"),
     "model.dropout": _float(0.1, high=0.95),
@@ -175,6 +249,10 @@ _COMMON: dict[str, _Field] = {
     "train.evaluate_checkpoint": _choice("best", CHECKPOINTS),
     "train.threads": _int(1, low=1, high=4096, nullable=True, unit="threads"),
 }
+
+#: The keys that say where the data and the encoders come from (``data.source``, ``model.tower_a`` …):
+#: the recipe files under ``configs/`` leave them at their defaults and do not list them.
+INPUT_KEYS = frozenset([*_SOURCE_FIELDS, *_tower_fields("a"), *_tower_fields("b")])
 
 _PROJECTION = {"model.projection": _choice("linear", PROJECTIONS)}
 _CLIP_TEMPERATURE = {
@@ -211,7 +289,7 @@ _RECIPE_FIELDS: dict[str, dict[str, _Field]] = {
         "loss.temperature": _float(0.07, open_low=True, high=100.0, unit="temperature"),
     },
     "disentangled": {
-        "data.attribute": _choice("slant", ATTRIBUTES),
+        "data.attribute": _Field("str", "slant"),
         "data.noise": _float(0.1, high=100.0, unit="noise scale"),
         "model.subspace_dim": _int(32, low=1, high=MAX_WIDTH, unit="dimensions"),
         "model.hidden_dim": _int(None, low=1, high=MAX_WIDTH, nullable=True, unit="features"),
@@ -258,7 +336,7 @@ def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
                 f"config keys must be non-empty strings, got {key!r} under {prefix or 'the top'}"
             )
         dotted = f"{prefix}{key}"
-        if isinstance(value, Mapping):
+        if isinstance(value, Mapping) and dotted not in VALUE_KEYS:
             if not value:
                 raise ValueError(f"config key {dotted!r} is an empty section")
             out.update(_flatten(value, dotted + "."))
@@ -341,6 +419,7 @@ def validate_config(config: Mapping[str, Any]) -> dict[str, Any]:
         raise ValueError(
             "config keys 'loss.clip_weight' and 'loss.supcon_weight' are both 0; one must be > 0"
         )
+    _check_source(recipe, resolved)
     subset = resolved["data.train_subset"]
     if subset is not None and resolved["train.batch_size"] > subset:
         raise ValueError(
@@ -348,6 +427,38 @@ def validate_config(config: Mapping[str, Any]) -> dict[str, Any]:
             f"got {resolved['train.batch_size']}"
         )
     return _unflatten(resolved)
+
+
+def _check_source(recipe: str, c: Mapping[str, Any]) -> None:
+    """What a data source needs, and which recipes it can feed (a ValueError saying why not)."""
+    source = c["data.source"]
+    if source == "digits":
+        if recipe == "disentangled" and c["data.attribute"] not in ATTRIBUTES:
+            raise ValueError(
+                f"config key 'data.attribute' must be one of {', '.join(map(repr, ATTRIBUTES))} "
+                f"on the digits, got {c['data.attribute']!r}"
+            )
+        return
+    need = {"embeddings": ("data.a", "data.b"), "pairs": ("data.table", "data.column_a", "data.column_b")}
+    missing = [k for k in need[source] if c[k] is None]
+    if missing:
+        raise ValueError(f"data.source {source!r} needs config key(s) {', '.join(map(repr, missing))}")
+    has_labels = c["data.labels"] is not None or c["data.label_column"] is not None
+    extras = c["data.extras"] if source == "embeddings" else c["data.extra_columns"]
+    if recipe == "supcon" and not has_labels:
+        raise ValueError(
+            "recipe 'supcon' needs class labels: set data.labels (embeddings) or data.label_column (pairs)"
+        )
+    if recipe == "binder" and not extras:
+        raise ValueError(
+            "recipe 'binder' needs a third modality bound to side a: set data.extras (embeddings: "
+            "name → file) or data.extra_columns (pairs)"
+        )
+    if recipe == "disentangled" and not (has_labels and extras):
+        raise ValueError(
+            "recipe 'disentangled' needs two factors: class labels (data.labels / data.label_column) and "
+            "a factor column or file (data.extra_columns / data.extras), named by data.attribute"
+        )
 
 
 def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
@@ -369,7 +480,7 @@ def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
             value = yaml.safe_load(text) if text.strip() else text
         except yaml.YAMLError:
             value = text
-        if isinstance(value, (dict, list)):
+        if isinstance(value, (dict, list)) and key not in VALUE_KEYS:
             raise ValueError(f"override {key!r} must be a single value, got {text!r}")
         flat[key] = value
     return _unflatten(flat)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Mapping
@@ -10,15 +11,47 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.utils.data import Dataset
 
 from alignkit.recipes.config import _flatten, load_config, validate_config, write_config
-from alignkit.recipes.data import RecipeData, load_data
+from alignkit.recipes.data import RecipeData, load_recipe_data
 from alignkit.recipes.systems import build_system
 
-__all__ = ["RESUMABLE_CHANGES", "check_resume", "run_recipe"]
+__all__ = ["RESUMABLE_CHANGES", "BatchRows", "check_resume", "run_recipe", "run_seeds", "summarize_seeds"]
 
 #: Config keys a ``--resume`` may change: they steer the run, not what it trains.
 RESUMABLE_CHANGES = ("train.device", "train.evaluate_checkpoint", "train.log_every", "train.threads")
+
+
+class BatchRows(Dataset):
+    """The training rows as a dataset whose batches the system assembles itself
+    (``system.batch(data, rows)``): sides that live on disk (memory-mapped features) or as prepared
+    inputs are read batch by batch, so resident memory does not grow with N."""
+
+    def __init__(self, system: Any, data: RecipeData, rows: Tensor) -> None:
+        self.system, self.data, self.rows = system, data, rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> list[Any]:
+        return self.__getitems__([index])
+
+    def __getitems__(self, indices: list[int]) -> list[Any]:
+        return self.system.batch(self.data, self.rows[torch.as_tensor(indices, dtype=torch.long)])
+
+
+def as_batch(batch: list[Any]) -> list[Any]:
+    """The collate function of :class:`BatchRows`: the system already assembled the batch."""
+    return batch
+
+
+def _training_rows(system: Any, data: RecipeData, rows: Tensor) -> Any:
+    """Every side in memory as tensors: the batch tensors of all rows (the Trainer slices them);
+    otherwise a :class:`BatchRows` dataset."""
+    if all(isinstance(side, Tensor) for side in (data.a, data.b)):
+        return system.batch(data, rows)
+    return BatchRows(system, data, rows)
 
 
 def _train_rows(cfg: Mapping[str, Any], data: RecipeData) -> Tensor:
@@ -80,7 +113,7 @@ def run_recipe(
         config: a config (validated here).
         out_dir: the run directory.
         resume: continue from ``out_dir/checkpoints/last.json`` if it exists.
-        data: the data (default :func:`load_data` of ``data.seed`` / ``data.text_model``).
+        data: the data (default :func:`~alignkit.recipes.data.load_recipe_data` of the config).
         progress: show the Trainer's progress bar (when stderr is a terminal).
 
     ``train.threads`` (default 1) is applied with ``torch.set_num_threads`` for the whole process:
@@ -101,7 +134,7 @@ def run_recipe(
     info = dist_info()
     if resume and info.is_main:
         check_resume(cfg, out)  # before anything is written: a refused resume leaves the run resumable
-    data = load_data(cfg["data"]["seed"], cfg["data"]["text_model"]) if data is None else data
+    data = load_recipe_data(cfg, progress=progress) if data is None else data
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
         write_config(cfg, out / "config.yaml")
@@ -118,9 +151,10 @@ def run_recipe(
     device = None if t["device"] == "auto" else t["device"]
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError("config key 'train.device' is 'cuda' but no CUDA device is available")
+    train_data = _training_rows(system, data, _train_rows(cfg, data))
     trainer = Trainer(
         system,
-        system.batch(data, _train_rows(cfg, data)),
+        train_data,
         epochs=t["epochs"],
         lr=t["lr"],
         out_dir=out,
@@ -133,6 +167,7 @@ def run_recipe(
         monitor="val_loss",
         mode="min",
         seed=cfg["seed"],
+        collate_fn=None if isinstance(train_data, list) else as_batch,
         log_every=t["log_every"],
         progress=progress,
         resume=resume,
@@ -145,3 +180,84 @@ def run_recipe(
     if info.is_main:
         metrics = evaluate_run(system, data, out, recipe=cfg["recipe"], epochs=t["epochs"], start=start)
     return metrics
+
+
+def summarize_seeds(runs: Mapping[int, Mapping[str, Any]], level: float = 0.95) -> dict[str, Any]:
+    """Mean, standard deviation and a ``level`` Student-t interval of every numeric metric over the
+    runs of several seeds (:func:`alignkit.functional.seed_interval`).
+
+    Returns ``{"recipe", "seeds", "n_seeds", "level", "mean": {k: …}, "sd": {…}, "low": {…},
+    "high": {…}, "runs": {seed: metrics}}``."""
+    from alignkit.functional import seed_interval
+
+    seeds = sorted(runs)
+    keys = [k for k, v in runs[seeds[0]].items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    summary: dict[str, Any] = {
+        "recipe": runs[seeds[0]].get("recipe"),
+        "seeds": seeds,
+        "n_seeds": len(seeds),
+        "level": level,
+        "mean": {},
+        "sd": {},
+        "low": {},
+        "high": {},
+    }
+    for key in keys:
+        values = [runs[s].get(key) for s in seeds]
+        finite = [float(v) for v in values if isinstance(v, (int, float)) and math.isfinite(float(v))]
+        if not finite:
+            continue
+        stats = seed_interval(finite, level)
+        for part in ("mean", "sd", "low", "high"):
+            summary[part][key] = stats[part]
+    summary["runs"] = {str(s): dict(runs[s]) for s in seeds}
+    return summary
+
+
+def run_seeds(
+    config: Mapping[str, Any],
+    out_dir: str | os.PathLike[str],
+    seeds: int,
+    resume: bool = False,
+    data: RecipeData | None = None,
+    progress: bool = True,
+    on_run: Any = None,
+) -> dict[str, Any]:
+    """:func:`run_recipe` for ``seeds`` seeds (``seed``, ``seed + 1``, …; the data split,
+    ``data.seed``, stays fixed so the spread is the training's) into ``out_dir/seed-<s>/``, then
+    the summary of :func:`summarize_seeds` written to ``out_dir/metrics.json``.
+
+    ``on_run(i, seed, metrics)`` is called after each run (progress lines)."""
+    import json
+
+    cfg = validate_config(config)
+    if not (isinstance(seeds, int) and 1 <= seeds <= 1000):
+        raise ValueError(f"--seeds must be an integer in [1, 1000], got {seeds!r}")
+    data = load_recipe_data(cfg, progress=progress) if data is None else data
+    out = Path(out_dir)
+    runs: dict[int, dict[str, Any]] = {}
+    for i in range(seeds):
+        seed = int(cfg["seed"]) + i
+        one = {**cfg, "seed": seed}
+        runs[seed] = run_recipe(one, out / f"seed-{seed}", resume=resume, data=data, progress=progress)
+        if on_run is not None:
+            on_run(i, seed, runs[seed])
+    summary = summarize_seeds(runs)
+    from alignkit.io import atomic_write
+
+    text = json.dumps(_finite(summary), indent=2, allow_nan=False) + "\n"
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_write(out / "metrics.json", "w") as handle:
+        handle.write(text)
+    write_config(cfg, out / "config.yaml")
+    return summary
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value

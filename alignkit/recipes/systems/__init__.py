@@ -41,7 +41,18 @@ from alignkit.recipes.systems.supcon import SupConSystem
 if TYPE_CHECKING:
     from alignkit.recipes.data import RecipeData
 
+#: recipe name → its system class
+SYSTEMS: dict[str, Any] = {
+    "clip": CLIPSystem,
+    "byol": BYOLSystem,
+    "supcon": SupConSystem,
+    "joint": JointSystem,
+    "binder": BinderSystem,
+    "disentangled": DisentangledSystem,
+}
+
 __all__ = [
+    "SYSTEMS",
     "BYOLSystem",
     "BinderSystem",
     "CLIPSystem",
@@ -54,19 +65,7 @@ __all__ = [
 
 
 def build_system(config: Mapping[str, Any], data: RecipeData) -> RecipeSystem:
-    """The system of ``config["recipe"]`` (config as returned by :func:`validate_config`)."""
+    """The system of ``config["recipe"]`` (config as returned by :func:`validate_config`), its towers
+    chosen for ``data``'s sides (:func:`alignkit.recipes.towers.side_tower`)."""
     cfg = validate_config(config)
-    recipe = cfg["recipe"]
-    text_dim = int(data.text.shape[1])
-    if recipe == "clip":
-        return CLIPSystem(cfg, text_dim)
-    if recipe == "supcon":
-        return SupConSystem(cfg, text_dim)
-    if recipe == "joint":
-        return JointSystem(cfg, text_dim)
-    if recipe == "byol":
-        return BYOLSystem(cfg, text_dim)
-    if recipe == "binder":
-        return BinderSystem(cfg, text_dim, int(data.profiles.shape[1]), cfg["seed"])
-    return DisentangledSystem(cfg, text_dim)
-
+    return SYSTEMS[cfg["recipe"]](cfg, data)

@@ -11,12 +11,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from alignkit.functional._checks import EPS
-from alignkit.towers import image_tower
+from alignkit.recipes.towers import is_identity, side_tower
 
 if TYPE_CHECKING:
     from alignkit.recipes.data import RecipeData
 
-__all__ = ["RecipeSystem", "device_of", "normalize"]
+__all__ = ["RecipeSystem", "device_of", "normalize", "to_device"]
 
 
 def normalize(x: Tensor) -> Tensor:
@@ -28,6 +28,13 @@ def _prompt_classes(embed: Any, prompts: Tensor) -> Tensor:
     c, k, d = prompts.shape
     e = normalize(embed(prompts.reshape(c * k, d))).reshape(c, k, -1)
     return normalize(e.mean(1))
+
+
+def to_device(rows: Any, device: torch.device) -> Any:
+    """A side's rows on ``device``: a tensor, or the dict of tensors a loaded tower reads."""
+    if isinstance(rows, dict):
+        return {k: to_device(v, device) for k, v in rows.items()}
+    return rows.to(device)
 
 
 def device_of(module: nn.Module) -> torch.device:
@@ -61,25 +68,29 @@ class RecipeSystem(nn.Module, ABC):
 
     @abstractmethod
     def encode_image(self, images: Tensor) -> Tensor:
-        """(N, 8, 8) images → (N, E) joint-space embeddings (not normalised)."""
+        """Side a's rows (the digits' (N, 8, 8) images) → (N, E) joint-space embeddings (not normalised)."""
 
     @abstractmethod
     def encode_text(self, text: Tensor) -> Tensor:
-        """(N, D) MiniLM caption embeddings → (N, E) joint-space embeddings (not normalised)."""
+        """Side b's rows (the digits' (N, D) MiniLM caption embeddings) → (N, E) joint-space embeddings."""
 
     @abstractmethod
     def image_features(self, images: Tensor) -> Tensor:
-        """(N, 8, 8) images → the image tower's raw (N, W) features."""
+        """Side a's rows → side a's tower output (N, W) (before the projection head)."""
+
+    def text_features(self, text: Any) -> Tensor:
+        """Side b's rows → side b's tower output (the features themselves when b holds features)."""
+        return text if isinstance(text, Tensor) else self.encode_text(text)
 
     @torch.no_grad()
     def embed(self, data: RecipeData, rows: Tensor) -> dict[str, Tensor]:
         device = device_of(self)
-        images, text = data.images[rows].to(device), data.text[rows].to(device)
+        images, text = to_device(data.images[rows], device), to_device(data.text[rows], device)
         return {
             "image": normalize(self.encode_image(images)),
             "text": normalize(self.encode_text(text)),
             "image_tower": self.image_features(images),
-            "text_tower": text,
+            "text_tower": self.text_features(text),
         }
 
     @torch.no_grad()
@@ -89,32 +100,33 @@ class RecipeSystem(nn.Module, ABC):
     @torch.no_grad()
     def zero_shot_logits(self, images: Tensor, class_text: Tensor) -> Tensor:
         """(N, C) cosine similarities of the image embeddings to the class vectors."""
-        return normalize(self.encode_image(images.to(device_of(self)))) @ class_text.T
+        return normalize(self.encode_image(to_device(images, device_of(self)))) @ class_text.T
 
     def extra_metrics(self, data: RecipeData) -> dict[str, float]:
         return {}
 
 class _DualEncoderSystem(RecipeSystem):
-    """A :class:`~alignkit.models.DualEncoder` with the image tower as tower a and the (already
-    encoded, frozen) text embeddings through ``nn.Identity`` as tower b."""
+    """A :class:`~alignkit.models.DualEncoder` with side a's tower as tower a and side b's as tower b
+    (for the digits: the image tower, and the frozen caption embeddings through ``nn.Identity``)."""
 
-    def __init__(self, cfg: Mapping[str, Any], text_dim: int, loss: nn.Module | None = None) -> None:
+    def __init__(self, cfg: Mapping[str, Any], data: RecipeData, loss: nn.Module | None = None) -> None:
         super().__init__()
         from alignkit.losses import CLIPLoss
         from alignkit.models import DualEncoder
 
         m = cfg["model"]
-        tower = image_tower(m["image_tower"], m["image_width"], m["dropout"])
+        tower, dim_a = side_tower(cfg, data, "a")
+        tower_b, dim_b = side_tower(cfg, data, "b")
         if loss is None:
             loss = CLIPLoss(init_temperature=m["init_temperature"], learn_temperature=m["learn_temperature"])
         self.model = DualEncoder(
             tower,
-            nn.Identity(),
-            dim_a=m["image_width"],
-            dim_b=text_dim,
+            tower_b,
+            dim_a=dim_a,
+            dim_b=dim_b,
             embed_dim=m["embed_dim"],
             projection=m["projection"],
-            freeze_b=True,
+            freeze_b=is_identity(tower_b),
             loss=loss,
         )
 
@@ -127,6 +139,9 @@ class _DualEncoderSystem(RecipeSystem):
     def image_features(self, images: Tensor) -> Tensor:
         return self.model.tower_a(images)
 
+    def text_features(self, text: Any) -> Tensor:
+        return self.model.tower_b(text)
+
     @torch.no_grad()
     def class_embeddings(self, prompts: Tensor) -> Tensor:
         # class prompts → text tower (cached MiniLM) → projection → DualEncoder.zero_shot_classifier
@@ -135,7 +150,7 @@ class _DualEncoderSystem(RecipeSystem):
 
     @torch.no_grad()
     def zero_shot_logits(self, images: Tensor, class_text: Tensor) -> Tensor:
-        return self.model.classify(images.to(device_of(self)), weights=class_text, modality="a")
+        return self.model.classify(to_device(images, device_of(self)), weights=class_text, modality="a")
 
     def _temperature(self) -> dict[str, Tensor]:
         scale = self.model.logit_scale

@@ -6,10 +6,11 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from alignkit.recipes.systems.base import RecipeSystem, device_of
-from alignkit.towers import image_tower, mlp
+from alignkit.recipes.systems.base import RecipeSystem, device_of, to_device
+from alignkit.recipes.towers import is_identity, side_tower
+from alignkit.towers import mlp
 
 if TYPE_CHECKING:
     from alignkit.recipes.data import RecipeData
@@ -24,24 +25,27 @@ class BinderSystem(RecipeSystem):
 
     recipe = "binder"
 
-    def __init__(self, cfg: Mapping[str, Any], text_dim: int, profile_dim: int, seed: int) -> None:
+    def __init__(self, cfg: Mapping[str, Any], data: RecipeData) -> None:
         super().__init__()
         from alignkit.models import Binder
 
         m = cfg["model"]
-        self.seed = seed
+        self.seed = int(cfg["seed"])
+        tower_a, dim_a = side_tower(cfg, data, "a")
+        tower_b, dim_b = side_tower(cfg, data, "b")
+        profile_dim = int(data.profiles.shape[1])
         self.model = Binder(
             "image",
             {
-                "image": image_tower(m["image_tower"], m["image_width"], m["dropout"]),
-                "text": nn.Identity(),
+                "image": tower_a,
+                "text": tower_b,
                 "profile": mlp(profile_dim, m["profile_width"]),
             },
-            {"image": m["image_width"], "text": text_dim, "profile": m["profile_width"]},
+            {"image": dim_a, "text": dim_b, "profile": m["profile_width"]},
             embed_dim=m["embed_dim"],
             temperature=cfg["loss"]["temperature"],
             projection=m["projection"],
-            frozen=("text",),
+            frozen=("text",) if is_identity(tower_b) else (),
         )
 
     def batch(self, data: RecipeData, rows: Tensor) -> list[Tensor]:
@@ -83,9 +87,9 @@ class BinderSystem(RecipeSystem):
 
         rows = data.splits["test"]
         device = device_of(self)
-        text = self.model.embed("text", data.text[rows].to(device))
-        prof = self.model.embed("profile", data.profiles[rows].to(device))
-        image = self.model.embed("image", data.images[rows].to(device))
+        text = self.model.embed("text", to_device(data.text[rows], device))
+        prof = self.model.embed("profile", to_device(data.profiles[rows], device))
+        image = self.model.embed("image", to_device(data.images[rows], device))
         out: dict[str, float] = {}
         for prefix, q, g in (
             ("text_to_profile", text, prof),

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from torch import Tensor
+from torch import Tensor, nn
 
 from alignkit.recipes.systems.base import RecipeSystem
-from alignkit.towers import image_tower, mlp
+from alignkit.recipes.towers import is_identity, side_tower
+from alignkit.towers import mlp
+
+if TYPE_CHECKING:
+    from alignkit.recipes.data import RecipeData
 
 __all__ = ["BYOLSystem"]
 
@@ -21,15 +25,18 @@ class BYOLSystem(RecipeSystem):
 
     recipe = "byol"
 
-    def __init__(self, cfg: Mapping[str, Any], text_dim: int) -> None:
+    def __init__(self, cfg: Mapping[str, Any], data: RecipeData) -> None:
         super().__init__()
         from alignkit.models import CrossModalBYOL
 
         m = cfg["model"]
+        tower_a, dim_a = side_tower(cfg, data, "a")
+        tower_b, dim_b = side_tower(cfg, data, "b")
+        head = mlp(dim_b, m["text_width"])  # a trainable text branch on top of side b's tower
         self.model = CrossModalBYOL(
-            image_tower(m["image_tower"], m["image_width"], m["dropout"]),
-            mlp(text_dim, m["text_width"]),
-            dim_a=m["image_width"],
+            tower_a,
+            head if is_identity(tower_b) else nn.Sequential(tower_b, head),
+            dim_a=dim_a,
             dim_b=m["text_width"],
             proj_dim=m["embed_dim"],
             hidden_dim=m["hidden_dim"],

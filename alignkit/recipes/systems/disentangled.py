@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from alignkit.recipes.systems.base import RecipeSystem, device_of
-from alignkit.towers import image_tower
+from alignkit.recipes.systems.base import RecipeSystem, device_of, to_device
+from alignkit.recipes.towers import is_identity, side_tower
 
 if TYPE_CHECKING:
     from alignkit.recipes.data import RecipeData
@@ -24,7 +24,7 @@ class DisentangledSystem(RecipeSystem):
 
     recipe = "disentangled"
 
-    def __init__(self, cfg: Mapping[str, Any], text_dim: int) -> None:
+    def __init__(self, cfg: Mapping[str, Any], data: RecipeData) -> None:
         super().__init__()
         from alignkit.losses import CLIPLoss
         from alignkit.models.disentangle import DisentangledContrastive
@@ -33,16 +33,20 @@ class DisentangledSystem(RecipeSystem):
         self.attribute = d["attribute"]
         self.noise = float(d["noise"])
         self.probe_iterations = int(cfg["train"]["probe_iterations"])
+        tower_a, dim_a = side_tower(cfg, data, "a")
+        self.clamp = data.kind_a == "image"  # noisy views of images stay in [0, 1]
         self.model = DisentangledContrastive(
-            image_tower(m["image_tower"], m["image_width"], m["dropout"]),
-            in_dim=m["image_width"],
+            tower_a,
+            in_dim=dim_a,
             subspaces={"digit": m["subspace_dim"], self.attribute: m["subspace_dim"]},
             hidden_dim=m["hidden_dim"],
             temperature=spec["temperature"],
             independence=spec["independence"],
             independence_weight=spec["independence_weight"],
         )
-        self.text_proj = nn.Linear(text_dim, 2 * m["subspace_dim"], bias=False)
+        tower_b, dim_b = side_tower(cfg, data, "b")
+        proj = nn.Linear(dim_b, 2 * m["subspace_dim"], bias=False)
+        self.text_proj = proj if is_identity(tower_b) else nn.Sequential(tower_b, proj)
         self.clip = CLIPLoss(init_temperature=m["init_temperature"])
         self.clip_weight = float(spec["clip_weight"])
 
@@ -55,7 +59,8 @@ class DisentangledSystem(RecipeSystem):
 
         def view() -> Tensor:
             noise = torch.randn(images.shape, generator=generator, device="cpu").to(images.device)
-            return (images + self.noise * noise).clamp(0.0, 1.0)
+            noisy = images + self.noise * noise
+            return noisy.clamp(0.0, 1.0) if self.clamp else noisy
 
         parts = self.model.loss(view(), view(), factors, output_dict=True)
         assert isinstance(parts, dict)
@@ -94,7 +99,11 @@ class DisentangledSystem(RecipeSystem):
         ftr = self.batch(data, tr)[2].to(device)
         fte = self.batch(data, te)[2].to(device)
         report = self.model.probe_report(
-            data.images[tr].to(device), ftr, data.images[te].to(device), fte, max_iter=self.probe_iterations
+            to_device(data.images[tr], device),
+            ftr,
+            to_device(data.images[te], device),
+            fte,
+            max_iter=self.probe_iterations,
         )
         return {
             f"probe_{factor}_from_{space}": float(acc)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
 
 from alignkit.recipes.systems.base import _DualEncoderSystem
+
+if TYPE_CHECKING:
+    from alignkit.recipes.data import RecipeData
 
 __all__ = ["JointSystem"]
 
@@ -17,7 +20,7 @@ class JointSystem(_DualEncoderSystem):
 
     recipe = "joint"
 
-    def __init__(self, cfg: Mapping[str, Any], text_dim: int) -> None:
+    def __init__(self, cfg: Mapping[str, Any], data: RecipeData) -> None:
         from alignkit.losses import CLIPLoss, JointLoss
 
         m, spec = cfg["model"], cfg["loss"]
@@ -36,7 +39,7 @@ class JointSystem(_DualEncoderSystem):
             "structure": spec["structure_weight"],
         }
         joint = JointLoss(terms, weights={k: v for k, v in weights.items() if k in terms})
-        super().__init__(cfg, text_dim, loss=joint)
+        super().__init__(cfg, data, loss=joint)
 
     def training_step(self, batch: Sequence[Tensor]) -> dict[str, Any]:
         images, text = batch[0], batch[1]

@@ -21,8 +21,8 @@ class SupConSystem(_DualEncoderSystem):
 
     recipe = "supcon"
 
-    def __init__(self, cfg: Mapping[str, Any], text_dim: int) -> None:
-        super().__init__(cfg, text_dim)
+    def __init__(self, cfg: Mapping[str, Any], data: RecipeData) -> None:
+        super().__init__(cfg, data)
         from alignkit.losses import SupConLoss
 
         loss = cfg["loss"]
