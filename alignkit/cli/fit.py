@@ -57,11 +57,11 @@ def _fit(args: argparse.Namespace) -> int:
     options: dict[str, Any] = {
         "val_fraction": number(args.val_fraction, "--val-fraction", float, 0.0),
         "seed": number(args.seed, "--seed", int, 0),
-        "epochs": number(args.epochs, "--epochs", int, 1),
+        "epochs": number(args.epochs, "--epochs", int, 1, 100_000),
         "lr": number(args.lr, "--lr", float, 0.0),
         "weight_decay": number(args.weight_decay, "--weight-decay", float, 0.0),
-        "hidden_dim": number(args.hidden_dim, "--hidden-dim", int, 1),
-        "batch_size": number(args.batch_size, "--batch-size", int, 1),
+        "hidden_dim": number(args.hidden_dim, "--hidden-dim", int, 1, 65_536),
+        "batch_size": number(args.batch_size, "--batch-size", int, 1, 1 << 30),
         "temperature": number(args.temperature, "--temperature", float, 0.0),
     }
     if options["val_fraction"] >= 1:

@@ -18,6 +18,7 @@ prints.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import shutil
 import sys
@@ -27,7 +28,14 @@ from typing import Any
 
 from alignkit.cli._common import number
 
-__all__ = ["add_command", "format_results", "prepare_run_dir", "run_and_report", "train_command"]
+__all__ = [
+    "add_command",
+    "check_run_dir",
+    "format_results",
+    "prepare_run_dir",
+    "run_and_report",
+    "train_command",
+]
 
 #: Files and folders a fresh (non-resumed) run replaces in an existing run directory.
 _RUN_ARTEFACTS = ("metrics.json", "embeddings_test.safetensors", "report.html", "plots")
@@ -62,6 +70,25 @@ def add_command(subparsers: Any) -> None:
     train.set_defaults(func=train_command)
 
 
+def check_run_dir(out: str | Path) -> Path:
+    """``out`` as a Path after checking it is missing, empty, or an earlier run directory (reads only)."""
+    from alignkit.io import LOCK_NAME
+
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"--out {path} exists and is not a directory")
+    if (
+        path.is_dir()
+        and any(p.name != LOCK_NAME for p in path.iterdir())
+        and not any((path / m).exists() for m in _RUN_MARKERS)
+    ):
+        raise ValueError(
+            f"--out {path} is a non-empty directory that is not an alignkit run directory (no config.yaml); "
+            "choose another path"
+        )
+    return path
+
+
 def prepare_run_dir(out: str | Path, resume: bool) -> Path:
     """Check that ``out`` may be used as a run directory and clear a previous run's results.
 
@@ -71,14 +98,7 @@ def prepare_run_dir(out: str | Path, resume: bool) -> Path:
     run's ``metrics.json``, ``embeddings_test.safetensors``, ``report.html`` and ``plots/`` are
     removed (the Trainer resets ``metrics.jsonl`` and the checkpoints itself).
     """
-    path = Path(out)
-    if path.exists() and not path.is_dir():
-        raise ValueError(f"--out {path} exists and is not a directory")
-    if path.is_dir() and any(path.iterdir()) and not any((path / m).exists() for m in _RUN_MARKERS):
-        raise ValueError(
-            f"--out {path} is a non-empty directory that is not an alignkit run directory (no config.yaml); "
-            "choose another path"
-        )
+    path = check_run_dir(out)
     if not resume and path.is_dir():
         for name in _RUN_ARTEFACTS:
             target = path / name
@@ -158,19 +178,31 @@ def _write_report(run_dir: Path) -> None:
 
 
 def run_and_report(config: Mapping[str, Any], out: Path, resume: bool, report: bool, title: str) -> int:
+    """Train into ``out`` holding its lock (:func:`alignkit.io.directory_lock`: a second writer is
+    refused naming the holder's pid); ``resume`` first checks the requested config against the run's
+    (:func:`alignkit.recipes.run.check_resume`, before anything is written) and says where it resumes."""
+    from alignkit.io import directory_lock
     from alignkit.recipes import run_recipe
     from alignkit.recipes.data import load_recipe_data
+    from alignkit.recipes.run import check_resume
     from alignkit.train import cleanup, dist_info
 
     info = dist_info()
+    lock = contextlib.nullcontext()
     if info.is_main:
-        prepare_run_dir(out, resume)
-    data = load_recipe_data(config, progress=info.is_main)
-    try:
-        metrics = run_recipe(config, out, resume=resume, data=data)
-    finally:
-        if info.distributed:
-            cleanup()
+        check_run_dir(out)  # before the lock file goes into a folder that is not ours
+        lock = directory_lock(out)
+    with lock:
+        if info.is_main:
+            if resume:
+                _say_resume(title, out, config, check_resume(config, out))
+            prepare_run_dir(out, resume)
+        data = load_recipe_data(config, progress=info.is_main)
+        try:
+            metrics = run_recipe(config, out, resume=resume, data=data)
+        finally:
+            if info.distributed:
+                cleanup()
     if not info.is_main:
         return 0
     print(
@@ -181,6 +213,18 @@ def run_and_report(config: Mapping[str, Any], out: Path, resume: bool, report: b
     if report:
         _write_report(out)
     return 0
+
+
+def _say_resume(title: str, out: Path, config: Mapping[str, Any], where: Mapping[str, int] | None) -> None:
+    if where is None:
+        print(f"{title}: --resume: {out} holds no checkpoint yet; starting fresh")
+        return
+    epochs = config["train"]["epochs"]
+    if where["epoch"] >= epochs:
+        print(f"{title}: resumed {out}: all {epochs} epochs were done (step {where['step']}); evaluating")
+        return
+    inside = f", batch {where['batch_in_epoch']}" if where["batch_in_epoch"] else ""
+    print(f"{title}: resumed {out} from epoch {where['epoch'] + 1} of {epochs}{inside}, step {where['step']}")
 
 
 def train_command(args: argparse.Namespace) -> int:
@@ -214,8 +258,17 @@ def format_seeds(summary: Mapping[str, Any]) -> str:
 def run_seeds_and_report(config: Mapping[str, Any], out: Path, seeds: int, resume: bool, report: bool) -> int:
     """Train ``seeds`` seeds of ``config`` into ``out/seed-<s>/``, print the summary table, write each
     seed's report; ``out/metrics.json`` holds the mean / sd / interval of every metric."""
+    from alignkit.io import directory_lock
     from alignkit.recipes.run import run_seeds
 
+    check_run_dir(out)
+    with directory_lock(out):  # one writer per run directory (its seed-<s>/ runs included)
+        return _run_seeds_locked(config, out, seeds, resume, report, run_seeds)
+
+
+def _run_seeds_locked(
+    config: Mapping[str, Any], out: Path, seeds: int, resume: bool, report: bool, run_seeds: Any
+) -> int:
     prepare_run_dir(out, resume)
 
     def said(i: int, seed: int, metrics: Mapping[str, Any]) -> None:

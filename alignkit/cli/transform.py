@@ -38,6 +38,11 @@ def _transform(args: argparse.Namespace) -> int:
         raise ValueError(
             f"-o {out} is the adapter file; choose another name so the adapter is not overwritten"
         )
+    if same_file(args.input, args.out):
+        raise ValueError(
+            f"-o {out} is the input file {args.input} (also through links); choose another name so the "
+            "input is not overwritten"
+        )
     batch = number(args.batch_size, "--batch-size", int, 1)
     adapter = Adapter.load(args.adapter)
     x = load_embeddings(args.input, key=args.key)
