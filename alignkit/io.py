@@ -26,7 +26,12 @@ not hold an array, object / string / complex dtype, a 1-D or 3-D array, no rows,
 from __future__ import annotations
 
 import contextlib
+import errno
+import hashlib
+import json
+import math
 import os
+import stat
 import tempfile
 import zipfile
 from collections.abc import Iterator, Mapping
@@ -37,7 +42,22 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["LOADABLE_EXTENSIONS", "SAVABLE_EXTENSIONS", "atomic_write", "load_embeddings", "save_embeddings"]
+__all__ = [
+    "LOADABLE_EXTENSIONS",
+    "MAX_BYTES_ENV",
+    "SAVABLE_EXTENSIONS",
+    "atomic_write",
+    "check_budget",
+    "check_input_file",
+    "check_not_input",
+    "load_embeddings",
+    "load_safetensors",
+    "load_yaml_bounded",
+    "memory_budget",
+    "read_npy",
+    "save_embeddings",
+    "sha256_file",
+]
 
 
 def _umask() -> int:
@@ -104,44 +124,338 @@ def _names(names: list[str]) -> str:
     return shown + (f", … ({len(names)} in all)" if len(names) > 20 else "")
 
 
+# ------------------------------------------------------------------------------------ hostile-file guards
+
+MAX_BYTES_ENV = "ALIGNKIT_MAX_BYTES"
+_MAX_NPY_HEADER = 10_000  # numpy's own default limit for a header it parses with literal_eval
+_MAX_SAFETENSORS_HEADER = 100_000_000  # the limit the safetensors library itself enforces
+
+
+def memory_budget() -> int:
+    """The most bytes one file may ask alignkit to allocate: ``$ALIGNKIT_MAX_BYTES`` if set, else half
+    of the machine's physical memory (at least 1 GiB). Sizes declared in file headers are checked
+    against it *before* anything is allocated."""
+    raw = os.environ.get(MAX_BYTES_ENV, "").strip()
+    if raw:
+        try:
+            value = int(float(raw))
+        except (ValueError, OverflowError):
+            raise ValueError(f"{MAX_BYTES_ENV} must be a number of bytes, got {raw!r}") from None
+        if value < 1:
+            raise ValueError(f"{MAX_BYTES_ENV} must be a positive number of bytes, got {raw!r}")
+        return value
+    try:
+        physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        physical = 16 << 30
+    return max(physical // 2, 1 << 30)
+
+
+def _human(nbytes: int) -> str:
+    value = float(nbytes)
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if value < 1024 or unit == "PiB":
+            return f"{int(value)} bytes" if unit == "bytes" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{nbytes} bytes"  # pragma: no cover
+
+
+def check_budget(nbytes: int, path: str | os.PathLike[str], what: str) -> None:
+    """Refuse (``ValueError`` naming ``path``) to allocate ``nbytes`` above :func:`memory_budget`."""
+    budget = memory_budget()
+    if nbytes > budget:
+        raise ValueError(
+            f"{path}: {what} needs {_human(nbytes)}, more than the memory budget of {_human(budget)} "
+            f"(set {MAX_BYTES_ENV} to raise it)"
+        )
+
+
+def check_input_file(path: str | os.PathLike[str], what: str = "file") -> Path:
+    """``path`` as a :class:`Path` after checking it names a readable regular file.
+
+    Raises ``ValueError`` with one line naming the path for a missing file, a symlink loop, a
+    directory or device, or a path the OS refuses to stat (permission, a file used as a folder).
+    """
+    file = Path(path)
+    try:
+        info = file.stat()
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise ValueError(f"{file}: symlink loop (too many levels of symbolic links)") from None
+        if err.errno in (errno.ENOENT, errno.ENOTDIR):
+            raise ValueError(f"{file}: no such {what}") from None
+        raise ValueError(f"{file}: cannot read this {what} ({err.strerror or _one_line(err)})") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise ValueError(f"{file}: not a regular file")
+    return file
+
+
+def check_not_input(
+    out: str | os.PathLike[str], *inputs: str | os.PathLike[str], flag: str = "output"
+) -> None:
+    """Refuse an output path that is one of ``inputs`` — also through symlinks, hard links or ``..``.
+
+    Raises ``ValueError`` naming both paths.
+    """
+    target = Path(out)
+    for source in inputs:
+        src = Path(source)
+        same = False
+        with contextlib.suppress(OSError):
+            same = target.exists() and src.exists() and os.path.samefile(target, src)
+        if same or target.resolve() == src.resolve():
+            raise ValueError(f"{flag} {target} is the input file {src}; write to another path")
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """The SHA-256 hex digest of a file's bytes, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_npy(fp: IO[bytes], path: str | os.PathLike[str], available: int) -> np.ndarray:
+    """Read one ``.npy`` array from the binary stream ``fp`` holding ``available`` bytes in all.
+
+    The header is parsed with numpy's own reader (``numpy.lib.format``, size-limited, no pickle);
+    then the declared shape × itemsize is checked against the bytes left after the header and against
+    :func:`memory_budget` *before* the one buffer of exactly that size is allocated. Anything wrong —
+    a bad magic string, a header that does not parse (numpy raises ``ValueError``, ``OverflowError``,
+    ``IndexError``, ``TypeError``, ``SyntaxError``, ``tokenize.TokenError`` …), an object dtype, a
+    truncated body — is one ``ValueError`` naming ``path``.
+    """
+    from numpy.lib import format as npf
+
+    try:
+        version = npf.read_magic(fp)
+        if version == (1, 0):
+            shape, fortran, dtype = npf.read_array_header_1_0(fp, max_header_size=_MAX_NPY_HEADER)
+        elif version == (2, 0):
+            shape, fortran, dtype = npf.read_array_header_2_0(fp, max_header_size=_MAX_NPY_HEADER)
+        else:
+            shape, fortran, dtype = npf._read_array_header(fp, version, max_header_size=_MAX_NPY_HEADER)
+        offset = fp.tell()
+    except Exception as err:
+        raise ValueError(f"{path}: not a readable .npy array (bad header: {_one_line(err)})") from None
+    if not isinstance(dtype, np.dtype) or not isinstance(shape, tuple):
+        raise ValueError(f"{path}: not a readable .npy array (bad header)")
+    if dtype.hasobject:
+        raise ValueError(
+            f"{path}: holds a pickled object (e.g. a numpy object array), which alignkit never loads; "
+            "save a numeric array instead"
+        )
+    if not all(isinstance(n, int) and n >= 0 for n in shape):
+        raise ValueError(f"{path}: not a readable .npy array (bad shape {shape!r:.80} in its header)")
+    nbytes = math.prod(shape) * dtype.itemsize
+    left = available - offset
+    if nbytes > left:
+        raise ValueError(
+            f"{path}: .npy header declares shape {shape!r:.80} of {dtype} ({_human(nbytes)}) but the file "
+            f"holds {_human(max(left, 0))} after its header (truncated or corrupt)"
+        )
+    check_budget(nbytes, path, f".npy array of shape {shape!r:.80} and dtype {dtype}")
+    try:
+        buffer = bytearray(nbytes)
+        got = fp.readinto(buffer) if nbytes else 0  # type: ignore[attr-defined]
+        if got != nbytes:
+            raise EOFError(f"read {got} of {nbytes} bytes")
+        flat = np.frombuffer(buffer, dtype=dtype) if nbytes else np.empty(0, dtype=dtype)
+        return flat.reshape(shape, order="F" if fortran else "C")
+    except Exception as err:
+        raise ValueError(f"{path}: not a readable .npy array ({_one_line(err)})") from None
+
+
+def load_safetensors(
+    path: str | os.PathLike[str], what: str = ".safetensors file"
+) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """The tensors (on CPU) and the string metadata of a ``.safetensors`` file, checked first.
+
+    The 8-byte header length and the JSON header are read and checked — header within the file, every
+    tensor's byte range inside the data section, total size within :func:`memory_budget` — before the
+    safetensors library reads the data. Any problem (missing file, symlink loop, garbage, truncation)
+    is a ``ValueError`` whose one line names the file.
+    """
+    file = check_input_file(path, what)
+    try:
+        with open(file, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            head = f.read(8)
+            if len(head) < 8:
+                raise ValueError(f"{file}: not a {what} (only {len(head)} bytes)")
+            length = int.from_bytes(head, "little")
+            if length > min(size - 8, _MAX_SAFETENSORS_HEADER):
+                raise ValueError(
+                    f"{file}: not a {what} (its header claims {_human(length)}, the file has {_human(size)})"
+                )
+            header = json.loads(f.read(length))
+    except ValueError as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        if str(err).startswith(f"{file}:"):
+            raise
+        raise ValueError(f"{file}: not a {what} (header: {_one_line(err)})") from None
+    except (OSError, RecursionError) as err:
+        raise ValueError(f"{file}: not a {what} ({_one_line(err)})") from None
+    if not isinstance(header, dict):
+        raise ValueError(f"{file}: not a {what} (header is not a JSON object)")
+    data = size - 8 - length
+    total = 0
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
+        if (
+            not isinstance(offsets, list)
+            or len(offsets) != 2
+            or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
+            or not 0 <= offsets[0] <= offsets[1] <= data
+        ):
+            raise ValueError(f"{file}: not a {what} (tensor {name!r:.60} lies outside the file's data)")
+        total += offsets[1] - offsets[0]
+    check_budget(total, file, what)
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(file), framework="pt", device="cpu") as handle:
+            metadata = dict(handle.metadata() or {})
+            tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
+    except Exception as err:
+        raise ValueError(f"{file}: not a readable {what} ({_one_line(err)})") from None
+    return tensors, metadata
+
+
+# ------------------------------------------------------------------------------------------ bounded YAML
+
+_YAML_MAX_BYTES = 1 << 20
+_YAML_MAX_DEPTH = 32
+_YAML_MAX_NODES = 100_000
+
+
+def load_yaml_bounded(
+    source: str | os.PathLike[str],
+    *,
+    max_bytes: int = _YAML_MAX_BYTES,
+    max_depth: int = _YAML_MAX_DEPTH,
+    max_nodes: int = _YAML_MAX_NODES,
+) -> Any:
+    """Parse YAML safely and boundedly: a path (``Path`` or a str naming an existing ``.yaml``/``.yml``
+    file) or the YAML text itself.
+
+    Safe-loader types only (no Python objects); anchors and aliases (``&a`` / ``*a``, the means of
+    "billion laughs" bombs and recursive documents) are refused; at most ``max_bytes`` of text
+    (1 MiB), ``max_depth`` levels of nesting (32) and ``max_nodes`` values (100 000).
+
+    Raises:
+        ValueError: one line naming the file (or "YAML text") and the line of the problem.
+    """
+    import yaml
+
+    if isinstance(source, os.PathLike) or (
+        isinstance(source, str) and "\n" not in source and source.lower().endswith((".yaml", ".yml"))
+    ):
+        file = check_input_file(source, "YAML file")
+        size = file.stat().st_size
+        if size > max_bytes:
+            raise ValueError(
+                f"{file}: YAML file of {_human(size)} is larger than the {_human(max_bytes)} allowed"
+            )
+        try:
+            text = file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            raise ValueError(f"{file}: cannot read YAML ({_one_line(err)})") from None
+        where = str(file)
+    elif isinstance(source, str):
+        text, where = source, "YAML text"
+        if len(text.encode("utf-8", "surrogatepass")) > max_bytes:
+            raise ValueError(f"{where}: larger than the {_human(max_bytes)} allowed")
+    else:
+        raise ValueError(f"source must be a path or YAML text, got {type(source).__name__}")
+
+    class RefusedError(Exception):
+        pass
+
+    class BoundedLoader(yaml.SafeLoader):
+        depth = 0
+        nodes = 0
+
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            event = self.peek_event()
+            line = event.start_mark.line + 1 if event.start_mark is not None else "?"
+            if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+                raise RefusedError(f"line {line}: YAML anchors and aliases (&name / *name) are not allowed")
+            self.nodes += 1
+            if self.nodes > max_nodes:
+                raise RefusedError(f"more than {max_nodes} values")
+            self.depth += 1
+            try:
+                if self.depth > max_depth:
+                    raise RefusedError(f"line {line}: nested deeper than {max_depth} levels")
+                return super().compose_node(parent, index)
+            finally:
+                self.depth -= 1
+
+    loader = None
+    try:
+        loader = BoundedLoader(text)  # the reader already refuses control characters here
+        return loader.get_single_data()
+    except RefusedError as err:
+        raise ValueError(f"{where}: {err}") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        at = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        problem = getattr(err, "problem", None) or _one_line(err)
+        raise ValueError(f"{where}: not valid YAML ({at}{_one_line(Exception(problem))})") from None
+    except (RecursionError, MemoryError) as err:
+        raise ValueError(f"{where}: YAML too complex ({type(err).__name__})") from None
+    finally:
+        if loader is not None:
+            loader.dispose()
+
+
 def _load_npy(path: Path, key: str | None) -> Any:
     if key is not None:
         raise ValueError(f"{path}: a .npy file holds one array; key={key!r} applies to .npz/.pt/.safetensors")
     try:
-        return np.load(path, allow_pickle=False)
-    except ValueError as err:
-        if "pickle" in str(err):  # object array or pickled file: refused, never unpickled
-            raise ValueError(
-                f"{path}: holds a pickled object (e.g. a numpy object array), which alignkit never loads; "
-                "save a numeric array instead"
-            ) from None
-        raise ValueError(f"{path}: not a readable .npy array ({_one_line(err)})") from None
-    except (OSError, EOFError) as err:
+        with open(path, "rb") as f:
+            return read_npy(f, path, os.fstat(f.fileno()).st_size)
+    except OSError as err:
         raise ValueError(f"{path}: not a readable .npy array ({_one_line(err)})") from None
 
 
 def _load_npz(path: Path, key: str | None) -> Any:
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            name = _pick({name: name for name in archive.files}, key, path, "array")
-            return archive[name]
+        with zipfile.ZipFile(path) as archive:
+            members = {
+                (name[:-4] if name.endswith(".npy") else name): name for name in archive.namelist()
+            }
+            name = _pick(members, key, path, "array")
+            info = archive.getinfo(name)
+            check_budget(info.file_size, path, f"array {name!r}")
+            with archive.open(info) as member:
+                return read_npy(member, path, info.file_size)
     except ValueError as err:
-        if str(err).startswith(f"{path}:"):  # our own message from _pick
+        if str(err).startswith(f"{path}"):  # our own message (from _pick, the budget or read_npy)
             raise
-        if "pickle" in str(err):
-            raise ValueError(
-                f"{path}: holds a pickled object (e.g. a numpy object array), which alignkit never loads; "
-                "save a numeric array instead"
-            ) from None
         raise ValueError(f"{path}: not a readable .npz archive ({_one_line(err)})") from None
-    except (OSError, EOFError, zipfile.BadZipFile) as err:
+    except Exception as err:
         raise ValueError(f"{path}: not a readable .npz archive ({_one_line(err)})") from None
 
 
 def _load_pt(path: Path, key: str | None) -> Any:
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises RuntimeError, UnpicklingError, EOFError, … for bad files
+        if zipfile.is_zipfile(path):  # the usual format: storages are zip members; bound their total size
+            with zipfile.ZipFile(path) as archive:
+                total = sum(info.file_size for info in archive.infolist())
+            check_budget(total, path, "tensor file")
+        with torch.sparse.check_sparse_tensor_invariants():  # a sparse tensor's indices are checked on load
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except ValueError as err:
+        if str(err).startswith(f"{path}:"):
+            raise
+        raise ValueError(
+            f"{path}: not a readable tensor file for torch.load(weights_only=True) ({_one_line(err)})"
+        ) from None
+    except Exception as err:
         raise ValueError(
             f"{path}: not a readable tensor file for torch.load(weights_only=True) ({_one_line(err)})"
         ) from None
@@ -155,12 +469,7 @@ def _load_pt(path: Path, key: str | None) -> Any:
 
 
 def _load_safetensors(path: Path, key: str | None) -> Any:
-    from safetensors.torch import load_file
-
-    try:
-        tensors = load_file(str(path), device="cpu")
-    except Exception as err:  # SafetensorError for a truncated or foreign file
-        raise ValueError(f"{path}: not a readable .safetensors file ({_one_line(err)})") from None
+    tensors, _ = load_safetensors(path)
     return _pick(tensors, key, path, "tensor")
 
 
@@ -173,8 +482,16 @@ def _load_parquet(path: Path, key: str | None) -> Any:
             f"{path}: reading .parquet needs pyarrow (pip install 'alignkit[parquet]')"
         ) from None
     try:
-        table = pq.read_table(path)
-    except Exception as err:  # ArrowInvalid and friends for a truncated or foreign file
+        parquet = pq.ParquetFile(path)
+        meta = parquet.metadata
+        declared = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
+        check_budget(max(declared, 0), path, "parquet table")
+        table = parquet.read()
+    except ValueError as err:
+        if str(err).startswith(f"{path}:"):
+            raise
+        raise ValueError(f"{path}: not a readable .parquet file ({_one_line(err)})") from None
+    except Exception as err:
         raise ValueError(f"{path}: not a readable .parquet file ({_one_line(err)})") from None
 
     def is_list(t: Any) -> bool:
@@ -270,8 +587,21 @@ def _to_tensor(obj: Any, path: Path) -> Tensor:
         if obj.is_complex():
             raise ValueError(f"{path}: tensor has complex dtype {obj.dtype}; expected a real-valued tensor")
         tensor = obj.detach()
+        if tensor.is_meta or tensor.device.type != "cpu":
+            raise ValueError(f"{path}: holds a tensor on the {tensor.device} device with no data to read")
+        if tensor.is_quantized:
+            raise ValueError(f"{path}: holds a quantized tensor ({tensor.dtype}); save tensor.dequantize()")
+        if tensor.is_nested:
+            raise ValueError(f"{path}: holds a nested tensor; save a (N, d) tensor instead")
         if tensor.layout != torch.strided:
-            tensor = tensor.to_dense()
+            dense = tensor.numel() * tensor.element_size()
+            check_budget(dense, path, f"the dense form of shape {tuple(tensor.shape)}")
+            try:
+                tensor = tensor.to_dense()
+            except Exception as err:
+                raise ValueError(
+                    f"{path}: holds a {tensor.layout} tensor that cannot be read ({_one_line(err)})"
+                ) from None
         if tensor.dtype not in (torch.float32, torch.float64):  # integer, bool, half, bfloat16, float8
             tensor = tensor.to(torch.float32)
     else:
@@ -334,10 +664,7 @@ def load_embeddings(path: str | os.PathLike[str], key: str | None = None) -> Ten
         raise ValueError(
             f"{file}: unknown extension {suffix or '(none)'!r}; supported: {', '.join(LOADABLE_EXTENSIONS)}"
         )
-    if not file.exists():
-        raise ValueError(f"{file}: no such file")
-    if not file.is_file():
-        raise ValueError(f"{file}: not a regular file")
+    check_input_file(file)
     return _to_tensor(_LOADERS[suffix](file, key), file)
 
 

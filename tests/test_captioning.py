@@ -153,6 +153,46 @@ def test_an_interrupted_decoder_is_finished_not_reused(clip_run: Path, tmp_path:
     assert load_captioner(load_run(run), "decap")[2] == three
 
 
+def test_retraining_the_run_makes_its_decoders_stale(
+    tiny_fit: tuple[Path, dict], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Decoders, scores and the report record the run's weights digest; after retraining the run
+    (other weights) they are refused or retrained, never reused."""
+    import shutil
+
+    from alignkit.captioning import stale_reason
+    from alignkit.report import write_report
+    from alignkit.train.checkpoint import checkpoint_digest
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_fit[0], run)
+    before = checkpoint_digest(run / "checkpoints" / "best.json")
+    source = json.loads((run / "captions" / "source.json").read_text())
+    assert source == {"checkpoint": "checkpoints/best.json", "digest": before}
+    assert tiny_fit[1]["checkpoint_digest"] == before
+    assert stale_reason(load_run(run)) is None
+    run_recipe(load_config(None, ["train.epochs=3"]), run, progress=False)  # retrain: other weights
+    after = checkpoint_digest(run / "checkpoints" / "best.json")
+    assert after != before
+    with pytest.raises(ValueError, match=r"comes from other weights .*the run was retrained since.*--fit"):
+        load_captioner(load_run(run), "clipcap")
+    page = write_report(run).read_text(encoding="utf-8")
+    assert "Not shown" in page and "the run was retrained since" in page and after[:16] in page
+    log = run / "captions" / "coca" / "metrics.jsonl"
+    assert log.is_file()
+    fit_captioners(run, ["clipcap"], TINY, progress=True, searches=("greedy",))
+    assert "comes from other weights" in capsys.readouterr().err  # said, not silent
+    assert not log.exists()  # the stale decoders are gone, not mixed with the new one
+    fresh = json.loads((run / "captions" / "metrics.json").read_text())
+    assert fresh["checkpoint_digest"] == after and set(fresh["methods"]) == {"clipcap"}
+    assert load_captioner(load_run(run), "clipcap")[2] == TINY
+    assert "Captioning from the joint space" in write_report(run).read_text(encoding="utf-8")
+    # a captions/ directory from before digests were recorded is not trusted either
+    (run / "captions" / "source.json").unlink()
+    with pytest.raises(ValueError, match="records no source checkpoint"):
+        load_captioner(load_run(run), "clipcap")
+
+
 def test_one_method_refit_keeps_the_other_samples(tiny_fit: tuple[Path, dict], tmp_path: Path) -> None:
     import shutil
 

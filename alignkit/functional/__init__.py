@@ -13,8 +13,10 @@ from alignkit.functional import (
     decoding,
     disentangle,
     generation,
+    hubs,
     losses,
     neighbors,
+    nulls,
     retrieval,
     scores,
     similarity,
@@ -25,8 +27,10 @@ from alignkit.functional.contrastive import *  # noqa: F403
 from alignkit.functional.decoding import *  # noqa: F403
 from alignkit.functional.disentangle import *  # noqa: F403
 from alignkit.functional.generation import *  # noqa: F403
+from alignkit.functional.hubs import *  # noqa: F403
 from alignkit.functional.losses import *  # noqa: F403
 from alignkit.functional.neighbors import *  # noqa: F403
+from alignkit.functional.nulls import *  # noqa: F403
 from alignkit.functional.retrieval import *  # noqa: F403
 from alignkit.functional.scores import *  # noqa: F403
 from alignkit.functional.similarity import *  # noqa: F403
@@ -37,8 +41,10 @@ __all__ = [
     *decoding.__all__,
     *disentangle.__all__,
     *generation.__all__,
+    *hubs.__all__,
     *losses.__all__,
     *neighbors.__all__,
+    *nulls.__all__,
     *retrieval.__all__,
     *scores.__all__,
     *similarity.__all__,

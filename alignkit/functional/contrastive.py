@@ -5,6 +5,7 @@
     loss = AF.clip_loss(img, txt, logit_scale=model.logit_scale.exp())  # symmetric CLIP
     loss = AF.clip_loss(img, txt, logit_scale=10.0, logit_bias=-10.0)   # SigLIP
     loss = AF.supcon_loss(torch.stack([view1, view2], 1), labels)     # SupCon, L_out
+    loss = AF.nt_xent_loss(view1, view2, temperature=0.5)              # SimCLR, all 2N views
 
 All three are cross-entropies (or logistic losses) over an ``N × M`` matrix of logits. Below a size
 threshold that matrix is built once and handed to ``F.cross_entropy``, the fastest form for small
@@ -39,18 +40,19 @@ from torch.autograd.function import once_differentiable
 from torch.utils.checkpoint import checkpoint
 
 from alignkit.functional._checks import (
-    EPS,
     check_features,
     check_finite,
     check_positive,
     check_reduction,
     check_same_device,
     compute_dtype,
+    l2_normalize,
+    one_device,
     reduce,
     shape_str,
 )
 
-__all__ = ["clip_loss", "info_nce", "supcon_loss"]
+__all__ = ["clip_loss", "info_nce", "nt_xent_loss", "supcon_loss"]
 
 # The default (``chunk_size=None``) path builds the full logit matrix when it takes at most
 # ``_PLAIN_MAX_BYTES`` and tiles above, with blocks of about ``_TILE_BYTES`` of logits.
@@ -355,6 +357,7 @@ def _sigmoid_rows_impl(
 # ----------------------------------------------------------------------------------------------
 # public: InfoNCE and CLIP / SigLIP
 # ----------------------------------------------------------------------------------------------
+@one_device
 def info_nce(
     query: Tensor,
     key: Tensor,
@@ -372,7 +375,7 @@ def info_nce(
 
     Query ``i`` is contrasted with the keys only (no query–query negatives), as in CLIP and
     pytorch-metric-learning's ``SelfSupervisedLoss(NTXentLoss(τ), symmetric=False)``. SimCLR's NT-Xent
-    over the 2N views, with same-view negatives too, is ``supcon_loss(torch.stack([q, k], 1))``.
+    over the 2N views, with same-view negatives too, is :func:`nt_xent_loss` (``losses.build("ntxent")``).
 
     With ``s_ij = cos(q_i, k_j) / τ`` (a dot product if ``normalize=False``) and ``p = i + target_offset``::
 
@@ -428,14 +431,15 @@ def info_nce(
     q, k = query.to(cdtype), key.to(cdtype)
     neg = negatives.to(cdtype) if negatives is not None else None
     if normalize:
-        q, k = F.normalize(q, dim=1, eps=EPS), F.normalize(k, dim=1, eps=EPS)
-        neg = F.normalize(neg, dim=1, eps=EPS) if neg is not None else None
+        q, k = l2_normalize(q, dim=1), l2_normalize(k, dim=1)
+        neg = l2_normalize(neg, dim=1) if neg is not None else None
     if neg is not None:
         k = torch.cat([k, neg], 0)
     per_query = _softmax_ce(q, k, 1.0 / float(temperature), offset, symmetric, chunk_size)
     return reduce(per_query, reduction).to(out_dtype)
 
 
+@one_device
 def clip_loss(
     a: Tensor,
     b: Tensor,
@@ -586,6 +590,7 @@ def _check_labels(labels: object, n: int) -> Tensor:
     return labels
 
 
+@one_device
 def supcon_loss(
     features: Tensor,
     labels: Tensor | None = None,
@@ -649,7 +654,7 @@ def supcon_loss(
         return zero.expand(out_shape) if reduction == "none" else zero
 
     cdtype = compute_dtype(features)
-    flat = F.normalize(features.to(cdtype).reshape(n * views, -1), dim=1, eps=EPS)
+    flat = l2_normalize(features.to(cdtype).reshape(n * views, -1), dim=1)
     per_anchor = _supcon_rows(
         flat, flat_labels, flat, flat_labels, 0, float(temperature), variant, chunk_size
     )
@@ -660,3 +665,55 @@ def supcon_loss(
     else:
         out = per_anchor.reshape(out_shape)
     return out.to(features.dtype)
+
+
+def nt_xent_loss(
+    view1: Tensor,
+    view2: Tensor,
+    temperature: float = 0.1,
+    reduction: str = "mean",
+    *,
+    chunk_size: int | None = None,
+) -> Tensor:
+    """SimCLR's NT-Xent (normalised temperature-scaled cross-entropy) over all 2N views (Chen et al.
+    2020, eq. 1), as pytorch-metric-learning's ``SelfSupervisedLoss(NTXentLoss(τ))`` computes it.
+
+    The two views are stacked into 2N rows ``z = [view1; view2]``; each row ``i`` is an anchor whose
+    positive ``p(i)`` is the other view of the same sample, and whose denominator runs over the other
+    2N − 1 rows (the positive plus 2N − 2 negatives, same-view rows included). With ``s = cos / τ``::
+
+        ℓ_i = −log( exp(s_{i,p(i)}) / Σ_{a ≠ i} exp(s_{ia}) ),     L = (1/2N) Σ_i ℓ_i
+
+    This differs from :func:`info_nce` (query→key only, no same-side negatives; CLIP averages the two
+    directions). The formula is SupCon's with one class per sample, so this calls
+    :func:`supcon_loss` on ``stack([view1, view2], 1)``.
+
+    Args:
+        view1: (N, d) first views; normalised here.
+        view2: (N, d) second views, row ``i`` paired with ``view1[i]``.
+        temperature: τ > 0 (SimCLR: 0.5 on CIFAR-10, 0.1 on ImageNet).
+        reduction: "mean" | "sum" | "none" ((2N,) per anchor, rows of ``view1`` first).
+        chunk_size: anchors per block of the row-blocked path (see :func:`supcon_loss`).
+
+    Returns:
+        Scalar (or (2N,)) in the dtype of the inputs.
+
+    Time ``O(N²·d)``; memory ``O(N²)``, or ``O(chunk·N + N·d)`` row-blocked.
+
+    Example:
+        >>> z1, z2 = torch.randn(8, 16), torch.randn(8, 16)
+        >>> nt_xent_loss(z1, z2, temperature=0.5).shape
+        torch.Size([])
+    """
+    check_features(view1, "view1")
+    check_features(view2, "view2")
+    if view1.shape != view2.shape:
+        raise ValueError(
+            f"view1 and view2 must have the same shape, got {shape_str(view1)} and {shape_str(view2)}"
+        )
+    check_same_device(("view1", view1), ("view2", view2))
+    check_reduction(reduction)
+    dtype = torch.promote_types(view1.dtype, view2.dtype)
+    stacked = torch.stack([view1.to(dtype), view2.to(dtype)], 1)
+    out = supcon_loss(stacked, None, temperature, "out", reduction, chunk_size=chunk_size)
+    return out.T.reshape(-1) if reduction == "none" else out

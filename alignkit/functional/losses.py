@@ -40,6 +40,7 @@ from alignkit.functional._checks import (
     check_same_rows,
     check_same_shape,
     compute_dtype,
+    one_device,
     reduce,
     shape_str,
 )
@@ -118,6 +119,7 @@ def _graph_zero(x: Tensor, reduction: str, length: int) -> Tensor:
 # Cosine alignment of paired rows / tokens.
 
 
+@one_device
 def repa_loss(source: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
     """REPA token-wise alignment: ``−cos(source_n, target_n)``, averaged over every row / token.
 
@@ -149,6 +151,7 @@ def repa_loss(source: Tensor, target: Tensor, reduction: str = "mean") -> Tensor
     return reduce(-_cosine(s, t), reduction).to(_out_dtype(source, target))
 
 
+@one_device
 def marginal_cosine_loss(x: Tensor, y: Tensor, margin: float = 0.0, reduction: str = "mean") -> Tensor:
     """Marginal cosine similarity loss (mcos): ``mean ReLU(1 − margin − cos(x_n, y_n))``.
 
@@ -179,6 +182,7 @@ def marginal_cosine_loss(x: Tensor, y: Tensor, margin: float = 0.0, reduction: s
     return reduce(loss, reduction).to(_out_dtype(x, y))
 
 
+@one_device
 def byol_loss(prediction: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
     """BYOL regression loss ``2 − 2·cos(p, sg(t))`` (the squared distance of the L2-normalised vectors).
 
@@ -210,6 +214,7 @@ def _soft_nn_kl_block(xn: Tensor, yn: Tensor, start: int, stop: int, temperature
     return (log_p.exp() * (log_p - log_q)).sum(1)
 
 
+@one_device
 def soft_nn_kl_loss(
     x: Tensor,
     y: Tensor,
@@ -267,6 +272,7 @@ def soft_nn_kl_loss(
 # Distance-margin losses.
 
 
+@one_device
 def pair_contrastive_loss(
     x: Tensor,
     y: Tensor,
@@ -310,6 +316,7 @@ def pair_contrastive_loss(
     return reduce(loss, reduction).to(_out_dtype(x, y))
 
 
+@one_device
 def triplet_loss(
     anchor: Tensor,
     positive: Tensor,
@@ -373,6 +380,7 @@ def _mined_triplet_sums(
     return per_anchor, n_triplets
 
 
+@one_device
 def batch_triplet_loss(
     embeddings: Tensor,
     labels: Tensor,
@@ -499,6 +507,7 @@ def _check_noise_log_prob(noise_log_prob: object, n: int, m: int) -> float | Ten
     return float(noise_log_prob)
 
 
+@one_device
 def nce_loss(
     query: Tensor,
     positive: Tensor,

@@ -1,6 +1,6 @@
 """Evaluation of a trained recipe system: per-epoch validation and the final test-split report.
 
-    from alignkit.evaluate import evaluate_split, write_evaluation
+    from alignkit.recipes.evaluate import evaluate_split, write_evaluation
     metrics, tensors = evaluate_split(system, data, "test")
     write_evaluation("runs/clip", metrics, tensors)   # metrics.json + embeddings_test.safetensors
 
@@ -44,9 +44,11 @@ import torch
 from torch import Tensor, nn
 
 from alignkit.io import atomic_write
+from alignkit.recipes.systems.base import to_device
 
 if TYPE_CHECKING:
-    from alignkit.recipes import RecipeData, RecipeSystem
+    from alignkit.recipes.data import RecipeData
+    from alignkit.recipes.systems.base import RecipeSystem
 
 __all__ = [
     "EMBEDDING_KEYS",
@@ -57,7 +59,8 @@ __all__ = [
     "write_evaluation",
 ]
 
-#: The keys every ``metrics.json`` holds (floats), besides ``recipe``, ``seconds`` and ``epochs``.
+#: The keys every ``metrics.json`` holds (floats), besides ``recipe``, ``seconds`` and ``epochs``
+#: (``zero_shot_accuracy`` only when the data has labels and class prompts, as the digits have).
 METRIC_KEYS = (
     "zero_shot_accuracy",
     "i2t_recall@1",
@@ -68,10 +71,13 @@ METRIC_KEYS = (
     "t2i_recall@10",
     "median_rank",
     "cka_linear",
+    "cka_unbiased",
     "mutual_knn",
     "alignment",
     "uniformity",
 )
+#: Validation scores at most this many rows of the split (the first ones) each epoch.
+VALIDATION_ROWS = 4096
 #: The tensors of ``embeddings_test.safetensors``.
 EMBEDDING_KEYS = ("image", "text", "labels", "class_text", "image_tower", "text_tower")
 
@@ -79,7 +85,8 @@ EMBEDDING_KEYS = ("image", "text", "labels", "class_text", "image_tower", "text_
 def make_validator(data: RecipeData, split: str = "val") -> Callable[[nn.Module], dict[str, float]]:
     """The Trainer's per-epoch ``evaluate``: ``{"val_loss", "val_recall@1"}`` on ``split``.
 
-    ``val_loss`` is the system's deterministic ``validation_loss`` on the whole split as one batch;
+    ``val_loss`` is the system's deterministic ``validation_loss`` on the split (its first
+    :data:`VALIDATION_ROWS` rows) as one batch;
     under ``torchrun`` each rank scores an equal shard (losses that gather negatives then see the
     whole split once) and the mean over ranks is returned. ``val_recall@1`` is image → caption
     Recall@1 over the split (each rank computes it on all rows; no collective).
@@ -89,7 +96,7 @@ def make_validator(data: RecipeData, split: str = "val") -> Callable[[nn.Module]
     from alignkit.functional import recall_at_k
     from alignkit.train import all_reduce_mean, dist_info
 
-    rows = data.splits[split]
+    rows = data.splits[split][:VALIDATION_ROWS]
 
     def evaluate(system: nn.Module) -> dict[str, float]:
         info = dist_info()
@@ -98,7 +105,7 @@ def make_validator(data: RecipeData, split: str = "val") -> Callable[[nn.Module]
             n = len(rows) // info.world_size
             shard = rows[info.rank * n : (info.rank + 1) * n]
         device = _device(system)
-        batch = [t.to(device) for t in system.batch(data, shard)]  # type: ignore[operator]
+        batch = [to_device(t, device) for t in system.batch(data, shard)]  # type: ignore[operator]
         loss = system.validation_loss(batch).detach().float().reshape(())  # type: ignore[operator]
         if info.distributed:
             loss = all_reduce_mean(loss.reshape(1)).reshape(())
@@ -107,6 +114,21 @@ def make_validator(data: RecipeData, split: str = "val") -> Callable[[nn.Module]
         return {"val_loss": float(loss), "val_recall@1": float(r1)}
 
     return evaluate
+
+
+def retrieval_groups(data: RecipeData, rows: Tensor) -> Tensor | None:
+    """Group ids of ``rows`` for group-aware retrieval, or None when every row is its own group.
+
+    The source's ``groups`` when it has them; otherwise rows with an identical caption (the digits:
+    150 of the 360 test captions repeat another's) — all of them are correct matches."""
+    if data.groups is not None:
+        groups = data.groups[rows]
+    elif data.captions is not None:
+        index: dict[str, int] = {}
+        groups = torch.tensor([index.setdefault(data.captions[int(i)], len(index)) for i in rows])
+    else:
+        return None
+    return groups if len(torch.unique(groups)) < len(groups) else None
 
 
 def _device(module: nn.Module) -> torch.device:
@@ -142,37 +164,56 @@ def evaluate_split(
     system.eval()
     try:
         emb = system.embed(data, rows)
-        class_text = system.class_embeddings(data.prompts)
-        logits = system.zero_shot_logits(data.images[rows], class_text)
+        class_text = logits = None
+        if data.prompts is not None and data.labels is not None:
+            class_text = system.class_embeddings(data.prompts)
+            logits = system.zero_shot_logits(data.images[rows], class_text)
         extra = system.extra_metrics(data)
     finally:
         system.train(was_training)
     image, text = emb["image"].float(), emb["text"].float()
-    labels = data.labels[rows].to(logits.device)
     n = image.shape[0]
     ks = tuple(k for k in (1, 5, 10) if k <= n)
     i2t = recall_at_k(image, text, k=ks)
     t2i = recall_at_k(text, image, k=ks)
     au = alignment_uniformity(image, text)
-    metrics: dict[str, float] = {
-        "zero_shot_accuracy": float((logits.argmax(1) == labels).float().mean()),
+    metrics: dict[str, float] = {}
+    if logits is not None:
+        labels = data.labels[rows].to(logits.device)
+        metrics["zero_shot_accuracy"] = float((logits.argmax(1) == labels).float().mean())
+    metrics.update({
         **{f"i2t_recall@{k}": i2t.get(f"recall@{k}", 1.0) for k in (1, 5, 10)},
         **{f"t2i_recall@{k}": t2i.get(f"recall@{k}", 1.0) for k in (1, 5, 10)},
         "median_rank": i2t["median_rank"],
         "t2i_median_rank": t2i["median_rank"],
         "i2t_map": i2t["map"],
         "t2i_map": t2i["map"],
+    })
+    groups = retrieval_groups(data, rows)
+    if groups is not None:
+        from alignkit.data.splits import group_positives
+
+        positives = group_positives(groups)
+        gi2t = recall_at_k(image, text, k=ks, positives=positives)
+        gt2i = recall_at_k(text, image, k=ks, positives=positives)
+        metrics.update({f"i2t_recall@{k}_grouped": gi2t.get(f"recall@{k}", 1.0) for k in (1, 5, 10)})
+        metrics.update({f"t2i_recall@{k}_grouped": gt2i.get(f"recall@{k}", 1.0) for k in (1, 5, 10)})
+    metrics.update({
         "cka_linear": float(cka(image, text)),
+        "cka_unbiased": float(cka(image, text, unbiased=True)) if n > 3 else float("nan"),
         "cka_towers": float(cka(emb["image_tower"].float(), emb["text_tower"].float())),
         "mutual_knn": float(mutual_knn(image, text, k=min(knn, n - 1))),
         "alignment": float(au["alignment"]),
         "uniformity": float(au["uniformity"]),
         **{k: float(v) for k, v in extra.items()},
-    }
+    })
+    labels_out = data.labels[rows] if data.labels is not None else torch.full((n,), -1)
+    if class_text is None:  # no zero-shot classes: an empty (0, E) matrix keeps the file's keys
+        class_text = image.new_zeros(0, image.shape[1])
     tensors = {
         "image": image.cpu(),
         "text": text.cpu(),
-        "labels": data.labels[rows].to(torch.int64).cpu(),
+        "labels": labels_out.to(torch.int64).cpu(),
         "class_text": class_text.float().cpu(),
         "image_tower": emb["image_tower"].float().cpu(),
         "text_tower": emb["text_tower"].float().cpu(),

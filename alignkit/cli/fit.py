@@ -13,45 +13,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["add_commands", "run_fit", "run_transform"]
+__all__ = ["add_command", "run_fit"]
 
 
-def _one_line(err: BaseException) -> str:
-    return " ".join(str(err).split()) or type(err).__name__
-
-
-def _number(value: str | None, flag: str, kind: type, low: float, high: float | None = None) -> Any:
-    """``value`` parsed as ``kind`` (int or float) within ``[low, high]`` (None stays None)."""
-    if value is None:
-        return None
-    try:
-        number = kind(value)
-    except (TypeError, ValueError):
-        number = None
-    bad = number is None or not math.isfinite(number) or number < low or (high is not None and number > high)
-    if bad:
-        span = f"≥ {low}" if high is None else f"in [{low}, {high}]"
-        what = "an integer" if kind is int else "a number"
-        raise ValueError(f"{flag} must be {what} {span}, got {value!r}")
-    return number
-
-
-def _same_file(a: str, b: str) -> bool:
-    try:
-        return Path(a).resolve() == Path(b).resolve()
-    except OSError:
-        return False
-
-
-def _check_out_dir(path: Path, flag: str) -> None:
-    directory = path.parent if str(path.parent) else Path(".")
-    if not directory.is_dir():
-        raise ValueError(f"{flag} {path}: directory {directory} does not exist")
+from alignkit.cli._common import check_out_dir, number, one_line, same_file
 
 
 def run_fit(args: argparse.Namespace) -> int:
@@ -59,7 +28,7 @@ def run_fit(args: argparse.Namespace) -> int:
     try:
         return _fit(args)
     except (ValueError, OSError) as err:
-        raise ValueError(_one_line(err)) from None
+        raise ValueError(one_line(err)) from None
 
 
 def _fit(args: argparse.Namespace) -> int:
@@ -79,21 +48,21 @@ def _fit(args: argparse.Namespace) -> int:
         raise ValueError(
             f"--out {out}: an adapter is written as .safetensors, got {out.suffix or '(none)'!r}"
         )
-    _check_out_dir(out, "--out")
+    check_out_dir(out, "--out")
     for name, path in (("SOURCE", args.source), ("TARGET", args.target)):
-        if _same_file(path, args.out):
+        if same_file(path, args.out):
             raise ValueError(
                 f"--out {out} is the {name} file; choose another name so the input is not overwritten"
             )
     options: dict[str, Any] = {
-        "val_fraction": _number(args.val_fraction, "--val-fraction", float, 0.0),
-        "seed": _number(args.seed, "--seed", int, 0),
-        "epochs": _number(args.epochs, "--epochs", int, 1),
-        "lr": _number(args.lr, "--lr", float, 0.0),
-        "weight_decay": _number(args.weight_decay, "--weight-decay", float, 0.0),
-        "hidden_dim": _number(args.hidden_dim, "--hidden-dim", int, 1),
-        "batch_size": _number(args.batch_size, "--batch-size", int, 1),
-        "temperature": _number(args.temperature, "--temperature", float, 0.0),
+        "val_fraction": number(args.val_fraction, "--val-fraction", float, 0.0),
+        "seed": number(args.seed, "--seed", int, 0),
+        "epochs": number(args.epochs, "--epochs", int, 1),
+        "lr": number(args.lr, "--lr", float, 0.0),
+        "weight_decay": number(args.weight_decay, "--weight-decay", float, 0.0),
+        "hidden_dim": number(args.hidden_dim, "--hidden-dim", int, 1),
+        "batch_size": number(args.batch_size, "--batch-size", int, 1),
+        "temperature": number(args.temperature, "--temperature", float, 0.0),
     }
     if options["val_fraction"] >= 1:
         raise ValueError(f"--val-fraction must be in [0, 1), got {args.val_fraction!r}")
@@ -132,52 +101,8 @@ def _fit(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_transform(args: argparse.Namespace) -> int:
-    """``alignkit transform ADAPTER INPUT -o OUTPUT``: map every row of INPUT; returns 0."""
-    try:
-        return _transform(args)
-    except (ValueError, OSError) as err:
-        raise ValueError(_one_line(err)) from None
-
-
-def _transform(args: argparse.Namespace) -> int:
-    from alignkit.adapters import Adapter
-    from alignkit.io import SAVABLE_EXTENSIONS, load_embeddings, save_embeddings
-
-    if args.adapter is None or args.input is None:
-        raise ValueError("needs an adapter and an input file: alignkit transform ADAPTER INPUT -o OUTPUT")
-    if args.out is None:
-        raise ValueError("-o/--out is required: where to write the mapped embeddings (e.g. -o mapped.npy)")
-    out = Path(args.out)
-    if out.suffix.lower() not in SAVABLE_EXTENSIONS:
-        raise ValueError(
-            f"-o {out}: cannot write extension {out.suffix or '(none)'!r}; "
-            f"use one of {', '.join(SAVABLE_EXTENSIONS)}"
-        )
-    _check_out_dir(out, "-o")
-    if _same_file(args.adapter, args.out):
-        raise ValueError(
-            f"-o {out} is the adapter file; choose another name so the adapter is not overwritten"
-        )
-    batch = _number(args.batch_size, "--batch-size", int, 1)
-    adapter = Adapter.load(args.adapter)
-    x = load_embeddings(args.input, key=args.key)
-    if x.shape[1] != adapter.source_dim:
-        raise ValueError(
-            f"INPUT {args.input} has {x.shape[1]} columns (shape {tuple(x.shape)}) but the adapter "
-            f"{args.adapter} maps {adapter.source_dim}-dimensional embeddings"
-        )
-    y = adapter.transform(x, chunk_size=batch) if batch is not None else adapter.transform(x)
-    save_embeddings(out, y)
-    print(
-        f"alignkit transform: {args.input} {tuple(x.shape)} → {out} {tuple(y.shape)} "
-        f"({adapter.method} adapter, {str(y.dtype).removeprefix('torch.')})"
-    )
-    return 0
-
-
-def add_commands(subparsers: Any) -> None:
-    """Add ``fit`` and ``transform`` to an ``argparse`` sub-parsers action (``parser.add_subparsers()``)."""
+def add_command(subparsers: Any) -> None:
+    """Add ``fit`` to an ``argparse`` sub-parsers action (``parser.add_subparsers()``)."""
     fit = subparsers.add_parser(
         "fit",
         help="learn a map from one embedding space to another from paired rows (procrustes, linear, mlp)",
@@ -207,16 +132,3 @@ def add_commands(subparsers: Any) -> None:
     fit.add_argument("--key-target", help="array / column to read from TARGET when it holds several")
     fit.add_argument("--json", action="store_true", help="print the report as JSON")
     fit.set_defaults(func=run_fit)
-
-    transform = subparsers.add_parser(
-        "transform",
-        help="apply a fitted adapter to an embedding file",
-        description="Map every row of INPUT with ADAPTER (from `alignkit fit`) and write OUTPUT "
-        "(.npy .pt .safetensors, written atomically).",
-    )
-    transform.add_argument("adapter", nargs="?", help="adapter file (.safetensors from alignkit fit)")
-    transform.add_argument("input", nargs="?", help="embeddings to map (N × d_s)")
-    transform.add_argument("-o", "--out", help="output file (.npy, .pt or .safetensors)")
-    transform.add_argument("--key", help="array / column to read from INPUT when it holds several")
-    transform.add_argument("--batch-size", help="rows per block (default 65536)")
-    transform.set_defaults(func=run_transform)

@@ -1,6 +1,6 @@
 """Run every recipe and tabulate them: objective × test-split metrics.
 
-    from alignkit.compare import compare
+    from alignkit.recipes.compare import compare
     table = compare(["clip", "byol"], "runs/compare")   # runs/compare/<recipe>/, compare.{json,md,html}
 
 Each recipe is trained by ``alignkit.recipes.run_recipe(name, out_dir, overrides)`` into

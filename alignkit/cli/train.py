@@ -20,11 +20,11 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["add_commands", "demo_command", "format_results", "prepare_run_dir", "train_command"]
+__all__ = ["add_command", "format_results", "prepare_run_dir", "run_and_report", "train_command"]
 
 #: Files and folders a fresh (non-resumed) run replaces in an existing run directory.
 _RUN_ARTEFACTS = ("metrics.json", "embeddings_test.safetensors", "report.html", "plots")
@@ -32,7 +32,7 @@ _RUN_ARTEFACTS = ("metrics.json", "embeddings_test.safetensors", "report.html", 
 _RUN_MARKERS = ("config.yaml", "metrics.jsonl", "checkpoints")
 
 
-def add_commands(subparsers: Any) -> None:
+def add_command(subparsers: Any) -> None:
     """Add the ``train`` and ``demo`` sub-commands (each with ``set_defaults(func=...)``) to an
     ``argparse`` sub-parsers object."""
     train = subparsers.add_parser(
@@ -51,18 +51,6 @@ def add_commands(subparsers: Any) -> None:
     train.add_argument("--no-report", action="store_true", help="do not write report.html")
     train.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
     train.set_defaults(func=train_command)
-
-    demo = subparsers.add_parser(
-        "demo",
-        help="a one-minute run: the clip recipe on the captioned digits into runs/demo",
-        description="Align an image tower trained from scratch with the frozen MiniLM text tower (LiT, "
-        "CLIP loss) on scikit-learn's digits, evaluate zero-shot accuracy and instance-level "
-        "retrieval on the test split, and write runs/demo/ with its report.",
-    )
-    demo.add_argument("--out", default="runs/demo", help="run directory (default runs/demo)")
-    demo.add_argument("--no-report", action="store_true", help="do not write report.html")
-    demo.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
-    demo.set_defaults(func=demo_command)
 
 
 def prepare_run_dir(out: str | Path, resume: bool) -> Path:
@@ -155,14 +143,15 @@ def _write_report(run_dir: Path) -> None:
     print(f"report: {path}")
 
 
-def _run(config: Mapping[str, Any], out: Path, resume: bool, report: bool, title: str) -> int:
-    from alignkit.recipes import load_data, run_recipe
+def run_and_report(config: Mapping[str, Any], out: Path, resume: bool, report: bool, title: str) -> int:
+    from alignkit.recipes import run_recipe
+    from alignkit.recipes.data import load_recipe_data
     from alignkit.train import cleanup, dist_info
 
     info = dist_info()
     if info.is_main:
         prepare_run_dir(out, resume)
-    data = load_data(config["data"]["seed"], config["data"]["text_model"])
+    data = load_recipe_data(config, progress=info.is_main)
     try:
         metrics = run_recipe(config, out, resume=resume, data=data)
     finally:
@@ -173,7 +162,8 @@ def _run(config: Mapping[str, Any], out: Path, resume: bool, report: bool, title
     print(
         f"{title}: recipe {metrics['recipe']}, {metrics['epochs']} epochs, {metrics['seconds']:.1f} s → {out}"
     )
-    print(format_results(metrics, n_test=len(data.splits["test"])))
+    classes = 10 if data.class_names is None else len(data.class_names)
+    print(format_results(metrics, n_test=len(data.splits["test"]), n_classes=classes))
     if report:
         _write_report(out)
     return 0
@@ -189,15 +179,4 @@ def train_command(args: argparse.Namespace) -> int:
         config_path = Path(args.out) / "config.yaml"
     config = load_config(config_path, list(args.overrides))
     out = Path(args.out) if args.out else Path("runs") / config["recipe"]
-    return _run(config, out, args.resume, not args.no_report, "alignkit train")
-
-
-def demo_command(args: argparse.Namespace) -> int:
-    """``alignkit demo``: the clip recipe (its defaults plus any overrides) into ``--out``."""
-    from alignkit.recipes import load_config
-
-    overrides: Sequence[str] = list(getattr(args, "overrides", []) or [])
-    config = load_config(None, ["recipe=clip", *overrides])
-    if config["recipe"] != "clip":
-        raise ValueError(f"the demo runs the clip recipe; use alignkit train for recipe={config['recipe']!r}")
-    return _run(config, Path(args.out), False, not args.no_report, "alignkit demo")
+    return run_and_report(config, out, args.resume, not args.no_report, "alignkit train")

@@ -13,7 +13,7 @@ import argparse
 import json
 from typing import Any
 
-__all__ = ["add_commands", "format_table"]
+__all__ = ["add_command", "format_table"]
 
 _COLUMNS = (
     ("digit_accuracy", "digit acc"),
@@ -56,7 +56,7 @@ def _methods(text: str) -> list[str]:
 
 def _settings(overrides: list[str]) -> Any:
     from alignkit.captioning import CaptionSettings
-    from alignkit.report_cli import parse_overrides
+    from alignkit.cli._common import parse_overrides
 
     values = parse_overrides(overrides)
     return CaptionSettings.from_dict(values) if values else None
@@ -136,7 +136,7 @@ def _caption(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_commands(subparsers: Any) -> None:
+def add_command(subparsers: Any) -> None:
     """Add ``caption --checkpoint RUN [--fit | --images FILE] …`` to ``subparsers``."""
     from alignkit.captioning import METHODS
     from alignkit.models.captioning import SEARCHES
