@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -112,6 +113,9 @@ def run_recipe(
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError("config key 'train.device' is 'cuda' but no CUDA device is available")
     train_data = _training_rows(system, data, _train_rows(cfg, data))
+    # a system with its own validation / test evaluation (the generative repa recipe) provides them
+    own_validator = getattr(system, "make_validator", None)
+    validator = own_validator(data, out if info.is_main else None) if own_validator else make_validator(data)
     trainer = Trainer(
         system,
         train_data,
@@ -123,7 +127,7 @@ def run_recipe(
         warmup_fraction=t["warmup_fraction"],
         min_lr_ratio=t["min_lr_ratio"],
         grad_clip=t["grad_clip"],
-        evaluate=make_validator(data),
+        evaluate=validator,
         monitor="val_loss",
         mode="min",
         seed=cfg["seed"],
@@ -138,5 +142,7 @@ def run_recipe(
         trainer.load_best()
     metrics: dict[str, Any] = {}
     if info.is_main:
-        metrics = evaluate_run(system, data, out, recipe=cfg["recipe"], epochs=t["epochs"], start=start)
+        own_evaluation = getattr(system, "evaluate_run", None)
+        evaluate = own_evaluation if own_evaluation is not None else partial(evaluate_run, system)
+        metrics = evaluate(data, out, recipe=cfg["recipe"], epochs=t["epochs"], start=start)
     return metrics
