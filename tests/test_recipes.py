@@ -253,7 +253,8 @@ def _finite_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-@pytest.mark.parametrize("recipe", RECIPES)
+# the generative repa recipe reports FD instead of retrieval: tests/test_sit_recipe.py
+@pytest.mark.parametrize("recipe", [r for r in RECIPES if r != "repa"])
 def test_each_recipe_trains_one_epoch_and_evaluates(recipe: str, small: RecipeData, tmp_path: Path) -> None:
     config = fast_config(recipe)
     metrics = run_recipe(config, tmp_path, data=small, progress=False)

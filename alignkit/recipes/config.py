@@ -35,7 +35,7 @@ __all__ = [
     "write_config",
 ]
 
-RECIPES = ("clip", "byol", "supcon", "joint", "binder", "disentangled")
+RECIPES = ("clip", "byol", "supcon", "joint", "binder", "disentangled", "repa")
 ATTRIBUTES = ("slant", "ink", "thickness", "height", "width", "vertical", "horizontal")
 IMAGE_TOWERS = ("mlp", "cnn", "vit")
 PROJECTIONS = ("linear", "mlp")
@@ -302,6 +302,21 @@ _RECIPE_FIELDS: dict[str, dict[str, _Field]] = {
         "loss.clip_weight": _float(1.0, high=1e6, unit="loss weight"),
         "train.probe_iterations": _int(300, low=1, high=10**6, unit="iterations"),
     },
+    "repa": {  # a small SiT on the digits with REPA (alignkit.recipes.systems.repa)
+        "model.width": _int(64, low=4),
+        "model.depth": _int(4, low=1),
+        "model.num_heads": _int(4, low=1),
+        "model.patch_size": _int(2, low=1),
+        "model.class_dropout": _float(0.1, high=0.95),
+        "model.projector_dim": _int(256, low=1, nullable=True),
+        "model.target_encoder": _Field("str", "simclr"),
+        "model.target_epochs": _int(60, low=1),
+        "model.sampler": _choice("heun", ("euler", "heun")),
+        "model.sample_steps": _int(5, low=1),
+        "model.cfg_scale": _float(1.0),
+        "loss.repa_weight": _float(0.5),
+        "loss.repa_depth": _int(2, low=1),
+    },
 }
 
 # Per-recipe defaults that differ from the field defaults above.
@@ -312,6 +327,7 @@ _RECIPE_DEFAULTS: dict[str, dict[str, Any]] = {
     "joint": {},
     "binder": {"train.epochs": 60},
     "disentangled": {},
+    "repa": {"train.epochs": 30, "train.lr": 1e-3, "train.batch_size": 64, "train.weight_decay": 0.0},
 }
 
 
@@ -422,6 +438,11 @@ def validate_config(config: Mapping[str, Any]) -> dict[str, Any]:
             "config keys 'loss.clip_weight' and 'loss.supcon_weight' are both 0; one must be > 0"
         )
     _check_source(recipe, resolved)
+    if recipe == "repa" and resolved["loss.repa_depth"] > resolved["model.depth"]:
+        raise ValueError(
+            f"config key 'loss.repa_depth' must be ≤ model.depth = {resolved['model.depth']}, "
+            f"got {resolved['loss.repa_depth']}"
+        )
     subset = resolved["data.train_subset"]
     if subset is not None and resolved["train.batch_size"] > subset:
         raise ValueError(
@@ -434,6 +455,8 @@ def validate_config(config: Mapping[str, Any]) -> dict[str, Any]:
 def _check_source(recipe: str, c: Mapping[str, Any]) -> None:
     """What a data source needs, and which recipes it can feed (a ValueError saying why not)."""
     source = c["data.source"]
+    if recipe == "repa" and source != "digits":
+        raise ValueError("recipe 'repa' trains on the digits only: data.source must be 'digits'")
     if source == "digits":
         if recipe == "disentangled" and c["data.attribute"] not in ATTRIBUTES:
             raise ValueError(

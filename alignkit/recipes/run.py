@@ -152,6 +152,9 @@ def run_recipe(
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError("config key 'train.device' is 'cuda' but no CUDA device is available")
     train_data = _training_rows(system, data, _train_rows(cfg, data))
+    # a system with its own validation / test evaluation (the generative repa recipe) provides them
+    own_validator = getattr(system, "make_validator", None)
+    validator = own_validator(data, out if info.is_main else None) if own_validator else make_validator(data)
     trainer = Trainer(
         system,
         train_data,
@@ -163,7 +166,7 @@ def run_recipe(
         warmup_fraction=t["warmup_fraction"],
         min_lr_ratio=t["min_lr_ratio"],
         grad_clip=t["grad_clip"],
-        evaluate=make_validator(data),
+        evaluate=validator,
         monitor="val_loss",
         mode="min",
         seed=cfg["seed"],
@@ -178,16 +181,20 @@ def run_recipe(
         trainer.load_best()
     metrics: dict[str, Any] = {}
     if info.is_main:
-        metrics = evaluate_run(
-            system,
-            data,
-            out,
-            recipe=cfg["recipe"],
-            epochs=t["epochs"],
-            start=start,
-            null_permutations=t["null_permutations"],
-            bootstrap=t["bootstrap"],
-        )
+        own_evaluation = getattr(system, "evaluate_run", None)
+        if own_evaluation is not None:  # a generative recipe (repa) scores itself
+            metrics = own_evaluation(data, out, recipe=cfg["recipe"], epochs=t["epochs"], start=start)
+        else:
+            metrics = evaluate_run(
+                system,
+                data,
+                out,
+                recipe=cfg["recipe"],
+                epochs=t["epochs"],
+                start=start,
+                null_permutations=t["null_permutations"],
+                bootstrap=t["bootstrap"],
+            )
     return metrics
 
 
