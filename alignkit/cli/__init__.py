@@ -12,12 +12,24 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from alignkit.cli import caption, compare, demo, fit, losses, measure, report, train, transform
+from alignkit.cli import (
+    caption,
+    compare,
+    demo,
+    embed,
+    fit,
+    losses,
+    measure,
+    report,
+    search,
+    train,
+    transform,
+)
 
 __all__ = ["COMMANDS", "main"]
 
 #: One module per command, in the order ``alignkit --help`` lists them.
-COMMANDS = (demo, train, compare, report, measure, fit, transform, caption, losses)
+COMMANDS = (demo, train, compare, report, measure, fit, transform, embed, search, caption, losses)
 
 
 class _Parser(argparse.ArgumentParser):
