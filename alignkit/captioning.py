@@ -256,7 +256,7 @@ def load_run(run_dir: str | os.PathLike[str], checkpoint: str = "best") -> Align
         manifest = run / "checkpoints" / "last.json"
     if not manifest.is_file():
         raise ValueError(
-            f"{run} has no checkpoints/{checkpoint}.json: train it first (alignkit train --out {run})"
+            f"{run} has no checkpoints/{checkpoint}.json: train it first (alignkit train -o {run})"
         )
     config = load_config(run / "config.yaml")
     data = load_data(config["data"]["seed"], config["data"]["text_model"])

@@ -31,9 +31,18 @@ def run_fit(args: argparse.Namespace) -> int:
         raise ValueError(one_line(err)) from None
 
 
+def _load(path: str, key: str | None, flag: str) -> Any:
+    """:func:`alignkit.io.load_embeddings`, its "choose one with key=" hint naming the CLI flag."""
+    from alignkit.io import load_embeddings
+
+    try:
+        return load_embeddings(path, key=key)
+    except ValueError as err:
+        raise ValueError(str(err).replace("key=", f"{flag} ")) from None
+
+
 def _fit(args: argparse.Namespace) -> int:
     from alignkit.adapters import METHODS, OBJECTIVES, fit_adapter
-    from alignkit.io import load_embeddings
 
     if args.source is None or args.target is None:
         raise ValueError("needs two embedding files: alignkit fit SOURCE TARGET --out adapter.safetensors")
@@ -81,8 +90,8 @@ def _fit(args: argparse.Namespace) -> int:
         options["restore_mean"] = False
     if (args.unpaired_source is None) != (args.unpaired_target is None):
         raise ValueError("--unpaired-source and --unpaired-target go together (old-model and new-model rows)")
-    source = load_embeddings(args.source, key=args.key_source)
-    target = load_embeddings(args.target, key=args.key_target)
+    source = _load(args.source, args.key_a, "--key-a")
+    target = _load(args.target, args.key_b, "--key-b")
     if source.shape[0] != target.shape[0]:
         raise ValueError(
             f"SOURCE {args.source} has {source.shape[0]} rows and TARGET {args.target} has "
@@ -173,8 +182,9 @@ def add_command(subparsers: Any) -> None:
     fit.add_argument("--hidden-dim", help="MLP hidden width (default 2·max(d_s, d_t), 64 to 2048)")
     fit.add_argument("--batch-size", help="rows per training step (default 1024)")
     fit.add_argument("--temperature", help="clip / info_nce temperature (default 0.07)")
-    fit.add_argument("--key-source", help="array / column to read from SOURCE when it holds several")
-    fit.add_argument("--key-target", help="array / column to read from TARGET when it holds several")
+    for flag, old, name in (("--key-a", "--key-source", "SOURCE"), ("--key-b", "--key-target", "TARGET")):
+        what = f"array / column to read from {name} when it holds several ({old} is the older name)"
+        fit.add_argument(flag, old, dest=flag[2:].replace("-", "_"), help=what)
     fit.add_argument("--json", action="store_true", help="print the report as JSON")
     fit.add_argument("--quiet", action="store_true", help="print only the held-out R@1 after mapping")
     fit.set_defaults(func=run_fit)

@@ -45,7 +45,10 @@ def _transform(args: argparse.Namespace) -> int:
         )
     batch = number(args.batch_size, "--batch-size", int, 1)
     adapter = Adapter.load(args.adapter)
-    x = load_embeddings(args.input, key=args.key)
+    try:
+        x = load_embeddings(args.input, key=args.key)
+    except ValueError as err:
+        raise ValueError(str(err).replace("key=", "--key ")) from None
     if x.shape[1] != adapter.source_dim:
         raise ValueError(
             f"INPUT {args.input} has {x.shape[1]} columns (shape {tuple(x.shape)}) but the adapter "
@@ -101,7 +104,9 @@ def add_command(subparsers: Any) -> None:
     transform.add_argument("adapter", nargs="?", help="adapter file (.safetensors from alignkit fit)")
     transform.add_argument("input", nargs="?", help="embeddings to map (N × d_s)")
     transform.add_argument("-o", "--out", help="output file (.npy, .pt or .safetensors)")
-    transform.add_argument("--key", help="array / column to read from INPUT when it holds several")
+    transform.add_argument(
+        "--key", "--key-a", dest="key", help="array / column to read from INPUT when it holds several"
+    )
     transform.add_argument("--batch-size", help="rows per block (default 65536)")
     transform.add_argument("--normalize", action="store_true", help="L2-normalise the mapped rows")
     transform.add_argument(

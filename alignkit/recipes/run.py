@@ -99,7 +99,7 @@ def run_recipe(
     out_dir: str | os.PathLike[str],
     resume: bool = False,
     data: RecipeData | None = None,
-    progress: bool = True,
+    progress: bool | str = True,
 ) -> dict[str, Any]:
     """Train ``config``'s recipe into ``out_dir`` and evaluate it on the test split.
 
@@ -114,7 +114,8 @@ def run_recipe(
         out_dir: the run directory.
         resume: continue from ``out_dir/checkpoints/last.json`` if it exists.
         data: the data (default :func:`~alignkit.recipes.data.load_recipe_data` of the config).
-        progress: show the Trainer's progress bar (when stderr is a terminal).
+        progress: show the Trainer's progress: a bar in a terminal, else one line per epoch on
+            stderr; a string labels it (``"[2/6] byol: "``, see :class:`~alignkit.train.Trainer`).
 
     ``train.threads`` (default 1) is applied with ``torch.set_num_threads`` for the whole process:
     these towers are tiny, and on a shared 2-core CPU two intra-op threads per step were measured
@@ -134,7 +135,7 @@ def run_recipe(
     info = dist_info()
     if resume and info.is_main:
         check_resume(cfg, out)  # before anything is written: a refused resume leaves the run resumable
-    data = load_recipe_data(cfg, progress=progress) if data is None else data
+    data = load_recipe_data(cfg, progress=bool(progress)) if data is None else data
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
         write_config(cfg, out / "config.yaml")
@@ -236,7 +237,7 @@ def run_seeds(
     seeds: int,
     resume: bool = False,
     data: RecipeData | None = None,
-    progress: bool = True,
+    progress: bool | str = True,
     on_run: Any = None,
 ) -> dict[str, Any]:
     """:func:`run_recipe` for ``seeds`` seeds (``seed``, ``seed + 1``, …; the data split,
@@ -249,7 +250,7 @@ def run_seeds(
     cfg = validate_config(config)
     if not (isinstance(seeds, int) and 1 <= seeds <= 1000):
         raise ValueError(f"--seeds must be an integer in [1, 1000], got {seeds!r}")
-    data = load_recipe_data(cfg, progress=progress) if data is None else data
+    data = load_recipe_data(cfg, progress=bool(progress)) if data is None else data
     out = Path(out_dir)
     runs: dict[int, dict[str, Any]] = {}
     for i in range(seeds):
