@@ -99,8 +99,8 @@ def _fit(args: argparse.Namespace) -> int:
             "fit needs the same items in the same order (row i of both files embeds item i)"
         )
     if args.unpaired_source is not None:
-        options["unpaired_source"] = load_embeddings(args.unpaired_source)
-        options["unpaired_target"] = load_embeddings(args.unpaired_target)
+        options["unpaired_source"] = _load(args.unpaired_source, None, "--unpaired-source")
+        options["unpaired_target"] = _load(args.unpaired_target, None, "--unpaired-target")
     kwargs = {key: value for key, value in options.items() if value is not None}
     adapter, report = fit_adapter(
         source,
