@@ -84,10 +84,16 @@ def compare_table() -> str:
     out = RUNS / "compare"
     assert main(["compare", "-o", str(out), "--seeds", "3", "--quiet"]) == 0
     table = (out / "compare.md").read_text()
+    binder = json.loads((out / "binder" / "metrics.json").read_text())
+    emergent, sd = binder["mean"]["text_to_profile_recall@1"], binder["sd"]["text_to_profile_recall@1"]
+    n_test = 360
     return (
         "Made by `python bench/readme_tables.py compare` (= `alignkit compare --seeds 3`: every recipe "
         "with its default config, seeds 0, 1, 2, the same split; mean ± sd over the seeds; seconds "
-        "include evaluation):\n\n" + table
+        "include evaluation):\n\n" + table + "\nIn the binder runs, captions and a second modality (the "
+        "images' ink profiles) were each bound only to the images; caption → profile retrieval, never "
+        f"trained, reaches R@1 {emergent:.3f} ± {sd:.3f} (chance {1 / n_test:.3f}): ImageBind's emergent "
+        "alignment.\n"
     )
 
 
