@@ -12,11 +12,15 @@ is :func:`measure_files` and :func:`minilm_layer_cka` plus printing.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
 import re
+import sys
+import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -27,6 +31,7 @@ from torch import Tensor, nn
 
 import alignkit.functional as AF
 from alignkit.functional._checks import check_features, check_same_device, shape_str
+from alignkit.functional.neighbors import Neighbors
 from alignkit.metrics.cka import MultiLayerCKA
 from alignkit.nn.features import FLATTEN_MODES, FeatureExtractor
 
@@ -79,6 +84,39 @@ def _one(name: str, fn: Callable[[Tensor, Tensor, int], Tensor]) -> Callable[[Te
     return run
 
 
+# Neighbour graphs shared by the metrics of one measure() call: (weak reference to the tensor, k,
+# its cosine kNN graph with self excluded). mutual_knn and cknna search the same two graphs.
+_GRAPHS: ContextVar[list[tuple[weakref.ref, int, Neighbors]] | None] = ContextVar("_GRAPHS", default=None)
+
+
+def _graph(z: Tensor, k: int) -> Neighbors:
+    """``AF.knn(z, k)`` (cosine, self excluded), searched once per :func:`measure` call."""
+    cache = _GRAPHS.get()
+    if cache is None:
+        return AF.knn(z, k)
+    cache[:] = [entry for entry in cache if entry[0]() is not None]  # drop graphs of freed tensors
+    for ref, kk, found in cache:
+        if ref() is z and kk == k:
+            return found
+    found = AF.knn(z, k)
+    cache.append((weakref.ref(z), k, found))
+    return found
+
+
+def _shared_graphs(fn: Callable[..., dict[str, float]]) -> Callable[..., dict[str, float]]:
+    """Run ``fn`` with a fresh neighbour-graph cache (see :func:`_graph`)."""
+
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> dict[str, float]:
+        token = _GRAPHS.set([])
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            _GRAPHS.reset(token)
+
+    return run
+
+
 def _retrieval(x: Tensor, y: Tensor, k: int) -> dict[str, float]:
     ks = tuple(v for v in (1, 5, 10) if v <= y.shape[0])
     return AF.recall_at_k(x, y, k=ks)
@@ -106,13 +144,13 @@ _REGISTRY = (
     ),
     Metric(
         "mutual_knn",
-        _one("mutual_knn", lambda x, y, k: AF.mutual_knn(x, y, k=k)),
+        _one("mutual_knn", lambda x, y, k: AF.mutual_knn(x, y, k=k, neighbors=(_graph(x, k), _graph(y, k)))),
         "mean shared fraction of the k nearest neighbours (Huh et al. 2024)",
         uses_k=True,
     ),
     Metric(
         "cknna",
-        _one("cknna", lambda x, y, k: AF.cknna(x, y, k=k)),
+        _one("cknna", lambda x, y, k: AF.cknna(x, y, k=k, neighbors=(_graph(x, k), _graph(y, k)))),
         "CKA on mutual k-nearest-neighbour pairs (Huh et al. 2024)",
         uses_k=True,
     ),
@@ -214,6 +252,7 @@ def _check_k(k: object) -> int:
 # measure
 
 
+@_shared_graphs
 def measure(
     x: Tensor,
     y: Tensor,
@@ -453,6 +492,10 @@ def measure_files(
 ) -> dict[str, Any]:
     """Load two embedding files (:func:`alignkit.io.load_embeddings`) and :func:`measure` them.
 
+    A metric that does not apply to this pair (e.g. ``cosine`` on files of different widths, k too
+    large for N) is skipped with its reason when several were asked for; the others are still
+    computed. Messages name the files, not ``x`` / ``y``.
+
     Biased linear CKA is never reported alone: when ``"cka"`` is asked for and N ≥ 4, ``"unbiased_cka"``
     is added right after it (the biased value of independent data is about d/(N + d), not 0).
 
@@ -464,12 +507,14 @@ def measure_files(
         seed: seed of the permutations.
 
     Returns:
-        ``{"a": str, "b": str, "n": N, "d_a": d_a, "d_b": d_b, "k": k, "metrics": {key: float}}``, and
+        ``{"a": str, "b": str, "n": N, "d_a": d_a, "d_b": d_b, "k": k, "metrics": {key: float},
+        "skipped": {metric: reason}}``, and
         with K > 0 also ``"permutations": K, "seed": seed, "nulls": {key: {chance, null_mean, null_sd,
         p_value}}``; with ``permutations=None`` skipped for a large N, ``"permutations": 0``.
 
     Raises:
-        ValueError: one line for every problem with the files (see :mod:`alignkit.io`) or the pair.
+        ValueError: one line for every problem with the files (see :mod:`alignkit.io`) or the pair,
+            or when no requested metric applies.
 
     Cost: reading both files, O(N·(d_a + d_b)) memory, plus the metrics' cost (see :func:`measure`)
     times K + 1.
@@ -479,8 +524,13 @@ def measure_files(
     names = _metric_names(metrics)  # an unknown metric is reported before any file is read
     if permutations is not None:
         _check_permutations(permutations)
-    x = load_embeddings(path_a, key=key_a)
-    y = load_embeddings(path_b, key=key_b)
+    loaded = []
+    for path, key, flag in ((path_a, key_a, "--key-a"), (path_b, key_b, "--key-b")):
+        try:
+            loaded.append(load_embeddings(path, key=key))
+        except ValueError as err:  # the CLI spells the key option --key-a / --key-b
+            raise ValueError(str(err).replace("key=", f"{flag} ")) from None
+    x, y = loaded
     if x.shape[0] != y.shape[0]:
         raise ValueError(
             f"{path_a} and {path_b} must hold the same N samples row by row, got N = {x.shape[0]} "
@@ -489,7 +539,24 @@ def measure_files(
     n = x.shape[0]
     if "cka" in names and "unbiased_cka" not in names and n >= 4:
         names.insert(names.index("cka") + 1, "unbiased_cka")
-    results = measure(x, y, names, k=k)
+
+    def named(message: str) -> str:
+        message = re.sub(r"\bx \(", f"{path_a} (", message)
+        message = re.sub(r"\by \(", f"{path_b} (", message)
+        return message.replace("d_x == d_y", "the same width").replace("x and y", "both files")
+
+    results: dict[str, float] = {}
+    skipped: dict[str, str] = {}
+    for name in names:
+        try:
+            results.update(measure(x, y, [name], k=k))
+        except ValueError as err:
+            if len(names) == 1:
+                raise ValueError(named(str(err))) from None
+            skipped[name] = named(str(err))
+    if not results:
+        raise ValueError("no requested metric applies: " + "; ".join(skipped.values()))
+    names = [name for name in names if name not in skipped]
     report: dict[str, Any] = {
         "a": str(path_a),
         "b": str(path_b),
@@ -498,6 +565,7 @@ def measure_files(
         "d_b": y.shape[1],
         "k": k,
         "metrics": results,
+        "skipped": skipped,
     }
     if permutations is None:
         size = n * (x.shape[1] + y.shape[1])
@@ -920,11 +988,14 @@ def _run_command(
         permutations=perms,
         seed=seed_value,
     )
+    for name, reason in report["skipped"].items():
+        print(f"alignkit measure: skipped {name}: {reason}", file=sys.stderr)
     if as_json:
         results = report.pop("metrics")
         nulls = report.pop("nulls", None)
         print(format_json(results, nulls, **report))
     else:
+        report.pop("skipped")
         n = report["n"]
         title = f"{report['a']} ({n} × {report['d_a']})  vs  {report['b']} ({n} × {report['d_b']})"
         print(format_table(report["metrics"], title=title, nulls=report.get("nulls")))

@@ -539,6 +539,26 @@ def _save_pair(tmp_path: Path, dx: int = 10, dy: int = 4) -> None:
     np.save(tmp_path / "b.npy", y.numpy())
 
 
+def test_cli_one_inapplicable_metric_does_not_abort_the_others(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from alignkit.measure import measure
+
+    monkeypatch.chdir(tmp_path)
+    _save_pair(tmp_path)  # widths 10 and 4: retrieval needs one shared space
+    argv = ["measure", "a.npy", "b.npy", "--metrics", "cka,retrieval,mutual_knn", "--k", "5", "--json"]
+    assert main(argv) == 0
+    out, err = capsys.readouterr()
+    report = json.loads(out)
+    x, y = (torch.from_numpy(np.load(tmp_path / f)) for f in ("a.npy", "b.npy"))
+    ref = measure(x, y, ["cka", "mutual_knn"], k=5)
+    assert report["metrics"] == pytest.approx(ref)
+    assert set(report["skipped"]) == {"retrieval"} and "a.npy (50, 10)" in report["skipped"]["retrieval"]
+    assert err.count("\n") == 1 and "skipped retrieval" in err and "b.npy (50, 4)" in err
+    assert main(["measure", "a.npy", "b.npy", "--metrics", "retrieval,alignment_uniformity"]) == 2
+    assert "no requested metric applies" in capsys.readouterr().err
+
+
 def test_cli_default_table(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -586,7 +606,7 @@ def test_cli_json_with_shared_space_metrics(
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["a.npy", "b.npy", "--metrics", "retrieval"], "needs d_x == d_y"),
+        (["a.npy", "b.npy", "--metrics", "retrieval"], "needs the same width, got a.npy (50, 10) and b.npy"),
         (["a.npy", "b.npy", "--metrics", "bogus"], "valid metrics: cka"),
         (["a.npy", "--layers"], "takes no embedding files"),
         (["--layers", "--metrics", "cka"], "not to --layers"),
@@ -649,3 +669,24 @@ def test_cli_layers_minilm_heatmap(tmp_path: Path, capsys: pytest.CaptureFixture
     ]
     assert lines[-1] == f"heatmap: {png}"
     assert float(lines[2].split()[1]) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_measure_searches_each_neighbour_graph_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """mutual_knn and cknna share the two kNN searches of one measure() call (and give the values of
+    the separate functional calls); a new call searches again."""
+    x, y = torch.randn(60, 5), torch.randn(60, 7)
+    expected = {"mutual_knn": float(AF.mutual_knn(x, y, k=4)), "cknna": float(AF.cknna(x, y, k=4))}
+    calls = []
+    original = AF.knn
+
+    def spy(z: Tensor, k: int, *args: object, **kwargs: object) -> object:
+        calls.append(z.shape[1])
+        return original(z, k, *args, **kwargs)
+
+    monkeypatch.setattr(AF, "knn", spy)
+    assert measure(x, y, metrics=("mutual_knn", "cknna"), k=4) == pytest.approx(expected, abs=1e-12)
+    assert sorted(calls) == [5, 7]
+    measure(x, y, metrics=("cknna",), k=4)
+    assert sorted(calls) == [5, 5, 7, 7]
+    with pytest.raises(ValueError, match="neighbors of y must hold"):
+        AF.mutual_knn(x, y, k=4, neighbors=(original(x, 4), original(y, 3)))

@@ -43,7 +43,7 @@ def add_command(subparsers: Any) -> None:
     measure.add_argument("--key-a", help="array / column to read from A when it holds several")
     measure.add_argument("--key-b", help="array / column to read from B when it holds several")
     measure.add_argument("--layers", action="store_true", help="layer×layer CKA of MiniLM on digit captions")
-    measure.add_argument("--out", help="heatmap PNG for --layers (default layer_cka.png)")
+    measure.add_argument("-o", "--out", help="heatmap PNG for --layers (default layer_cka.png)")
     measure.add_argument("--samples", default="300", help="captions for --layers (default 300)")
     measure.add_argument(
         "--permutations",

@@ -319,6 +319,29 @@ def _report_link(row: Mapping[str, Any], compare_dir: Path | None, page_dir: Pat
     return None
 
 
+def _separated(rows: Sequence[Any], key: str, marked: set[int]) -> set[int]:
+    """The best rows of a column, kept only where their interval (``<key>_low`` / ``<key>_high``,
+    present over several seeds) overlaps no other row's: a difference inside the noise is no winner."""
+
+    def span(row: Any) -> tuple[float, float] | None:
+        if not isinstance(row, Mapping):
+            return None
+        low, high = row.get(f"{key}_low"), row.get(f"{key}_high")
+        ok = isinstance(low, (int, float)) and isinstance(high, (int, float))
+        return (float(low), float(high)) if ok else None
+
+    spans = [span(r) for r in rows]
+    if all(sp is None for sp in spans):
+        return marked
+    kept: list[int] = []
+    for r in marked:
+        mine = spans[r]
+        others = [sp for i, sp in enumerate(spans) if i != r and sp is not None]
+        if mine is not None and all(mine[0] > hi or mine[1] < lo for lo, hi in others):
+            kept.append(r)
+    return set(kept)
+
+
 def comparison_table_html(
     table: Mapping[str, Any],
     current: str | None = None,
@@ -345,6 +368,7 @@ def comparison_table_html(
         best_index([r.get(k) if isinstance(r, Mapping) else None for r in rows], i.better if i else "")
         for k, i in zip(keys, infos, strict=True)
     ]
+    best = [_separated(rows, key, marked) for key, marked in zip(keys, best, strict=True)]
     page = None if page_dir is None else Path(page_dir)
     where = None if compare_dir is None else Path(compare_dir)
     head = "<th>objective</th>" + "".join(
@@ -360,12 +384,16 @@ def comparison_table_html(
         cells = [f'<td><a href="{html.escape(href)}">{name}</a></td>' if href else f"<td>{name}</td>"]
         for c, (key, info) in enumerate(zip(keys, infos, strict=True)):
             css = "num best" if r in best[c] else "num"
-            cells.append(f'<td class="{css}">{html.escape(format_metric(info, row.get(key)))}</td>')
+            text = format_metric(info, row.get(key))
+            if isinstance(row.get(f"{key}_sd"), (int, float)):
+                text += " ± " + format_metric(info, row.get(f"{key}_sd"))
+            cells.append(f'<td class="{css}">{html.escape(text)}</td>')
         attr = ' class="current"' if current is not None and row.get("recipe") == current else ""
         body.append(f"<tr{attr}>{''.join(cells)}</tr>")
     note = (
         '<p class="legend">↑ higher is better, ↓ lower is better; <b>bold</b> on yellow: the best value '
-        "of the column.</p>"
+        "of the column (over several seeds: mean ± sd, and marked only when its 95 % interval overlaps "
+        "no other row's).</p>"
     )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>{note}"
 
@@ -754,6 +782,11 @@ def write_report(run_dir: str | os.PathLike[str], *, samples: int = 40, dpi: int
     captioning = captioning_section(run)
     if captioning is not None:
         parts += ["<h2>Captioning from the joint space</h2>", captioning]
+    from alignkit.report.generation import generation_section
+
+    generation = generation_section(run)
+    if generation is not None:
+        parts += ["<h2>Generated digits</h2>", generation]
     parts.append("<h2>Configuration</h2>")
     if config is not None:
         parts.append(_table(["key", "value"], [(k, _config_text(v)) for k, v in _flatten(config)]))
