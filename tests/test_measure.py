@@ -551,7 +551,7 @@ def test_cli_one_inapplicable_metric_does_not_abort_the_others(
     out, err = capsys.readouterr()
     report = json.loads(out)
     x, y = (torch.from_numpy(np.load(tmp_path / f)) for f in ("a.npy", "b.npy"))
-    ref = measure(x, y, ["cka", "mutual_knn"], k=5)
+    ref = measure(x, y, ["cka", "unbiased_cka", "mutual_knn"], k=5)  # unbiased CKA joins biased
     assert report["metrics"] == pytest.approx(ref)
     assert set(report["skipped"]) == {"retrieval"} and "a.npy (50, 10)" in report["skipped"]["retrieval"]
     assert err.count("\n") == 1 and "skipped retrieval" in err and "b.npy (50, 4)" in err
