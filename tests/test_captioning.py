@@ -293,7 +293,7 @@ def test_cli_captions_images_and_the_test_split(
         (["/nonexistent/run"], "is not a run directory"),
         (["{run}", "--images", "{tmp}/missing.npy"], "no such file"),
         (["{run}", "--method", "gpt"], "invalid choice"),
-        (["{run}", "--beam-size", "0"], r"--beam-size must be in \[1, 256\]"),
+        (["{run}", "--beam-size", "0"], "--beam-size must be in [1, 256]"),
         (["{run}", "epochs=3"], "KEY=VALUE decoder settings only apply with --fit"),
         (["{run}", "--fit", "--methods", "clipcap,gpt"], "unknown method 'gpt'"),
         (["{run}", "--fit", "--set", "mapping=lstm"], "settings.mapping must be one of"),
