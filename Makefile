@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo lint bench readme-tables clean
+.PHONY: test demo lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,11 +23,11 @@ test: $(STAMP) lint
 demo: $(STAMP)
 	$(BIN)/alignkit demo
 
+# make bench                 every README performance row with its baseline (long)
+# make bench BENCH_ARGS=--quick   smaller sizes, a few minutes
+BENCH_ARGS ?=
 bench: $(STAMP)
-	$(BIN)/python bench/losses.py
-
-readme-tables: $(STAMP)
-	$(BIN)/python scripts/readme_tables.py
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

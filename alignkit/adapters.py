@@ -59,7 +59,7 @@ from alignkit.functional._checks import (
     check_same_rows,
     shape_str,
 )
-from alignkit.io import atomic_write
+from alignkit.io import atomic_write, load_safetensors, sha256_tensors
 from alignkit.losses.contrastive import CLIPLoss, InfoNCELoss
 from alignkit.nn.heads import ACTIVATIONS, ProjectionHead
 
@@ -81,6 +81,7 @@ _CLOSED_FORM_OBJECTIVES = {"procrustes": ("mse", "cosine")}
 _FORMAT = "alignkit.adapter"
 _VERSION = 1
 _META_KEY = "alignkit_adapter"
+_DIGEST_KEY = "alignkit_adapter_sha256"  # sha256_tensors(weights, header=config JSON)
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 _TRANSFORM_BLOCK = 65536
 
@@ -239,7 +240,8 @@ class Adapter(nn.Module):
     # files
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Write the weights as ``.safetensors`` with :attr:`config` as JSON in its metadata.
+        """Write the weights as ``.safetensors`` with :attr:`config` as JSON in its metadata, and the
+        SHA-256 of configuration and weights (:func:`alignkit.io.sha256_tensors`) that :meth:`load` checks.
 
         Atomic: the bytes go to a temporary file in the destination directory, are synced, and the
         file is renamed over ``path`` with ``os.replace`` (a reader sees the old or the new file).
@@ -255,7 +257,8 @@ class Adapter(nn.Module):
         except (TypeError, ValueError) as err:
             raise ValueError(f"adapter info must be JSON-serialisable ({_one_line(err)})") from None
         tensors = {name: t.detach().cpu().contiguous().clone() for name, t in self.state_dict().items()}
-        blob = save(tensors, metadata={"format": "pt", _META_KEY: config})
+        digest = sha256_tensors(tensors, header=config.encode("utf-8"))
+        blob = save(tensors, metadata={"format": "pt", _META_KEY: config, _DIGEST_KEY: digest})
         with atomic_write(file) as out:
             out.write(blob)
 
@@ -264,21 +267,17 @@ class Adapter(nn.Module):
         """Read an adapter written by :meth:`save` (in eval mode, on ``map_location``).
 
         Raises:
-            ValueError: one line naming the file when it is missing, not a safetensors file, a
-                safetensors file that is not an alignkit adapter (no ``alignkit_adapter`` metadata, e.g.
-                an embeddings file), or its configuration and tensors do not agree.
+            ValueError: one line naming the file when it is missing, not a safetensors file (header and
+                sizes checked before reading, :func:`alignkit.io.load_safetensors`), a safetensors file
+                that is not an alignkit adapter (no ``alignkit_adapter`` metadata, e.g. an embeddings
+                file), its configuration and tensors do not agree (checked on the ``meta`` device, so
+                huge declared dimensions allocate nothing), or its SHA-256 does not match (a flipped
+                byte) or is missing.
         """
         file = _adapter_path(path)
-        if not file.is_file():
-            raise ValueError(f"{file}: no such adapter file" if not file.exists() else f"{file}: not a file")
-        from safetensors import safe_open
-
-        try:
-            with safe_open(str(file), framework="pt", device="cpu") as handle:
-                metadata = handle.metadata() or {}
-                tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
-        except Exception as err:  # SafetensorError, OSError … for a foreign or truncated file
-            raise ValueError(f"{file}: not a readable .safetensors file ({_one_line(err)})") from None
+        if not file.exists() and not file.is_symlink():
+            raise ValueError(f"{file}: no such adapter file")
+        tensors, metadata = load_safetensors(file)
         if _META_KEY not in metadata:
             raise ValueError(
                 f"{file}: not an alignkit adapter (no {_META_KEY!r} metadata; it holds tensors "
@@ -286,9 +285,15 @@ class Adapter(nn.Module):
             )
         try:
             config = json.loads(metadata[_META_KEY])
-        except json.JSONDecodeError as err:
+        except (json.JSONDecodeError, RecursionError) as err:
             raise ValueError(f"{file}: adapter metadata is not valid JSON ({_one_line(err)})") from None
-        adapter = cls._from_config(config, file)
+        try:
+            with torch.device("meta"):  # shapes only: a hostile configuration allocates nothing
+                adapter = cls._from_config(config, file)
+        except (RuntimeError, OverflowError, MemoryError) as err:  # sizes beyond what torch can describe
+            raise ValueError(
+                f"{file}: adapter configuration declares impossible sizes ({_one_line(err)})"
+            ) from None
         expected = adapter.state_dict()
         missing = sorted(set(expected) - set(tensors))
         extra = sorted(set(tensors) - set(expected))
@@ -306,6 +311,15 @@ class Adapter(nn.Module):
                 )
             if not tensor.is_floating_point() or not bool(torch.isfinite(tensor).all()):
                 raise ValueError(f"{file}: tensor {name!r} is not a finite floating-point tensor")
+        digest = metadata.get(_DIGEST_KEY)
+        if digest is None:
+            raise ValueError(
+                f"{file}: adapter has no SHA-256 digest ({_DIGEST_KEY!r} metadata; written by an older "
+                "alignkit); re-run `alignkit fit` to write a checked one"
+            )
+        if sha256_tensors(tensors, header=metadata[_META_KEY].encode("utf-8")) != digest:
+            raise ValueError(f"{file}: adapter is corrupt (SHA-256 mismatch of configuration and weights)")
+        adapter = adapter.to_empty(device="cpu")
         adapter.load_state_dict({k: v.to(expected[k].dtype) for k, v in tensors.items()})
         return adapter.to(map_location).eval()
 

@@ -12,12 +12,15 @@ is :func:`measure_files` and :func:`minilm_layer_cka` plus printing.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
 import re
 import sys
+import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -28,6 +31,7 @@ from torch import Tensor, nn
 
 import alignkit.functional as AF
 from alignkit.functional._checks import check_features, check_same_device, shape_str
+from alignkit.functional.neighbors import Neighbors
 from alignkit.metrics.cka import MultiLayerCKA
 from alignkit.nn.features import FLATTEN_MODES, FeatureExtractor
 
@@ -80,6 +84,39 @@ def _one(name: str, fn: Callable[[Tensor, Tensor, int], Tensor]) -> Callable[[Te
     return run
 
 
+# Neighbour graphs shared by the metrics of one measure() call: (weak reference to the tensor, k,
+# its cosine kNN graph with self excluded). mutual_knn and cknna search the same two graphs.
+_GRAPHS: ContextVar[list[tuple[weakref.ref, int, Neighbors]] | None] = ContextVar("_GRAPHS", default=None)
+
+
+def _graph(z: Tensor, k: int) -> Neighbors:
+    """``AF.knn(z, k)`` (cosine, self excluded), searched once per :func:`measure` call."""
+    cache = _GRAPHS.get()
+    if cache is None:
+        return AF.knn(z, k)
+    cache[:] = [entry for entry in cache if entry[0]() is not None]  # drop graphs of freed tensors
+    for ref, kk, found in cache:
+        if ref() is z and kk == k:
+            return found
+    found = AF.knn(z, k)
+    cache.append((weakref.ref(z), k, found))
+    return found
+
+
+def _shared_graphs(fn: Callable[..., dict[str, float]]) -> Callable[..., dict[str, float]]:
+    """Run ``fn`` with a fresh neighbour-graph cache (see :func:`_graph`)."""
+
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> dict[str, float]:
+        token = _GRAPHS.set([])
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            _GRAPHS.reset(token)
+
+    return run
+
+
 def _retrieval(x: Tensor, y: Tensor, k: int) -> dict[str, float]:
     ks = tuple(v for v in (1, 5, 10) if v <= y.shape[0])
     return AF.recall_at_k(x, y, k=ks)
@@ -107,13 +144,13 @@ _REGISTRY = (
     ),
     Metric(
         "mutual_knn",
-        _one("mutual_knn", lambda x, y, k: AF.mutual_knn(x, y, k=k)),
+        _one("mutual_knn", lambda x, y, k: AF.mutual_knn(x, y, k=k, neighbors=(_graph(x, k), _graph(y, k)))),
         "mean shared fraction of the k nearest neighbours (Huh et al. 2024)",
         uses_k=True,
     ),
     Metric(
         "cknna",
-        _one("cknna", lambda x, y, k: AF.cknna(x, y, k=k)),
+        _one("cknna", lambda x, y, k: AF.cknna(x, y, k=k, neighbors=(_graph(x, k), _graph(y, k)))),
         "CKA on mutual k-nearest-neighbour pairs (Huh et al. 2024)",
         uses_k=True,
     ),
@@ -177,9 +214,10 @@ _KEY_NOTES = {
 LOWER_IS_ALIGNED = frozenset({"procrustes", "median_rank", "mean_rank", "alignment"})
 # keys that do not depend on which row of y is paired with which row of x: no null
 _PAIRING_FREE = frozenset({"uniformity_x", "uniformity_y", "uniformity"})
-# ``alignkit measure`` runs this many permutations by default when N ≤ _AUTO_NULL_MAX_N, none above
+# ``alignkit measure`` runs this many permutations by default when N·(d_x + d_y) ≤ _AUTO_NULL_MAX_SIZE
+# (e.g. 1000 × (64 + 64); each permutation costs one more ``measure``), none above
 _AUTO_PERMUTATIONS = 100
-_AUTO_NULL_MAX_N = 1000
+_AUTO_NULL_MAX_SIZE = 2**17
 
 
 def _metric_names(metrics: str | Iterable[str], allowed: Iterable[str] | None = None) -> list[str]:
@@ -214,6 +252,7 @@ def _check_k(k: object) -> int:
 # measure
 
 
+@_shared_graphs
 def measure(
     x: Tensor,
     y: Tensor,
@@ -462,8 +501,9 @@ def measure_files(
 
     Args:
         permutations: K for :func:`null_baselines` (chance level, permutation null and p-value of every
-            value); 0 for none; ``None`` for the default of ``alignkit measure``: 100 when N ≤ 1000,
-            none above (each permutation costs one more :func:`measure`).
+            value); 0 for none; ``None`` for the default of ``alignkit measure``: 100 when
+            N·(d_a + d_b) ≤ 2¹⁷ (e.g. 1000 × (64 + 64)), none above (each permutation costs one more
+            :func:`measure`).
         seed: seed of the permutations.
 
     Returns:
@@ -528,7 +568,8 @@ def measure_files(
         "skipped": skipped,
     }
     if permutations is None:
-        permutations = _AUTO_PERMUTATIONS if n <= _AUTO_NULL_MAX_N else 0
+        size = n * (x.shape[1] + y.shape[1])
+        permutations = _AUTO_PERMUTATIONS if size <= _AUTO_NULL_MAX_SIZE else 0
     report["permutations"] = permutations
     if permutations > 0:
         report["seed"] = seed
@@ -848,7 +889,7 @@ def run_command(
     """``alignkit measure`` (see :mod:`alignkit.cli`): prints the results, returns the exit code.
 
     ``permutations``: K of the permutation null printed beside every value (``None``: 100 when
-    N ≤ 1000, none above; 0: none); ``seed`` seeds the permutations.
+    N·(d_a + d_b) ≤ 2¹⁷, none above; 0: none); ``seed`` seeds the permutations.
     Every problem is raised as a one-line ``ValueError`` (the CLI prints it and exits with 2).
     """
     try:
@@ -966,6 +1007,7 @@ def _run_command(
                 "chance: closed form where one exists"
             )
         else:
-            reason = f"N = {n} > {_AUTO_NULL_MAX_N}" if perms is None else "--permutations 0"
+            size = f"N·(d_a + d_b) = {n * (report['d_a'] + report['d_b'])} > {_AUTO_NULL_MAX_SIZE}"
+            reason = size if perms is None else "--permutations 0"
             print(f"no permutation null ({reason}); --permutations K prints one beside every value")
     return 0

@@ -135,9 +135,10 @@ def test_an_interrupted_decoder_is_finished_not_reused(clip_run: Path, tmp_path:
     settings = CaptionSettings(epochs=1, dim=32, depth=1, num_heads=2)
     fit_captioners(run, ["decap"], settings, progress=False, searches=("greedy",))
     # pretend the run asked for 3 epochs and was killed after the first
-    (run / "captions" / "settings.json").write_text(
-        json.dumps({**json.loads((run / "captions" / "settings.json").read_text()), "epochs": 3})
-    )
+    from alignkit.captioning import _read_decoder_json, _write_decoder_json
+
+    settings_file = run / "captions" / "settings.json"
+    _write_decoder_json(settings_file, {**_read_decoder_json(settings_file), "epochs": 3})
     with pytest.raises(ValueError, match="stopped after 1 of 3 epochs"):
         load_captioner(load_run(run), "decap")
     three = CaptionSettings(epochs=3, dim=32, depth=1, num_heads=2)
@@ -292,7 +293,7 @@ def test_cli_captions_images_and_the_test_split(
         (["/nonexistent/run"], "is not a run directory"),
         (["{run}", "--images", "{tmp}/missing.npy"], "no such file"),
         (["{run}", "--method", "gpt"], "invalid choice"),
-        (["{run}", "--beam-size", "0"], "--beam-size must be ≥ 1"),
+        (["{run}", "--beam-size", "0"], "--beam-size must be in [1, 256]"),
         (["{run}", "epochs=3"], "KEY=VALUE decoder settings only apply with --fit"),
         (["{run}", "--fit", "--methods", "clipcap,gpt"], "unknown method 'gpt'"),
         (["{run}", "--fit", "--set", "mapping=lstm"], "settings.mapping must be one of"),

@@ -327,11 +327,11 @@ def test_null_baselines_chance_and_p_values() -> None:
 
 def test_measure_files_pairs_unbiased_with_biased_and_auto_null(tmp_path: Path) -> None:
     g = np.random.default_rng(0)
-    np.save(tmp_path / "a.npy", g.normal(size=(1001, 3)))
-    np.save(tmp_path / "b.npy", g.normal(size=(1001, 2)))
+    np.save(tmp_path / "a.npy", g.normal(size=(300, 300)))
+    np.save(tmp_path / "b.npy", g.normal(size=(300, 137)))
     report = measure_files(tmp_path / "a.npy", tmp_path / "b.npy", "cka", permutations=None)
     assert list(report["metrics"]) == ["cka", "unbiased_cka"]
-    assert report["permutations"] == 0 and "nulls" not in report  # N > 1000: skipped by default
+    assert report["permutations"] == 0 and "nulls" not in report  # N·(d_a + d_b) > 2^17: skipped by default
     report = measure_files(tmp_path / "a.npy", tmp_path / "b.npy", "cka", permutations=5, seed=2)
     assert report["permutations"] == 5 and report["seed"] == 2
     assert set(report["nulls"]) == {"cka", "unbiased_cka"}
@@ -547,12 +547,11 @@ def test_cli_one_inapplicable_metric_does_not_abort_the_others(
     monkeypatch.chdir(tmp_path)
     _save_pair(tmp_path)  # widths 10 and 4: retrieval needs one shared space
     argv = ["measure", "a.npy", "b.npy", "--metrics", "cka,retrieval,mutual_knn", "--k", "5", "--json"]
-    argv += ["--permutations", "0"]
     assert main(argv) == 0
     out, err = capsys.readouterr()
     report = json.loads(out)
     x, y = (torch.from_numpy(np.load(tmp_path / f)) for f in ("a.npy", "b.npy"))
-    ref = measure(x, y, ["cka", "unbiased_cka", "mutual_knn"], k=5)
+    ref = measure(x, y, ["cka", "unbiased_cka", "mutual_knn"], k=5)  # unbiased CKA joins biased
     assert report["metrics"] == pytest.approx(ref)
     assert set(report["skipped"]) == {"retrieval"} and "a.npy (50, 10)" in report["skipped"]["retrieval"]
     assert err.count("\n") == 1 and "skipped retrieval" in err and "b.npy (50, 4)" in err
@@ -598,7 +597,7 @@ def test_cli_json_with_shared_space_metrics(
         "cka",
         "unbiased_cka",  # never biased CKA alone
     ]
-    assert data["permutations"] == 100 and data["seed"] == 0  # the default for N ≤ 1000
+    assert data["permutations"] == 100 and data["seed"] == 0  # the default for small inputs
     assert list(data["nulls"]) == list(data["metrics"])
     assert data["nulls"]["recall@1"]["chance"] == pytest.approx(1 / 50)
     assert data["nulls"]["median_rank"]["chance"] == pytest.approx(25.5)
@@ -670,3 +669,24 @@ def test_cli_layers_minilm_heatmap(tmp_path: Path, capsys: pytest.CaptureFixture
     ]
     assert lines[-1] == f"heatmap: {png}"
     assert float(lines[2].split()[1]) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_measure_searches_each_neighbour_graph_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """mutual_knn and cknna share the two kNN searches of one measure() call (and give the values of
+    the separate functional calls); a new call searches again."""
+    x, y = torch.randn(60, 5), torch.randn(60, 7)
+    expected = {"mutual_knn": float(AF.mutual_knn(x, y, k=4)), "cknna": float(AF.cknna(x, y, k=4))}
+    calls = []
+    original = AF.knn
+
+    def spy(z: Tensor, k: int, *args: object, **kwargs: object) -> object:
+        calls.append(z.shape[1])
+        return original(z, k, *args, **kwargs)
+
+    monkeypatch.setattr(AF, "knn", spy)
+    assert measure(x, y, metrics=("mutual_knn", "cknna"), k=4) == pytest.approx(expected, abs=1e-12)
+    assert sorted(calls) == [5, 7]
+    measure(x, y, metrics=("cknna",), k=4)
+    assert sorted(calls) == [5, 5, 7, 7]
+    with pytest.raises(ValueError, match="neighbors of y must hold"):
+        AF.mutual_knn(x, y, k=4, neighbors=(original(x, 4), original(y, 3)))

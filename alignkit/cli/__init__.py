@@ -12,12 +12,25 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from alignkit.cli import caption, compare, config, demo, fit, losses, measure, report, train, transform
+from alignkit.cli import (
+    caption,
+    compare,
+    config,
+    demo,
+    embed,
+    fit,
+    losses,
+    measure,
+    report,
+    search,
+    train,
+    transform,
+)
 
 __all__ = ["COMMANDS", "GRAMMAR", "main", "parse_args"]
 
 #: One module per command, in the order ``alignkit --help`` lists them.
-COMMANDS = (demo, train, compare, report, caption, config, measure, fit, transform, losses)
+COMMANDS = (demo, train, compare, report, caption, config, measure, fit, transform, embed, search, losses)
 
 #: The grammar every command follows (``alignkit --help`` prints it; README repeats it).
 GRAMMAR = """\
@@ -96,8 +109,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args))
-    except (ValueError, FileNotFoundError) as err:
-        print(f"alignkit {args.command}: error: {err}", file=sys.stderr)
+    except ValueError as err:  # bad input: one line, the whole reason
+        print(f"alignkit {args.command}: error: {_one_line(err)}", file=sys.stderr)
+        return 2
+    except OSError as err:  # the environment: permissions, a full disk, a symlink loop, a missing path
+        where = _os_error(err, getattr(args, "out", None))
+        print(f"alignkit {args.command}: error: {where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"alignkit {args.command}: interrupted", file=sys.stderr)
@@ -105,13 +122,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as err:  # an internal error: one line unless ALIGNKIT_DEBUG=1 asks for the traceback
         if os.environ.get("ALIGNKIT_DEBUG") == "1":
             raise
-        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
         print(
-            f"alignkit {args.command}: internal error: {type(err).__name__}: {first} "
+            f"alignkit {args.command}: internal error: {type(err).__name__}: {_one_line(err)} "
             "(set ALIGNKIT_DEBUG=1 for the traceback)",
             file=sys.stderr,
         )
         return 1
+
+
+def _one_line(err: BaseException, limit: int = 2000) -> str:
+    """The whole message on one line (a state-dict mismatch keeps its reason), cut only when very long."""
+    text = " ".join(str(err).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _os_error(err: OSError, out: object = None) -> str:
+    """``PATH: reason`` for an OSError (``PATH → OTHER`` for a rename); without a path in the error
+    (a failed ``write``), the command's output path."""
+    reason = err.strerror or _one_line(err) or type(err).__name__
+    if err.filename is None:
+        return f"{out}: {reason}" if out else reason
+    where = str(err.filename) + (f" → {err.filename2}" if err.filename2 is not None else "")
+    return f"{where}: {reason}"
 
 
 if __name__ == "__main__":

@@ -31,10 +31,10 @@ def number(value: str | None, flag: str, kind: type, low: float, high: float | N
 
 
 def same_file(a: str, b: str) -> bool:
-    try:
-        return Path(a).resolve() == Path(b).resolve()
-    except OSError:
-        return False
+    """:func:`alignkit.io.same_file` (imported lazily: the parser must not import torch)."""
+    from alignkit.io import same_file as same
+
+    return same(a, b)
 
 
 def check_out_dir(path: Path, flag: str) -> None:

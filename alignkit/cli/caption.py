@@ -90,13 +90,20 @@ def _run_and_overrides(args: argparse.Namespace) -> tuple[str, list[str]]:
 def _caption(args: argparse.Namespace) -> int:
     import torch
 
-    from alignkit.captioning import caption_images, fit_captioners, load_captioner, load_run, read_images
+    from alignkit.captioning import (
+        MAX_BEAMS,
+        caption_images,
+        fit_captioners,
+        load_captioner,
+        load_run,
+        read_images,
+    )
 
     run_dir, overrides = _run_and_overrides(args)
     progress = not args.quiet
 
-    if args.beam_size is not None and args.beam_size < 1:
-        raise ValueError(f"--beam-size must be ≥ 1, got {args.beam_size}")
+    if args.beam_size is not None and not 1 <= args.beam_size <= MAX_BEAMS:
+        raise ValueError(f"--beam-size must be in [1, {MAX_BEAMS}] (beams), got {args.beam_size}")
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit must be ≥ 1, got {args.limit}")
     torch.set_num_threads(max(1, args.threads))

@@ -48,7 +48,7 @@ def add_command(subparsers: Any) -> None:
     measure.add_argument(
         "--permutations",
         help="K shuffles of B's rows for the permutation null and p-value printed beside every value "
-        "(default 100 when N ≤ 1000, none above; 0 turns it off)",
+        "(default 100 when N·(d_a + d_b) ≤ 131072, e.g. 1000 × (64 + 64), none above; 0 turns it off)",
     )
     measure.add_argument("--seed", default="0", help="seed of the permutations (default 0)")
     measure.set_defaults(func=_measure)

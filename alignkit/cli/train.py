@@ -18,6 +18,7 @@ prints.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import shutil
@@ -28,7 +29,14 @@ from typing import Any
 
 from alignkit.cli._common import add_output_flags, add_overrides, number, overrides_of
 
-__all__ = ["add_command", "format_results", "prepare_run_dir", "run_and_report", "train_command"]
+__all__ = [
+    "add_command",
+    "check_run_dir",
+    "format_results",
+    "prepare_run_dir",
+    "run_and_report",
+    "train_command",
+]
 
 #: Files and folders a fresh (non-resumed) run replaces in an existing run directory.
 _RUN_ARTEFACTS = ("metrics.json", "embeddings_test.safetensors", "report.html", "plots")
@@ -64,6 +72,25 @@ def add_command(subparsers: Any) -> None:
     train.set_defaults(func=train_command)
 
 
+def check_run_dir(out: str | Path) -> Path:
+    """``out`` as a Path after checking it is missing, empty, or an earlier run directory (reads only)."""
+    from alignkit.io import LOCK_NAME
+
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"--out {path} exists and is not a directory")
+    if (
+        path.is_dir()
+        and any(p.name != LOCK_NAME for p in path.iterdir())
+        and not any((path / m).exists() for m in _RUN_MARKERS)
+    ):
+        raise ValueError(
+            f"--out {path} is a non-empty directory that is not an alignkit run directory (no config.yaml); "
+            "choose another path"
+        )
+    return path
+
+
 def prepare_run_dir(out: str | Path, resume: bool) -> Path:
     """Check that ``out`` may be used as a run directory and clear a previous run's results.
 
@@ -73,14 +100,7 @@ def prepare_run_dir(out: str | Path, resume: bool) -> Path:
     run's ``metrics.json``, ``embeddings_test.safetensors``, ``report.html`` and ``plots/`` are
     removed (the Trainer resets ``metrics.jsonl`` and the checkpoints itself).
     """
-    path = Path(out)
-    if path.exists() and not path.is_dir():
-        raise ValueError(f"--out {path} exists and is not a directory")
-    if path.is_dir() and any(path.iterdir()) and not any((path / m).exists() for m in _RUN_MARKERS):
-        raise ValueError(
-            f"--out {path} is a non-empty directory that is not an alignkit run directory (no config.yaml); "
-            "choose another path"
-        )
+    path = check_run_dir(out)
     if not resume and path.is_dir():
         for name in _RUN_ARTEFACTS:
             target = path / name
@@ -94,11 +114,14 @@ def prepare_run_dir(out: str | Path, resume: bool) -> Path:
 def format_results(metrics: Mapping[str, Any], n_test: int, n_classes: int = 10) -> str:
     """A plain-text table of the test metrics: label, ↑/↓ (higher / lower is better), value and the
     chance level where one exists — labels, order and chance levels from
-    :mod:`alignkit.report.labels` (the report shows the same), then any recipe-specific numbers."""
+    :mod:`alignkit.report.labels` (the report shows the same) — and the permutation null (mean ± sd,
+    p-value) where the run measured one, then any recipe-specific numbers."""
     from alignkit.report.html import format_metric
     from alignkit.report.labels import METRIC_INFO, metric_rows
 
-    lines = [f"{'test split (' + str(n_test) + ' rows)':30}{'value':>10}{'chance':>10}"]
+    nulls = metrics.get("null") if isinstance(metrics.get("null"), Mapping) else {}
+    header = f"{'test split (' + str(n_test) + ' rows)':30}{'value':>10}{'chance':>10}"
+    lines = [header + ("   permutation null (p)" if nulls else "")]
     for info, value, chance in metric_rows(metrics, n_test, n_classes):
         if info.key in ("epochs", "seconds"):
             continue  # in the title line
@@ -106,7 +129,9 @@ def format_results(metrics: Mapping[str, Any], n_test: int, n_classes: int = 10)
         text = "n/a" if value is None else format_metric(info if known else None, value)
         ref = "" if chance is None else format_metric(info, chance)
         label = f"{info.label} {info.arrow}".rstrip()
-        lines.append(f"{label:30}{text:>10}{ref:>10}")
+        null = nulls.get(info.key)
+        tail = f"   {null['null_mean']:.3f} ± {null['null_sd']:.3f} ({null['p_value']:.3f})" if null else ""
+        lines.append(f"{label:30}{text:>10}{ref:>10}{tail}")
     return "\n".join(lines)
 
 
@@ -137,29 +162,40 @@ def run_and_report(
     quiet: bool = False,
     as_json: bool = False,
 ) -> int:
-    """Train ``config`` into ``out``, print the results table (or, with ``as_json``, only the metrics
-    as JSON on stdout) and write the report. Progress goes to stderr: a bar in a terminal, else one
-    line per stage and epoch; ``quiet`` silences it."""
+    """Train ``config`` into ``out`` holding its lock (:func:`alignkit.io.directory_lock`: a second
+    writer is refused naming the holder's pid); ``resume`` first checks the requested config against
+    the run's (:func:`alignkit.recipes.run.check_resume`, before anything is written) and says where it
+    resumes. Prints the results table (or, with ``as_json``, only the metrics as JSON on stdout) and
+    writes the report. Progress goes to stderr: a bar in a terminal, else one line per stage and
+    epoch; ``quiet`` silences it."""
+    from alignkit.io import directory_lock
     from alignkit.recipes import run_recipe
     from alignkit.recipes.data import load_recipe_data
+    from alignkit.recipes.run import check_resume
     from alignkit.train import cleanup, dist_info
 
     info = dist_info()
     show = info.is_main and not quiet
+    lock = contextlib.nullcontext()
     if info.is_main:
-        prepare_run_dir(out, resume)
-    if show:
-        world = f" on {info.world_size} processes (DDP)" if info.distributed else ""
-        start = "resuming" if resume and (out / "checkpoints" / "last.json").is_file() else "training"
-        epochs = config["train"]["epochs"]
-        line = f"{title}: {start} recipe {config['recipe']} for {epochs} epochs{world} → {out}"
-        print(line, file=sys.stderr, flush=True)
-    data = load_recipe_data(config, progress=show)
-    try:
-        metrics = run_recipe(config, out, resume=resume, data=data, progress=show)
-    finally:
-        if info.distributed:
-            cleanup()
+        check_run_dir(out)  # before the lock file goes into a folder that is not ours
+        lock = directory_lock(out)
+    with lock:
+        if info.is_main:
+            if resume:
+                _say_resume(title, out, config, check_resume(config, out))
+            prepare_run_dir(out, resume)
+        if show:
+            world = f" on {info.world_size} processes (DDP)" if info.distributed else ""
+            epochs = config["train"]["epochs"]
+            line = f"{title}: training recipe {config['recipe']} for {epochs} epochs{world} → {out}"
+            print(line, file=sys.stderr, flush=True)
+        data = load_recipe_data(config, progress=show)
+        try:
+            metrics = run_recipe(config, out, resume=resume, data=data, progress=show)
+        finally:
+            if info.distributed:
+                cleanup()
     if not info.is_main:
         return 0
     if as_json:
@@ -175,6 +211,20 @@ def run_and_report(
     if report:
         _write_report(out, quiet=quiet or as_json)
     return 0
+
+
+def _say_resume(title: str, out: Path, config: Mapping[str, Any], where: Mapping[str, int] | None) -> None:
+    if where is None:
+        print(f"{title}: --resume: {out} holds no checkpoint yet; starting fresh", file=sys.stderr)
+        return
+    epochs = config["train"]["epochs"]
+    if where["epoch"] >= epochs:
+        line = f"{title}: resumed {out}: all {epochs} epochs were done (step {where['step']}); evaluating"
+        print(line, file=sys.stderr)
+        return
+    inside = f", batch {where['batch_in_epoch']}" if where["batch_in_epoch"] else ""
+    line = f"{title}: resumed {out} from epoch {where['epoch'] + 1} of {epochs}{inside}, step {where['step']}"
+    print(line, file=sys.stderr)
 
 
 def train_command(args: argparse.Namespace) -> int:
@@ -228,22 +278,26 @@ def run_seeds_and_report(
     quiet: bool = False,
     as_json: bool = False,
 ) -> int:
-    """Train ``seeds`` seeds of ``config`` into ``out/seed-<s>/``, print the summary table, write each
-    seed's report; ``out/metrics.json`` holds the mean / sd / interval of every metric."""
+    """Train ``seeds`` seeds of ``config`` into ``out/seed-<s>/`` holding ``out``'s lock, print the
+    summary table, write each seed's report; ``out/metrics.json`` holds the mean / sd / interval of
+    every metric."""
+    from alignkit.io import directory_lock
     from alignkit.recipes.run import run_seeds
 
-    prepare_run_dir(out, resume)
+    check_run_dir(out)
+    with directory_lock(out):  # one writer per run directory (its seed-<s>/ runs included)
+        prepare_run_dir(out, resume)
 
-    def said(i: int, seed: int, metrics: Mapping[str, Any]) -> None:
-        r1 = metrics.get("i2t_recall@1")
-        text = f", i2t R@1 {r1:.3f}" if isinstance(r1, float) else ""
-        if not quiet:
-            line = f"[{i + 1}/{seeds}] seed {seed}: {metrics.get('seconds', 0.0):.1f} s{text}"
-            print(line, file=sys.stderr, flush=True)
-        if report:
-            _write_report(out / f"seed-{seed}", quiet=quiet or as_json)
+        def said(i: int, seed: int, metrics: Mapping[str, Any]) -> None:
+            r1 = metrics.get("i2t_recall@1")
+            text = f", i2t R@1 {r1:.3f}" if isinstance(r1, float) else ""
+            if not quiet:
+                line = f"[{i + 1}/{seeds}] seed {seed}: {metrics.get('seconds', 0.0):.1f} s{text}"
+                print(line, file=sys.stderr, flush=True)
+            if report:
+                _write_report(out / f"seed-{seed}", quiet=quiet or as_json)
 
-    summary = run_seeds(config, out, seeds, resume=resume, on_run=said, progress=not quiet)
+        summary = run_seeds(config, out, seeds, resume=resume, on_run=said, progress=not quiet)
     if as_json:
         print(json.dumps(_finite(summary), indent=2, allow_nan=False))
         return 0

@@ -380,6 +380,36 @@ def _mined_triplet_sums(
     return per_anchor, n_triplets
 
 
+# Batch-hard mining: rows of anchors per block, about this many bytes of float32 distances per block.
+_MINING_BLOCK_BYTES = 4 * 2**20
+
+
+@torch.no_grad()
+def _batch_hard_pairs(e: Tensor, labels: Tensor, distance: str) -> tuple[Tensor, Tensor]:
+    """(N,) indices of every anchor's farthest positive and nearest negative, mined without gradient
+    in row blocks (O(block·N) memory): distances ranked by ``‖e_j‖² − 2 e_i·e_j`` (the squared
+    distance less the row constant ``‖e_i‖²``) or ``−cos``. An anchor with no positive (negative)
+    gets an arbitrary index; the caller zeroes its loss. Ties are broken arbitrarily."""
+    n = e.shape[0]
+    if distance == "cosine":
+        e = _normalize(e)
+        col = None
+    else:
+        col = e.square().sum(1)
+    block = max(1, _MINING_BLOCK_BYTES // (4 * n))
+    far_pos = torch.empty(n, dtype=torch.long, device=e.device)
+    near_neg = torch.empty(n, dtype=torch.long, device=e.device)
+    for r0 in range(0, n, block):
+        r1 = min(r0 + block, n)
+        rank = torch.addmm(col, e[r0:r1], e.T, alpha=-2.0) if col is not None else e[r0:r1] @ e.T.neg()
+        same = labels[r0:r1, None] == labels[None, :]
+        near_neg[r0:r1] = rank.masked_fill(same, math.inf).argmin(1)
+        rows = torch.arange(r1 - r0, device=e.device)
+        rank.masked_fill_(~same, -math.inf)[rows, rows + r0] = -math.inf  # positives only, self out
+        far_pos[r0:r1] = rank.argmax(1)
+    return far_pos, near_neg
+
+
 @one_device
 def batch_triplet_loss(
     embeddings: Tensor,
@@ -403,10 +433,12 @@ def batch_triplet_loss(
       ``D(a, p) < D(a, n) < D(a, p) + margin``; the mean is over those triplets. A batch with valid
       triplets but none semi-hard (all easy, or all hard) gives a zero loss.
 
-    The N × N distance matrix is computed once. ``"all"`` and ``"semi-hard"`` sum over the triplets
+    ``"all"`` and ``"semi-hard"`` compute the N × N distance matrix once and sum over the triplets
     exactly without an (N, N, N) tensor: each anchor's negative distances are sorted and a binary
     search counts, for each positive, the negatives inside the margin (O(N²·(d + log N)) time, O(N²)
-    memory, forward and backward). ``"hard"`` is O(N²·d) time, O(N²) memory.
+    memory, forward and backward). ``"hard"`` mines without gradient in blocks of anchors (O(N²·d)
+    time, O(block·N) memory) and then recomputes only the 2N chosen distances with gradient (their
+    direct form ``‖a − p‖``), so autograd holds O(N·d).
 
     A batch with no valid triplet (every label distinct, or all equal) emits a ``UserWarning`` and
     returns a zero that keeps ``embeddings`` in the graph, never NaN.
@@ -439,10 +471,8 @@ def batch_triplet_loss(
     check_choice(mining, "mining", MINING)
     check_reduction(reduction)
 
-    same = labels[:, None] == labels[None, :]
-    pos = same & ~torch.eye(n, dtype=torch.bool, device=labels.device)
-    neg = ~same
-    has_triplet = pos.any(1) & neg.any(1)
+    _, inverse, counts = torch.unique(labels, return_inverse=True, return_counts=True)
+    has_triplet = (counts[inverse] > 1) & (counts[inverse] < n)  # a positive and a negative
     if not bool(has_triplet.any()):
         warnings.warn(
             f"batch_triplet_loss: no valid triplet in a batch of {n} with {labels.unique().numel()} "
@@ -453,14 +483,17 @@ def batch_triplet_loss(
         return _graph_zero(embeddings, reduction, n)
 
     (e,) = _upcast(embeddings)
-    dist = _pairwise_distance(e, e, distance, same=True)
     if mining == "hard":
-        low, high = dist.detach().min() - 1.0, dist.detach().max() + 1.0
-        hardest_pos = dist.masked_fill(~pos, low).amax(1)
-        hardest_neg = dist.masked_fill(~neg, high).amin(1)
-        per_anchor = torch.where(has_triplet, F.relu(hardest_pos - hardest_neg + margin), 0.0)
+        hardest_pos, hardest_neg = _batch_hard_pairs(e.detach(), labels, distance)
+        d_pos = _paired_distance(e, e[hardest_pos], distance)
+        d_neg = _paired_distance(e, e[hardest_neg], distance)
+        per_anchor = torch.where(has_triplet, F.relu(d_pos - d_neg + margin), 0.0)
         n_triplets = has_triplet.sum()
     else:
+        same = labels[:, None] == labels[None, :]
+        pos = same & ~torch.eye(n, dtype=torch.bool, device=labels.device)
+        neg = ~same
+        dist = _pairwise_distance(e, e, distance, same=True)
         per_anchor, n_triplets = _mined_triplet_sums(dist, pos, neg, margin, semi_hard=mining == "semi-hard")
 
     if reduction == "none":

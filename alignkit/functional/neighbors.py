@@ -387,6 +387,25 @@ def _overlap(a: Tensor, b: Tensor) -> Tensor:
     return counts
 
 
+def _given_neighbors(neighbors: object, n: int, k: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Check precomputed ``(knn(x, k), knn(y, k))`` results: (indices_x, values_x, indices_y, values_y)."""
+    if not (isinstance(neighbors, tuple | list) and len(neighbors) == 2):
+        raise ValueError(
+            f"neighbors must be a pair (knn(x, k), knn(y, k)) of Neighbors, got {type(neighbors).__name__}"
+        )
+    out = []
+    for side, found in zip("xy", neighbors, strict=True):
+        if not isinstance(found, Neighbors):
+            raise ValueError(f"neighbors of {side} must be a Neighbors from knn, got {type(found).__name__}")
+        if tuple(found.indices.shape) != (n, k) or tuple(found.values.shape) != (n, k):
+            raise ValueError(
+                f"neighbors of {side} must hold ({n}, {k}) indices and values (N rows, k neighbours), "
+                f"got {shape_str(found.indices)}"
+            )
+        out += [found.indices, found.values]
+    return out[0], out[1], out[2], out[3]
+
+
 @one_device
 def mutual_knn(
     x: Tensor,
@@ -395,6 +414,8 @@ def mutual_knn(
     metric: str = "cosine",
     chunk_size: int | None = None,
     backend: str = "auto",
+    *,
+    neighbors: tuple[Neighbors, Neighbors] | None = None,
 ) -> Tensor:
     """Mutual k-nearest-neighbour alignment ``(1/N) Σ_i |N_k^x(i) ∩ N_k^y(i)| / k``.
 
@@ -413,6 +434,8 @@ def mutual_knn(
         k: neighbours, 1 ≤ k ≤ N − 1 (the paper uses 10).
         metric: neighbourhood metric, ``"cosine"`` (the paper's) | ``"dot"`` | ``"euclidean"``.
         chunk_size, backend: passed to :func:`knn`.
+        neighbors: ``(knn(x, k, metric=metric), knn(y, k, metric=metric))`` computed already (e.g.
+            shared with :func:`cknna`, which searches the same cosine graphs); not searched again.
 
     Returns:
         Scalar tensor in [0, 1], in the promoted dtype of x and y.
@@ -423,8 +446,11 @@ def mutual_knn(
     x, y = _paired(x, y, min_rows=2)
     n = x.shape[0]
     check_int(k, "k", 1, n - 1, f" (N − 1 = {n - 1} for x of shape {shape_str(x)})")
-    nx = knn(x, k, metric=metric, chunk_size=chunk_size, backend=backend).indices
-    ny = knn(y, k, metric=metric, chunk_size=chunk_size, backend=backend).indices
+    if neighbors is not None:
+        nx, _, ny, _ = _given_neighbors(neighbors, n, k)
+    else:
+        nx = knn(x, k, metric=metric, chunk_size=chunk_size, backend=backend).indices
+        ny = knn(y, k, metric=metric, chunk_size=chunk_size, backend=backend).indices
     score = _overlap(nx, ny).sum(dtype=torch.float64) / (n * k)
     return score.to(torch.promote_types(x.dtype, y.dtype))
 
@@ -469,6 +495,8 @@ def cknna(
     unbiased: bool = True,
     chunk_size: int | None = None,
     backend: str = "auto",
+    *,
+    neighbors: tuple[Neighbors, Neighbors] | None = None,
 ) -> Tensor:
     """CKNNA: CKA restricted to mutual nearest-neighbour pairs (Huh et al. 2024, "The Platonic
     Representation Hypothesis", appendix; platonic-rep ``metrics.py::AlignmentMetrics.cknna``).
@@ -498,6 +526,8 @@ def cknna(
         unbiased: unbiased HSIC with self excluded from the neighbours (the authors' default), or
             the biased HSIC with self included.
         chunk_size, backend: passed to :func:`knn`.
+        neighbors: ``(knn(x, k, exclude_self=unbiased), knn(y, k, exclude_self=unbiased))`` (cosine)
+            computed already, e.g. shared with :func:`mutual_knn`; not searched again.
 
     Returns:
         Scalar tensor (at most 1 in practice; 1 for y = x), in the promoted dtype of x and y.
@@ -513,8 +543,11 @@ def cknna(
     high = n - 1 if unbiased else n
     check_int(k, "k", 1, high, f" (N{' − 1' if unbiased else ''} = {high} for x of shape {shape_str(x)})")
     opts: dict[str, Any] = {"metric": "cosine", "exclude_self": unbiased, "chunk_size": chunk_size}
-    ix, vx = knn(x, k, backend=backend, **opts)
-    iy, vy = knn(y, k, backend=backend, **opts)
+    if neighbors is not None:
+        ix, vx, iy, vy = _given_neighbors(neighbors, n, k)
+    else:
+        ix, vx = knn(x, k, backend=backend, **opts)
+        iy, vy = knn(y, k, backend=backend, **opts)
     rows = torch.arange(n, device=x.device).repeat_interleave(k)
     cols_x, cols_y = ix.reshape(-1), iy.reshape(-1)
     vx, vy = vx.reshape(-1).to(torch.float64), vy.reshape(-1).to(torch.float64)

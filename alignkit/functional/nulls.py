@@ -39,7 +39,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor
 
-from alignkit.functional._checks import check_features, check_int, shape_str
+from alignkit.functional._checks import check_features, check_int, one_device, shape_str
 
 __all__ = [
     "BootstrapInterval",
@@ -133,6 +133,7 @@ def _scores(metric_fn: Callable[[Tensor, Tensor], object], a: Tensor, b: Tensor)
     return _number(value)
 
 
+@one_device
 def permutation_test(
     metric_fn: Callable[[Tensor, Tensor], object],
     x: Tensor,
@@ -232,6 +233,7 @@ def _alternatives(
     return sides
 
 
+@one_device
 def bootstrap_interval(
     metric_fn: Callable[[Tensor, Tensor], object],
     x: Tensor,

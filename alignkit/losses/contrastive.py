@@ -25,10 +25,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from alignkit.distributed import gather_with_grad, rank, world_size
-from alignkit.functional._checks import EPS, check_features, check_positive, compute_dtype
+from alignkit.functional._checks import EPS, check_features, check_positive, check_same_device, compute_dtype
 from alignkit.functional.contrastive import (
+    _check_chunk,
     _check_labels,
     _check_pair,
+    _clip_loss,
     _softmax_ce,
     _supcon_rows,
     _supcon_valid,
@@ -205,6 +207,7 @@ class CLIPLoss(nn.Module):
             )
         else:
             self.register_parameter("logit_bias", None)
+        _check_chunk(chunk_size)
         self.chunk_size = chunk_size
         self.process_group = process_group
         self.local_loss = local_loss
@@ -229,13 +232,14 @@ class CLIPLoss(nn.Module):
         check_features(a, "a")
         check_features(b, "b")
         _check_pair(a, b, "a", "b")
+        check_same_device(("a", a), ("b", b))
         scale = self.temperature()
         bias = self.logit_bias
         a = F.normalize(a, dim=-1, eps=self.eps)
         b = F.normalize(b, dim=-1, eps=self.eps)
         group = self.process_group
-        if world_size(group) == 1:
-            loss = clip_loss(a, b, scale, bias, self.chunk_size)
+        if world_size(group) == 1:  # checked above: not scanned again for finiteness
+            loss = _clip_loss(a, b, scale, bias, self.chunk_size, 0)
         elif not self.local_loss:
             loss = clip_loss(
                 gather_with_grad(a, group), gather_with_grad(b, group), scale, bias, self.chunk_size

@@ -13,11 +13,14 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from alignkit.recipes.config import validate_config, write_config
+from alignkit.recipes.config import _flatten, load_config, validate_config, write_config
 from alignkit.recipes.data import RecipeData, load_recipe_data
 from alignkit.recipes.systems import build_system
 
-__all__ = ["BatchRows", "run_recipe", "run_seeds", "summarize_seeds"]
+__all__ = ["RESUMABLE_CHANGES", "BatchRows", "check_resume", "run_recipe", "run_seeds", "summarize_seeds"]
+
+#: Config keys a ``--resume`` may change: they steer the run, not what it trains.
+RESUMABLE_CHANGES = ("train.device", "train.evaluate_checkpoint", "train.log_every", "train.threads")
 
 
 class BatchRows(Dataset):
@@ -57,6 +60,40 @@ def _train_rows(cfg: Mapping[str, Any], data: RecipeData) -> Tensor:
     return rows if subset is None else rows[:subset]
 
 
+def check_resume(config: Mapping[str, Any], out_dir: str | os.PathLike[str]) -> dict[str, int] | None:
+    """Before a resume writes anything: is ``out_dir`` resumable with ``config``?
+
+    Returns ``None`` when ``out_dir`` holds no ``checkpoints/last.json`` (the run starts fresh), else
+    where it stops: ``{"step", "epoch", "batch_in_epoch"}`` (``epoch`` counts finished epochs).
+
+    Raises:
+        ValueError: ``config`` differs from the run's ``config.yaml`` in a key other than
+            :data:`RESUMABLE_CHANGES` (the message names every such key with both values); the run
+            directory is left untouched, so a plain ``--resume`` still works.
+    """
+    from alignkit.train.checkpoint import load_checkpoint
+
+    out = Path(out_dir)
+    last = out / "checkpoints" / "last.json"
+    if not last.is_file():
+        return None
+    saved_path = out / "config.yaml"
+    if saved_path.is_file():
+        saved = _flatten(load_config(saved_path))
+        wanted = _flatten(validate_config(config))
+        keys = (saved.keys() | wanted.keys()) - set(RESUMABLE_CHANGES)
+        changed = sorted(k for k in keys if saved.get(k) != wanted.get(k))
+        if changed:
+            diff = ", ".join(f"{k} ({saved.get(k)!r} → {wanted.get(k)!r})" for k in changed)
+            raise ValueError(
+                f"cannot resume {out}: the requested config differs from its config.yaml in {diff}; "
+                "only " + ", ".join(RESUMABLE_CHANGES) + " may change on resume — drop those overrides "
+                "to resume, or train into another --out (nothing was written)"
+            )
+    state = load_checkpoint(last, verify=False).state
+    return {k: int(state.get(k, 0)) for k in ("step", "epoch", "batch_in_epoch")}
+
+
 def run_recipe(
     config: Mapping[str, Any],
     out_dir: str | os.PathLike[str],
@@ -94,9 +131,11 @@ def run_recipe(
 
     cfg = validate_config(config)
     start = time.perf_counter()
-    data = load_recipe_data(cfg, progress=bool(progress)) if data is None else data
     out = Path(out_dir)
     info = dist_info()
+    if resume and info.is_main:
+        check_resume(cfg, out)  # before anything is written: a refused resume leaves the run resumable
+    data = load_recipe_data(cfg, progress=bool(progress)) if data is None else data
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
         write_config(cfg, out / "config.yaml")
@@ -114,6 +153,9 @@ def run_recipe(
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError("config key 'train.device' is 'cuda' but no CUDA device is available")
     train_data = _training_rows(system, data, _train_rows(cfg, data))
+    # a system with its own validation / test evaluation (the generative repa recipe) provides them
+    own_validator = getattr(system, "make_validator", None)
+    validator = own_validator(data, out if info.is_main else None) if own_validator else make_validator(data)
     trainer = Trainer(
         system,
         train_data,
@@ -125,7 +167,7 @@ def run_recipe(
         warmup_fraction=t["warmup_fraction"],
         min_lr_ratio=t["min_lr_ratio"],
         grad_clip=t["grad_clip"],
-        evaluate=make_validator(data),
+        evaluate=validator,
         monitor="val_loss",
         mode="min",
         seed=cfg["seed"],
@@ -140,7 +182,20 @@ def run_recipe(
         trainer.load_best()
     metrics: dict[str, Any] = {}
     if info.is_main:
-        metrics = evaluate_run(system, data, out, recipe=cfg["recipe"], epochs=t["epochs"], start=start)
+        own_evaluation = getattr(system, "evaluate_run", None)
+        if own_evaluation is not None:  # a generative recipe (repa) scores itself
+            metrics = own_evaluation(data, out, recipe=cfg["recipe"], epochs=t["epochs"], start=start)
+        else:
+            metrics = evaluate_run(
+                system,
+                data,
+                out,
+                recipe=cfg["recipe"],
+                epochs=t["epochs"],
+                start=start,
+                null_permutations=t["null_permutations"],
+                bootstrap=t["bootstrap"],
+            )
     return metrics
 
 

@@ -784,6 +784,11 @@ def write_report(run_dir: str | os.PathLike[str], *, samples: int = 40, dpi: int
     captioning = captioning_section(run)
     if captioning is not None:
         parts += ["<h2>Captioning from the joint space</h2>", captioning]
+    from alignkit.report.generation import generation_section
+
+    generation = generation_section(run)
+    if generation is not None:
+        parts += ["<h2>Generated digits</h2>", generation]
     parts.append("<h2>Configuration</h2>")
     if config is not None:
         parts.append(_table(["key", "value"], [(k, _config_text(v)) for k, v in _flatten(config)]))
