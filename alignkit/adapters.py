@@ -38,6 +38,7 @@ import json
 import math
 import numbers
 import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -768,7 +769,8 @@ def fit_adapter(
         unpaired_target: (U_t, d_t) extra target rows with no pair, for refinement.
         refine_iters: refinement rounds (≥ 0) when both unpaired sets are given.
         csls_k: > 0 scores the report's "before" / "after" searches with CSLS of this k.
-        progress: show a tqdm bar over epochs for gradient fits.
+        progress: show progress of gradient fits on stderr: a tqdm bar in a terminal, else about
+            ten flushed lines (``fit mlp/clip: epoch 10/100 loss … monitored …``).
 
     Returns:
         ``(adapter, report)``: the :class:`Adapter` (eval mode, on the input's device, float64 if
@@ -1057,9 +1059,10 @@ def _train(
     best_epoch, best_state = 0, _snapshot(adapter, criterion)
     since_best = 0
     epoch = 0
-    bar = tqdm(
-        range(1, epochs + 1), desc=f"fit {adapter.method}/{objective}", disable=not progress, leave=False
-    )
+    label = f"fit {adapter.method}/{objective}"
+    tty = sys.stderr.isatty()
+    bar = tqdm(range(1, epochs + 1), desc=label, disable=not (progress and tty), leave=False)
+    every = max(1, epochs // 10)  # outside a terminal: about ten flushed lines
     adapter.train()
     for epoch in bar:
         order = train_idx[torch.randperm(n_train, generator=generator).to(train_idx.device)]
@@ -1070,6 +1073,9 @@ def _train(
             optimizer.step()
         value = evaluate(monitor)
         bar.set_postfix(loss=f"{float(loss.detach()):.4g}", monitored=f"{value:.4g}")
+        if progress and not tty and (epoch % every == 0 or epoch == epochs):
+            line = f"{label}: epoch {epoch}/{epochs} loss {float(loss.detach()):.4g} monitored {value:.4g}"
+            print(line, file=sys.stderr, flush=True)
         if value < best:
             best, best_epoch, best_state, since_best = value, epoch, _snapshot(adapter, criterion), 0
         elif len(val_idx):

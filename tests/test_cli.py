@@ -147,3 +147,18 @@ def test_trainer_prints_one_line_per_epoch_outside_a_terminal(
     assert last == pytest.approx(result.epochs[-1]["train_loss"], rel=1e-3)
     Trainer(Tiny(), (x, y), progress=False, **kwargs).fit()
     assert capsys.readouterr().err == ""
+
+
+def test_gradient_fit_prints_about_ten_lines_outside_a_terminal(capsys: pytest.CaptureFixture[str]) -> None:
+    import torch
+
+    from alignkit.adapters import fit_adapter
+
+    x = torch.randn(64, 6)
+    y = x @ torch.randn(6, 5)
+    fit_adapter(x, y, method="mlp", epochs=20, patience=100, hidden_dim=8, progress=True)
+    lines = capsys.readouterr().err.splitlines()
+    want = [f"fit mlp/mse: epoch {e}/20" for e in range(2, 21, 2)]
+    assert [line.split(" loss ")[0] for line in lines] == want
+    fit_adapter(x, y, method="mlp", epochs=20, hidden_dim=8, progress=False)
+    assert capsys.readouterr().err == ""

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -107,7 +106,7 @@ def _fit(args: argparse.Namespace) -> int:
         target,
         method=args.method,
         objective=args.objective,
-        progress=sys.stderr.isatty() and not args.json and not args.quiet,
+        progress=not args.quiet,  # a bar in a terminal, else plain lines on stderr
         **kwargs,
     )
     adapter.save(out)
