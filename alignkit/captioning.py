@@ -494,7 +494,7 @@ def _fit_one(
         monitor="val_loss" if val is not None else "train_loss",
         seed=settings.seed,
         log_every=10,
-        progress=progress,
+        progress=f"alignkit caption: {method} decoder " if progress else False,
         resume=resume,
         device="cpu",
     )
