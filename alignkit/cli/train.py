@@ -120,7 +120,7 @@ def format_results(metrics: Mapping[str, Any], n_test: int, n_classes: int = 10)
     from alignkit.report.labels import METRIC_INFO, metric_rows
 
     nulls = metrics.get("null") if isinstance(metrics.get("null"), Mapping) else {}
-    header = f"{'test split (' + str(n_test) + ' rows)':30}{'value':>10}{'chance':>10}"
+    header = f"{'test split (' + str(n_test) + ' rows)':50}{'value':>10}{'chance':>10}"
     lines = [header + ("   permutation null (p)" if nulls else "")]
     for info, value, chance in metric_rows(metrics, n_test, n_classes):
         if info.key in ("epochs", "seconds"):
@@ -131,7 +131,7 @@ def format_results(metrics: Mapping[str, Any], n_test: int, n_classes: int = 10)
         label = f"{info.label} {info.arrow}".rstrip()
         null = nulls.get(info.key)
         tail = f"   {null['null_mean']:.3f} ± {null['null_sd']:.3f} ({null['p_value']:.3f})" if null else ""
-        lines.append(f"{label:30}{text:>10}{ref:>10}{tail}")
+        lines.append(f"{label:50}{text:>10}{ref:>10}{tail}")
     return "\n".join(lines)
 
 

@@ -286,19 +286,36 @@ def metrics_table_html(metrics: Mapping[str, Any], n_test: int | None, n_classes
     in the order of :data:`alignkit.report.labels.METRICS` (recipe-specific numbers after), with the
     chance level of :func:`~alignkit.report.labels.chance_level` on ``n_test`` rows (blank where a
     metric has none or ``n_test`` is unknown)."""
-    head = "".join(
-        f"<th>{h}</th>"
-        for h in ("metric", "better", "value", f"chance{'' if n_test is None else f' (N={n_test})'}", "key")
-    )
+    nulls = metrics.get("null") if isinstance(metrics.get("null"), Mapping) else {}
+    seeds = metrics.get("n_seeds")
+    values = metrics.get("mean") if seeds else metrics
+    columns = ["metric", "better", f"mean ± sd over {seeds} seeds" if seeds else "value"]
+    columns += ["95 % interval"] if seeds else []
+    columns += [f"chance{'' if n_test is None else f' (N={n_test})'}"]
+    columns += ["permutation null (p)"] if nulls else []
+    head = "".join(f"<th>{h}</th>" for h in [*columns, "key"])
     body = []
-    for info, value, chance in metric_rows(metrics, n_test, n_classes):
+    for info, value, chance in metric_rows(values, n_test, n_classes):
         known = info.key in METRIC_INFO
+        shown = info if known else None
         direction = {"↑": "↑ higher", "↓": "↓ lower"}.get(info.arrow, "")
         level = "" if chance is None else html.escape(format_metric(info, chance))
+        text = format_metric(shown, value)
+        cells = ""
+        if seeds:
+            sd, low, high = (metrics.get(part, {}).get(info.key) for part in ("sd", "low", "high"))
+            text += "" if sd is None else f" ± {format_metric(shown, sd)}"
+            span = "" if low is None else f"[{format_metric(shown, low)}, {format_metric(shown, high)}]"
+            cells = f'<td class="num">{html.escape(span)}</td>'
+        cells += f'<td class="num chance">{level}</td>'
+        if nulls:
+            z = nulls.get(info.key)
+            spread = "" if not z else f"{format_number(z['null_mean'])} ± {format_number(z['null_sd'])}"
+            p_value = f" ({z['p_value']:.3f})" if z else ""
+            cells += f'<td class="num chance">{html.escape(spread + p_value)}</td>'
         body.append(
             f"<tr><td>{html.escape(info.label)}</td><td class=\"dir\">{direction}</td>"
-            f'<td class="num">{html.escape(format_metric(info if known else None, value))}</td>'
-            f'<td class="num chance">{level}</td>'
+            f'<td class="num">{html.escape(text)}</td>{cells}'
             f"<td><code>{html.escape(info.key)}</code></td></tr>"
         )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
@@ -728,6 +745,9 @@ def write_report(run_dir: str | os.PathLike[str], *, samples: int = 40, dpi: int
     recipe = metrics.get("recipe") or (config.get("recipe") if isinstance(config, Mapping) else None)
     title = f"alignkit run · {run.name}" + (f" · {recipe}" if recipe else "")
     tensors = load_run_embeddings(run) if (run / EMBEDDINGS_FILE).is_file() else None
+    seed_runs = [run / f"seed-{s}" for s in metrics.get("seeds", [])] if metrics.get("n_seeds") else []
+    if tensors is None and seed_runs and (seed_runs[0] / EMBEDDINGS_FILE).is_file():
+        tensors = load_run_embeddings(seed_runs[0])  # the first seed's test split: its size, examples
     weights = run_weights_digest(run)
     n_test = None if tensors is None else int(tensors["image"].shape[0])
     parts = [
@@ -745,6 +765,18 @@ def write_report(run_dir: str | os.PathLike[str], *, samples: int = 40, dpi: int
         + "</p>",
         "<h2>Test-split metrics</h2>",
         metrics_table_html(metrics, n_test),
+        *(
+            [
+                '<p class="legend">Each seed\'s own report: '
+                + ", ".join(
+                    f'<a href="{html.escape(r.name)}/report.html">{html.escape(r.name)}</a>'
+                    for r in seed_runs
+                )
+                + ". The interval is Student-t over the seeds (the data split stays fixed).</p>"
+            ]
+            if seed_runs
+            else []
+        ),
         '<p class="legend">Chance: a random ranking / classifier on the same test split (zero-shot '
         "1/10, R@K = K/N, median rank (N+1)/2, mAP H<sub>N</sub>/N, mutual 10-NN 10/(N−1)); CKA, "
         "alignment and uniformity have no closed-form chance level.</p>",
@@ -791,7 +823,10 @@ def write_report(run_dir: str | os.PathLike[str], *, samples: int = 40, dpi: int
         parts += ["<h2>Generated digits</h2>", generation]
     parts.append("<h2>Configuration</h2>")
     if config is not None:
-        parts.append(_table(["key", "value"], [(k, _config_text(v)) for k, v in _flatten(config)]))
+        from alignkit.recipes.config import INPUT_KEYS
+
+        rows = [(k, _config_text(v)) for k, v in _flatten(config) if not (k in INPUT_KEYS and v is None)]
+        parts.append(_table(["key", "value"], rows))
     if notes:
         parts.append("<h2>Notes</h2><ul>")
         parts += [f'<li class="note">{html.escape(n)}</li>' for n in notes]

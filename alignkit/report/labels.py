@@ -18,8 +18,8 @@ mAP (one positive)     H_N / N = (1/N)·Σ_r 1/r  the mean of 1/rank for a rank 
 mutual k-NN (k = 10)   k/(N−1)                  overlap of two independent random k-sets
 =====================  ==========================================================================
 
-CKA, alignment, uniformity and the grouped recalls (whose chance depends on how many captions
-repeat) have no closed-form chance level here, so none is printed for them.
+CKA, alignment and uniformity have no closed-form chance level (it depends on the embeddings), so
+none is printed for them.
 """
 
 from __future__ import annotations
@@ -60,11 +60,11 @@ class MetricInfo:
 
 #: Display order: classification, retrieval both ways, ranks, similarity of the spaces, geometry, cost.
 METRICS: tuple[MetricInfo, ...] = (
-    MetricInfo("zero_shot_accuracy", "zero-shot accuracy", "zero-shot acc", "higher", "classes"),
+    MetricInfo("zero_shot_accuracy", "zero-shot accuracy (unseen prompts)", "zero-shot", "higher", "classes"),
     MetricInfo(
         "zero_shot_accuracy_seen_template",
-        "zero-shot accuracy (a training template as prompt)",
-        "zero-shot acc (seen template)",
+        "zero-shot accuracy (a training caption template)",
+        "zero-shot acc (seen)",
         "higher",
         "classes",
     ),
@@ -75,13 +75,8 @@ METRICS: tuple[MetricInfo, ...] = (
     MetricInfo("t2i_recall@5", "text→image R@5", "t2i R@5", "higher", "recall@5"),
     MetricInfo("t2i_recall@10", "text→image R@10", "t2i R@10", "higher", "recall@10"),
     *(
-        MetricInfo(
-            f"{way}_recall@{k}_grouped",
-            f"{arrow} R@{k}, identical captions count",
-            f"{way} R@{k} grouped",
-            "higher",
-        )
-        for way, arrow in (("i2t", "image→text"), ("t2i", "text→image"))
+        MetricInfo(f"{d}_recall@{k}_grouped", f"{name} R@{k}, any of the group", f"{d} R@{k} (gr.)", "higher")
+        for d, name in (("i2t", "image→text"), ("t2i", "text→image"))
         for k in (1, 5, 10)
     ),
     MetricInfo("median_rank", "median rank (image→text)", "median rank", "lower", "median", ".1f"),
@@ -89,7 +84,7 @@ METRICS: tuple[MetricInfo, ...] = (
     MetricInfo("i2t_map", "image→text mAP", "i2t mAP", "higher", "map"),
     MetricInfo("t2i_map", "text→image mAP", "t2i mAP", "higher", "map"),
     MetricInfo("cka_linear", "linear CKA (joint)", "CKA", "higher"),
-    MetricInfo("cka_unbiased", "linear CKA, unbiased (joint)", "unbiased CKA", "higher"),
+    MetricInfo("cka_unbiased", "unbiased linear CKA (joint)", "unbiased CKA", "higher"),
     MetricInfo("cka_towers", "linear CKA (towers)", "CKA towers", "higher"),
     MetricInfo("mutual_knn", "mutual 10-NN", "mutual kNN", "higher", "knn"),
     MetricInfo("alignment", "alignment", "alignment", "lower"),
