@@ -23,8 +23,11 @@ test: $(STAMP) lint
 demo: $(STAMP)
 	$(BIN)/alignkit demo
 
+# make bench                 every README performance row with its baseline (long)
+# make bench BENCH_ARGS=--quick   smaller sizes, a few minutes
+BENCH_ARGS ?=
 bench: $(STAMP)
-	$(BIN)/python bench/losses.py
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

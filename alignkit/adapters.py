@@ -6,7 +6,8 @@ the rest of the old index::
 
     from alignkit.adapters import Adapter, fit_adapter
     adapter, report = fit_adapter(old_vectors, new_vectors, method="procrustes")
-    print(report.format_table())            # held-out Recall@1 and linear CKA, before and after
+    print(report.format_table())   # new-model queries searching the held-out mapped rows: R@1/10, MRR,
+                                   # overlap with native top-10, hubness; keep-old / before / after / native
     adapter.save("adapter.safetensors")
     mapped = Adapter.load("adapter.safetensors")(old_index)   # (N, d_old) → (N, d_new)
 
@@ -16,14 +17,19 @@ Methods (``method`` × ``objective``):
   isotropic scale, in closed form from one SVD (Schönemann 1966; with scale: Gower & Dijksterhuis 2004).
   Preserves angles and distances of the centred source; the right choice when both spaces hold the
   same geometry up to rotation (Smith et al. 2017, Conneau et al. 2018 for word vectors).
-* ``"linear"`` — an affine map. ``"mse"``: closed-form ridge regression; ``"cosine"`` | ``"clip"`` |
-  ``"info_nce"``: AdamW from the ridge solution, minimising the objective.
+* ``"linear"`` — an affine map. ``"mse"``: closed-form ridge regression (``ridge="auto"``: chosen by
+  generalised cross-validation on the training pairs); ``"cosine"`` | ``"clip"`` | ``"info_nce"``:
+  AdamW from the ridge solution, minimising the objective, then re-centred on the target mean.
 * ``"mlp"`` — the affine map plus a :class:`~alignkit.nn.ProjectionHead` residual (its last layer
   starts at zero, so training starts at the ridge solution), trained with any objective, with early
   stopping on the validation split.
 
 With ``objective != "mse"`` the adapter L2-normalises its input rows first (embeddings compared by
-cosine), and its output is meant to be compared by cosine too.
+cosine), and its output is meant to be compared by cosine too. Closed forms can be refined with
+unpaired rows of both spaces (iterative Procrustes on CSLS mutual nearest neighbours).
+
+Held-out rows are only measured, never used to choose anything; iterative fits take their
+validation rows out of the training rows; closed forms use every training pair.
 """
 
 from __future__ import annotations
@@ -53,11 +59,21 @@ from alignkit.functional._checks import (
     check_same_rows,
     shape_str,
 )
-from alignkit.io import atomic_write
+from alignkit.io import atomic_write, load_safetensors, sha256_tensors
 from alignkit.losses.contrastive import CLIPLoss, InfoNCELoss
 from alignkit.nn.heads import ACTIVATIONS, ProjectionHead
 
-__all__ = ["METHODS", "OBJECTIVES", "Adapter", "FitReport", "fit_adapter", "split_rows"]
+__all__ = [
+    "METHODS",
+    "MIN_TEST_ROWS",
+    "OBJECTIVES",
+    "RIDGE_GRID",
+    "Adapter",
+    "FitReport",
+    "fit_adapter",
+    "ridge_gcv",
+    "split_rows",
+]
 
 METHODS = ("procrustes", "linear", "mlp")
 OBJECTIVES = ("mse", "cosine", "clip", "info_nce")
@@ -65,6 +81,7 @@ _CLOSED_FORM_OBJECTIVES = {"procrustes": ("mse", "cosine")}
 _FORMAT = "alignkit.adapter"
 _VERSION = 1
 _META_KEY = "alignkit_adapter"
+_DIGEST_KEY = "alignkit_adapter_sha256"  # sha256_tensors(weights, header=config JSON)
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 _TRANSFORM_BLOCK = 65536
 
@@ -223,7 +240,8 @@ class Adapter(nn.Module):
     # files
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Write the weights as ``.safetensors`` with :attr:`config` as JSON in its metadata.
+        """Write the weights as ``.safetensors`` with :attr:`config` as JSON in its metadata, and the
+        SHA-256 of configuration and weights (:func:`alignkit.io.sha256_tensors`) that :meth:`load` checks.
 
         Atomic: the bytes go to a temporary file in the destination directory, are synced, and the
         file is renamed over ``path`` with ``os.replace`` (a reader sees the old or the new file).
@@ -239,7 +257,8 @@ class Adapter(nn.Module):
         except (TypeError, ValueError) as err:
             raise ValueError(f"adapter info must be JSON-serialisable ({_one_line(err)})") from None
         tensors = {name: t.detach().cpu().contiguous().clone() for name, t in self.state_dict().items()}
-        blob = save(tensors, metadata={"format": "pt", _META_KEY: config})
+        digest = sha256_tensors(tensors, header=config.encode("utf-8"))
+        blob = save(tensors, metadata={"format": "pt", _META_KEY: config, _DIGEST_KEY: digest})
         with atomic_write(file) as out:
             out.write(blob)
 
@@ -248,21 +267,17 @@ class Adapter(nn.Module):
         """Read an adapter written by :meth:`save` (in eval mode, on ``map_location``).
 
         Raises:
-            ValueError: one line naming the file when it is missing, not a safetensors file, a
-                safetensors file that is not an alignkit adapter (no ``alignkit_adapter`` metadata, e.g.
-                an embeddings file), or its configuration and tensors do not agree.
+            ValueError: one line naming the file when it is missing, not a safetensors file (header and
+                sizes checked before reading, :func:`alignkit.io.load_safetensors`), a safetensors file
+                that is not an alignkit adapter (no ``alignkit_adapter`` metadata, e.g. an embeddings
+                file), its configuration and tensors do not agree (checked on the ``meta`` device, so
+                huge declared dimensions allocate nothing), or its SHA-256 does not match (a flipped
+                byte) or is missing.
         """
         file = _adapter_path(path)
-        if not file.is_file():
-            raise ValueError(f"{file}: no such adapter file" if not file.exists() else f"{file}: not a file")
-        from safetensors import safe_open
-
-        try:
-            with safe_open(str(file), framework="pt", device="cpu") as handle:
-                metadata = handle.metadata() or {}
-                tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
-        except Exception as err:  # SafetensorError, OSError … for a foreign or truncated file
-            raise ValueError(f"{file}: not a readable .safetensors file ({_one_line(err)})") from None
+        if not file.exists() and not file.is_symlink():
+            raise ValueError(f"{file}: no such adapter file")
+        tensors, metadata = load_safetensors(file)
         if _META_KEY not in metadata:
             raise ValueError(
                 f"{file}: not an alignkit adapter (no {_META_KEY!r} metadata; it holds tensors "
@@ -270,9 +285,15 @@ class Adapter(nn.Module):
             )
         try:
             config = json.loads(metadata[_META_KEY])
-        except json.JSONDecodeError as err:
+        except (json.JSONDecodeError, RecursionError) as err:
             raise ValueError(f"{file}: adapter metadata is not valid JSON ({_one_line(err)})") from None
-        adapter = cls._from_config(config, file)
+        try:
+            with torch.device("meta"):  # shapes only: a hostile configuration allocates nothing
+                adapter = cls._from_config(config, file)
+        except (RuntimeError, OverflowError, MemoryError) as err:  # sizes beyond what torch can describe
+            raise ValueError(
+                f"{file}: adapter configuration declares impossible sizes ({_one_line(err)})"
+            ) from None
         expected = adapter.state_dict()
         missing = sorted(set(expected) - set(tensors))
         extra = sorted(set(tensors) - set(expected))
@@ -290,6 +311,15 @@ class Adapter(nn.Module):
                 )
             if not tensor.is_floating_point() or not bool(torch.isfinite(tensor).all()):
                 raise ValueError(f"{file}: tensor {name!r} is not a finite floating-point tensor")
+        digest = metadata.get(_DIGEST_KEY)
+        if digest is None:
+            raise ValueError(
+                f"{file}: adapter has no SHA-256 digest ({_DIGEST_KEY!r} metadata; written by an older "
+                "alignkit); re-run `alignkit fit` to write a checked one"
+            )
+        if sha256_tensors(tensors, header=metadata[_META_KEY].encode("utf-8")) != digest:
+            raise ValueError(f"{file}: adapter is corrupt (SHA-256 mismatch of configuration and weights)")
+        adapter = adapter.to_empty(device="cpu")
         adapter.load_state_dict({k: v.to(expected[k].dtype) for k, v in tensors.items()})
         return adapter.to(map_location).eval()
 
@@ -336,18 +366,42 @@ def _adapter_path(path: object) -> Path:
 # --------------------------------------------------------------------------------------------------
 # The report
 
+# Held-out rows below this are flagged: a 95% interval on R@1 is then wider than about ±7 points.
+MIN_TEST_ROWS = 200
+
+
+def _wilson(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion ``p`` measured on ``n`` trials."""
+    if n <= 0:
+        return (0.0, 1.0)
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
 
 @dataclass
 class FitReport:
-    """What :func:`fit_adapter` measured.
+    """What :func:`fit_adapter` measured, the way a migrated index is used.
 
-    Metrics are computed on the held-out rows (``evaluated_on == "validation"``), or on the training
-    rows when ``val_fraction=0`` (``evaluated_on == "train"``). ``recall_at_1_*``: fraction of
-    source rows whose own target row is the nearest (cosine) target row; ``*_before`` compares raw
-    source with target (``None`` — "n/a" — when d_s ≠ d_t), ``*_after`` the mapped source.
-    ``cka_*``: linear CKA. ``objective_*``: the fitted objective on each split (mean squared error per
-    coordinate for ``"mse"``, mean ``1 − cos`` for ``"cosine"``, the loss value for ``"clip"`` /
-    ``"info_nce"``, whose value depends on the number of rows).
+    The ``n_test`` held-out pairs (never seen by the fit, never used to choose anything) form an
+    index: their old rows are mapped (``after``) and the *new* model's rows of the same items search
+    it as queries (:func:`alignkit.search.evaluate_migration`). ``retrieval`` holds four columns —
+    ``keep_old`` (old rows searching the old index: not migrating), ``before`` (new queries on the
+    unmapped old index; ``None`` when the widths differ), ``after`` (new queries on the mapped index)
+    and ``native`` (new queries on the new index: the upper bound, perfect by construction for these
+    self-queries) — each with ``recall@1``, ``recall@10``, ``mrr``, ``overlap@10`` (share of the top-10
+    shared with native retrieval), ``hub_share`` and ``k_skew``. With ``test_fraction=0`` they are
+    measured on the training pairs (``evaluated_on == "train"``: optimistic, flagged in ``warnings``).
+
+    ``recall_at_1_before`` / ``recall_at_1_after`` repeat the R@1 of those columns;
+    ``recall_at_1_interval`` is the 95% Wilson interval of ``recall_at_1_after`` over the n_test queries.
+    ``n_train`` pairs fitted the map; ``n_val`` validation pairs (iterative methods only) chose the
+    epoch; closed forms use every training pair (``n_val = 0``). ``objective_*``: the fitted objective
+    on each split (mean squared error per coordinate, mean ``1 − cos``, or the contrastive loss, whose
+    value depends on the number of rows). ``ridge``: the relative ridge strength used (chosen by
+    generalised cross-validation on the training pairs when ``ridge_selected_by == "gcv"``).
+    ``refined_pairs``: mutual-nearest-neighbour pairs added by each refinement round.
     """
 
     method: str
@@ -356,46 +410,73 @@ class FitReport:
     target_dim: int
     n_train: int
     n_val: int
+    n_test: int
     evaluated_on: str
+    retrieval: dict[str, dict[str, float] | None]
     recall_at_1_before: float | None
     recall_at_1_after: float
-    cka_before: float
-    cka_after: float
+    recall_at_1_interval: tuple[float, float]
     objective_train: float
     objective_val: float | None
+    objective_test: float | None
+    ridge: float | None
+    ridge_selected_by: str | None
+    mean_restored: bool
+    refined_pairs: list[int]
+    csls_k: int
     epochs: int
     best_epoch: int | None
     temperature: float | None
+    warnings: list[str]
     seconds: float
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (``None`` for "n/a")."""
-        return asdict(self)
+        out = asdict(self)
+        out["recall_at_1_interval"] = list(self.recall_at_1_interval)
+        return out
 
     def format_table(self) -> str:
-        """The before / after table printed by ``alignkit fit``."""
-        where = "held-out" if self.evaluated_on == "validation" else "train"
+        """The report printed by ``alignkit fit``."""
+        from alignkit.search import format_migration_table
 
         def num(value: float | None) -> str:
             return "n/a" if value is None else f"{value:.4f}"
 
-        fitted = f"{self.epochs} epochs, best {self.best_epoch}" if self.epochs else "closed form"
-        rows = [
-            (f"R@1 ({where})", num(self.recall_at_1_before), num(self.recall_at_1_after)),
-            (f"linear CKA ({where})", num(self.cka_before), num(self.cka_after)),
-            (f"objective {self.objective} (train)", "", num(self.objective_train)),
-        ]
-        if self.objective_val is not None:
-            rows.append((f"objective {self.objective} (held-out)", "", num(self.objective_val)))
-        if self.temperature is not None:
-            rows.append(("temperature", "", f"{self.temperature:.4g}"))
-        width = max(len(label) for label, _, _ in rows) + 2
+        if self.epochs:
+            fitted = (
+                f"{self.n_train} pairs + {self.n_val} validation, {self.epochs} epochs "
+                f"(kept {self.best_epoch})"
+            )
+        else:
+            fitted = f"closed form on all {self.n_train} training pairs"
+        where = f"{self.n_test} held-out rows" if self.evaluated_on == "held-out" else "the training rows"
+        extras = []
+        if self.ridge is not None:
+            extras.append(f"ridge {self.ridge:.3g}" + (" (GCV)" if self.ridge_selected_by == "gcv" else ""))
+        if self.mean_restored:
+            extras.append("target mean restored")
+        if self.refined_pairs:
+            extras.append(f"refined {len(self.refined_pairs)}× on {self.refined_pairs[-1]} mutual-NN pairs")
+        if self.csls_k:
+            extras.append(f"CSLS k={self.csls_k}")
+        lo, hi = self.recall_at_1_interval
         lines = [
-            f"{self.method} / {self.objective}: {self.source_dim} → {self.target_dim} dims, "
-            f"{self.n_train} train / {self.n_val} held-out rows, {fitted}, {self.seconds:.2f} s",
-            f"{'':{width}}{'before':>10}{'after':>10}",
+            f"{self.method} / {self.objective}: {self.source_dim} → {self.target_dim} dims, {fitted}, "
+            f"{self.seconds:.2f} s" + (f" ({', '.join(extras)})" if extras else ""),
+            f"new-model queries searching {where} (keep old = old model on both sides)",
+            format_migration_table(self.retrieval),
+            f"R@1 after: {num(self.recall_at_1_after)}, 95% interval [{lo:.3f}, {hi:.3f}]",
         ]
-        lines += [f"{label:{width}}{before:>10}{after:>10}" for label, before, after in rows]
+        parts = [f"train {num(self.objective_train)}"]
+        if self.objective_val is not None:
+            parts.append(f"validation {num(self.objective_val)}")
+        if self.objective_test is not None:
+            parts.append(f"held-out {num(self.objective_test)}")
+        lines.append(f"objective {self.objective}: " + ", ".join(parts))
+        if self.temperature is not None:
+            lines.append(f"temperature {self.temperature:.4g}")
+        lines += [f"warning: {w}" for w in self.warnings]
         return "\n".join(lines)
 
 
@@ -404,8 +485,11 @@ class FitReport:
 
 
 def split_rows(n: int, val_fraction: float = 0.1, seed: int = 0) -> tuple[Tensor, Tensor]:
-    """The (train, validation) row indices :func:`fit_adapter` uses, each sorted.
+    """The (kept, split-off) row indices of a seeded random split, each sorted.
 
+    :func:`fit_adapter` uses it twice: ``split_rows(n, test_fraction, seed)`` for (train, held-out),
+    then, for iterative methods, ``split_rows(n_train, val_fraction, seed + 1)`` for (fit,
+    validation) positions within the training rows.
     ``n_val = round(n·val_fraction)``, at least 1 and at most ``n − 1`` when ``val_fraction > 0``;
     rows are drawn by ``torch.randperm`` with a generator seeded by ``seed`` (deterministic).
     Cost: O(n).
@@ -422,11 +506,11 @@ def split_rows(n: int, val_fraction: float = 0.1, seed: int = 0) -> tuple[Tensor
     return order[n_val:].sort().values, order[:n_val].sort().values
 
 
-def _check_fraction(val_fraction: object) -> None:
-    if isinstance(val_fraction, bool) or not isinstance(val_fraction, numbers.Real):
-        raise ValueError(f"val_fraction must be a number in [0, 1), got {val_fraction!r}")
-    if not (0 <= val_fraction < 1):
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+def _check_fraction(value: object, name: str = "val_fraction") -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be a number in [0, 1), got {value!r}")
+    if not (0 <= value < 1):
+        raise ValueError(f"{name} must be in [0, 1), got {value}")
 
 
 def _centred(x: Tensor) -> tuple[Tensor, Tensor]:
@@ -460,6 +544,72 @@ def _ridge(xc: Tensor, yc: Tensor, ridge: float) -> Tensor:
     return torch.linalg.pinv(xc) @ yc
 
 
+#: Relative ridge strengths searched by ``ridge="auto"``: 10^-6 … 10^2 in quarter decades.
+RIDGE_GRID: tuple[float, ...] = tuple(10.0 ** (e / 4) for e in range(-24, 9))
+
+
+def ridge_gcv(
+    source: Tensor, target: Tensor, grid: tuple[float, ...] = RIDGE_GRID
+) -> tuple[float, Tensor]:
+    """Choose the relative ridge strength by generalised cross-validation, in closed form from one SVD.
+
+    For ridge regression with an unpenalised intercept on centred rows ``Xᶜ = U S Vᵀ`` (n × d) and
+    ``λ = ridge·tr(XᶜᵀXᶜ)/d`` (the scale :func:`fit_adapter` uses), the hat matrix is
+    ``H = 11ᵀ/n + U diag(s²/(s² + λ)) Uᵀ`` and (Golub, Heath & Wahba 1979, "Generalized
+    Cross-Validation as a Method for Choosing a Good Ridge Parameter", Technometrics)::
+
+        GCV(λ) = ‖(I − H) Y‖_F² / (n · (1 − tr H / n)²),
+        ‖(I − H) Y‖_F² = ‖Yᶜ‖² − ‖UᵀYᶜ‖² + Σ_k (λ / (s_k² + λ))² ‖(UᵀYᶜ)_k‖²,
+        tr H = 1 + Σ_k s_k² / (s_k² + λ),
+
+    summed over all target columns (one λ shared by every output). GCV approximates leave-one-out
+    error, is invariant to rotations of the data, and needs no held-out rows: only the training
+    pairs are used. A λ whose effective degrees of freedom reach n scores +inf.
+
+    Args:
+        source: (n, d_s) training rows (centred here).
+        target: (n, d_t) training rows.
+        grid: relative strengths to try (each ≥ 0).
+
+    Returns:
+        ``(best, scores)``: the chosen relative ridge and the (len(grid),) float64 GCV scores.
+        With n ≤ 2 (nothing to cross-validate) every score is +inf and the largest value is chosen.
+
+    Cost: one SVD, O(n·d_s·min(n, d_s) + n·d_s·d_t) time; O(len(grid)·min(n, d_s)) after it.
+    """
+    check_features(source, "source")
+    check_features(target, "target")
+    check_same_rows(source, target, "source", "target")
+    if not grid or any(not math.isfinite(g) or g < 0 for g in grid):
+        raise ValueError(f"grid must be a non-empty sequence of finite numbers ≥ 0, got {grid!r}")
+    xc, _ = _centred(source.detach().double())
+    yc, _ = _centred(target.detach().double())
+    n, d = xc.shape
+    u, s, _ = torch.linalg.svd(xc, full_matrices=False)
+    s2 = s.square()
+    proj = (u.T @ yc).square().sum(1)  # ‖(UᵀYᶜ)_k‖², (r,)
+    total = float(yc.square().sum())
+    base = float(s2.sum()) / d
+    scores = torch.full((len(grid),), math.inf, dtype=torch.float64)
+    for i, rel in enumerate(grid):
+        lam = rel * base
+        if lam > 0:
+            shrink = lam / (s2 + lam)
+            fit = s2 / (s2 + lam)
+        else:
+            keep = s2 > s2.max() * 1e-12 if len(s2) else s2 > 0
+            shrink, fit = (~keep).to(s2.dtype), keep.to(s2.dtype)
+        rss = total - float(proj.sum()) + float((shrink.square() * proj).sum())
+        slack = 1.0 - (1.0 + float(fit.sum())) / n
+        if slack > 1e-9:
+            scores[i] = max(rss, 0.0) / (n * slack * slack)
+    finite = torch.isfinite(scores)
+    if not bool(finite.any()):
+        return float(max(grid)), scores
+    best = int(torch.where(finite, scores, torch.full_like(scores, math.inf)).argmin())
+    return float(grid[best]), scores
+
+
 def _objective_fn(objective: str, criterion: nn.Module | None) -> Callable[[Tensor, Tensor], Tensor]:
     """``loss(pred, target)`` in the target space for ``objective``."""
     if objective == "mse":
@@ -470,12 +620,62 @@ def _objective_fn(objective: str, criterion: nn.Module | None) -> Callable[[Tens
     return criterion
 
 
+def _fit_closed(adapter: Adapter, xp: Tensor, yp: Tensor, ridge: float, scale: bool) -> None:
+    """Set the adapter to the closed form (Procrustes or ridge) on prepared rows ``xp``, ``yp``."""
+    xc, mu_x = _centred(xp.double())
+    yc, mu_y = _centred(yp.double())
+    with torch.no_grad():
+        if adapter.method == "procrustes":
+            rotation, c = _procrustes(xc, yc, scale)
+            weight = c * rotation
+            adapter.info["scale"] = c
+        else:
+            weight = _ridge(xc, yc, ridge)
+        adapter.source_mean.copy_(mu_x)
+        adapter.source_scale.fill_(1.0)
+        adapter.target_mean.copy_(mu_y)
+        adapter.target_scale.fill_(1.0)
+        adapter.linear.weight.copy_(weight.T)
+        adapter.linear.bias.zero_()
+
+
+@torch.no_grad()
+def _restore_mean(adapter: Adapter, x: Tensor, yp: Tensor) -> None:
+    """Re-centre (and re-scale) the outputs on the target's training mean after a cosine-type fit.
+
+    Cosine and contrastive objectives are blind to a shift shared by every row, so training drifts
+    away from the target's mean direction (for an anisotropic model, mean cosine ≈ 0.8 between any
+    two rows) and a few mapped rows become hubs. With ``h`` the core's outputs on the training rows,
+    the affine correction ``y' = a·(y − mean(y)) + mean(Y)``, ``a = rms(Yᶜ) / rms(yᶜ)``, is folded into
+    the output buffers: ``σ_t ← a·σ_t``, ``μ_t ← mean(Y) − a·σ_t·mean(h)``.
+    """
+    h = adapter._core(adapter._prepare(x))
+    mean_h = h.mean(0)
+    mapped_rms = _rms((h - mean_h) * adapter.target_scale)
+    target_rms = _rms(yp.to(h.dtype) - yp.to(h.dtype).mean(0))
+    a = target_rms / mapped_rms
+    new_scale = a * adapter.target_scale
+    adapter.target_mean.copy_(yp.to(h.dtype).mean(0) - new_scale * mean_h)
+    adapter.target_scale.copy_(new_scale)
+
+
+def _mutual_pairs(mapped: Tensor, target: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """Rows (i, j) that are each other's CSLS nearest neighbour (Conneau et al. 2018, refinement)."""
+    kk = min(k, mapped.shape[0], target.shape[0])
+    fwd = AF.csls_retrieve(mapped, target, k=kk, topk=1).indices[:, 0]
+    bwd = AF.csls_retrieve(target, mapped, k=kk, topk=1).indices[:, 0]
+    rows = torch.arange(mapped.shape[0], device=mapped.device)
+    keep = bwd[fwd] == rows
+    return rows[keep], fwd[keep]
+
+
 def fit_adapter(
     source: Tensor,
     target: Tensor,
     method: str = "procrustes",
     objective: str = "mse",
     *,
+    test_fraction: float = 0.2,
     val_fraction: float = 0.1,
     seed: int = 0,
     epochs: int = 100,
@@ -485,15 +685,29 @@ def fit_adapter(
     num_layers: int = 2,
     batch_size: int = 1024,
     temperature: float = 0.07,
-    ridge: float = 1e-4,
+    ridge: float | str = "auto",
     scale: bool = True,
     patience: int = 10,
+    restore_mean: bool = True,
+    unpaired_source: Tensor | None = None,
+    unpaired_target: Tensor | None = None,
+    refine_iters: int = 3,
+    csls_k: int = 0,
     progress: bool = True,
 ) -> tuple[Adapter, FitReport]:
-    """Learn a map ``source (N, d_s) → target (N, d_t)`` from paired rows and report how well it aligns.
+    """Learn a map ``source (N, d_s) → target (N, d_t)`` from paired rows and judge it as an index.
 
-    Row i of ``source`` and row i of ``target`` embed the same item. A seeded random ``val_fraction``
-    of the rows (:func:`split_rows`) is held out: the fit never sees them; the report measures on them.
+    Row i of ``source`` and row i of ``target`` embed the same item. Three kinds of rows:
+
+    * held-out (``test_fraction``, seeded, :func:`split_rows`): never seen by the fit and never used
+      to choose anything; the report searches them (:class:`FitReport`, native new-model queries on
+      the mapped rows);
+    * validation (``val_fraction`` of the rest, seed + 1): only for iterative fits (gradient methods),
+      which keep the epoch with the lowest validation objective;
+    * training: everything else. Closed forms (procrustes, linear + mse) use *every* training pair
+      and choose ``ridge="auto"`` by generalised cross-validation on them (:func:`ridge_gcv`).
+
+    Methods:
 
     * ``"procrustes"`` (objective ``"mse"`` or ``"cosine"``): with centred training rows Xᶜ, Yᶜ and the
       SVD ``XᶜᵀYᶜ = UΣVᵀ``, ``R = UVᵀ`` (d_s × d_t) and ``c = tr Σ / ‖Xᶜ‖_F²`` (``scale=True``, else 1)::
@@ -502,64 +716,73 @@ def fit_adapter(
 
       Schönemann 1966, "A generalized solution of the orthogonal Procrustes problem"
       (Psychometrika); isotropic scale: Gower & Dijksterhuis 2004, "Procrustes Problems". R is
-      semi-orthogonal: ``RRᵀ = I`` for d_s ≤ d_t (an isometric embedding; the exact least-squares
-      optimum) and ``RᵀR = I`` for d_s > d_t (the projection maximising ``tr(RᵀXᶜᵀYᶜ)``, the usual
-      rectangular variant, not the least-squares optimum over such maps). ``"cosine"`` first
-      L2-normalises the rows of both sides (Conneau et al. 2018, "Word Translation Without Parallel
-      Data").
+      semi-orthogonal: ``RRᵀ = I`` for d_s ≤ d_t and ``RᵀR = I`` for d_s > d_t (the projection
+      maximising ``tr(RᵀXᶜᵀYᶜ)``). ``"cosine"`` first L2-normalises the rows of both sides (Conneau et
+      al. 2018, "Word Translation Without Parallel Data").
     * ``"linear"`` + ``"mse"``: ridge regression ``W = (XᶜᵀXᶜ + λI)⁻¹XᶜᵀYᶜ``, ``λ = ridge·tr(XᶜᵀXᶜ)/d_s``
-      (Hoerl & Kennard 1970, "Ridge Regression"), intercept unpenalised; ``ridge=0``: the
-      minimum-norm least-squares solution (pseudo-inverse).
+      (Hoerl & Kennard 1970), intercept unpenalised; ``ridge=0``: the minimum-norm least-squares
+      solution; ``ridge="auto"``: GCV over :data:`RIDGE_GRID` (plain least squares collapses when
+      n ≈ d).
     * ``"linear"`` with ``"cosine"`` / ``"clip"`` / ``"info_nce"``, and ``"mlp"`` with any objective:
       both sides are standardised (centred, divided by their coordinates' RMS; rows L2-normalised
       first for non-mse objectives), the linear part starts at the ridge solution, and AdamW
       (Loshchilov & Hutter 2019) minimises the objective over shuffled minibatches of ``batch_size``
-      rows (full batch when the training split is smaller) for up to ``epochs`` epochs. "clip" is
-      :class:`~alignkit.losses.CLIPLoss` (Radford et al. 2021, learnable temperature starting at
-      ``temperature``), "info_nce" :class:`~alignkit.losses.InfoNCELoss` (van den Oord et al. 2018,
-      mapped source as query, target as key), "cosine" mean ``1 − cos``, "mse" mean squared error.
-      "mlp" adds a :class:`~alignkit.nn.ProjectionHead` residual (``num_layers`` Linears, GELU,
-      ``hidden_dim``) whose last layer starts at zero. With held-out rows, the epoch with the lowest
-      held-out objective is kept and training stops after ``patience`` epochs without improvement.
-      (The reported held-out metrics then come from the rows used to pick the epoch: slightly
-      optimistic; hold out a separate test set for an unbiased figure.)
+      rows for up to ``epochs`` epochs, stopping after ``patience`` epochs without validation
+      improvement. "clip" is :class:`~alignkit.losses.CLIPLoss` (Radford et al. 2021, learnable
+      temperature), "info_nce" :class:`~alignkit.losses.InfoNCELoss` (van den Oord et al. 2018),
+      "cosine" mean ``1 − cos``. "mlp" adds a :class:`~alignkit.nn.ProjectionHead` residual whose last
+      layer starts at zero. After a non-mse fit, ``restore_mean`` re-centres the outputs on the
+      target's training mean (and matches its spread): those objectives cannot see a shift shared by
+      all rows, and an index that lost the target's mean direction grows hubs.
 
-    Deterministic for a given ``seed`` (split, initialisation and shuffling use their own seeded
-    generators; the global RNG is left untouched) on a given device and torch build.
+    Semi-supervised refinement (closed forms only): with ``unpaired_source`` (e.g. the whole old
+    index) and ``unpaired_target`` (any new-model embeddings), each of ``refine_iters`` rounds maps
+    the unpaired source rows, takes the pairs that are mutual nearest neighbours under CSLS (k = 10)
+    and refits on the training pairs plus those (iterative Procrustes as in Conneau et al. 2018;
+    Artetxe et al. 2017, "Learning bilingual word embeddings with (almost) no bilingual data").
+
+    Deterministic for a given ``seed`` on a given device and torch build (the global RNG is untouched).
 
     Args:
-        source: (N, d_s) source embeddings (N ≥ 2 when ``val_fraction > 0``).
-        target: (N, d_t) target embeddings of the same N items; d_t may differ from d_s.
+        source: (N, d_s) source (old-model) embeddings.
+        target: (N, d_t) target (new-model) embeddings of the same N items; d_t may differ.
         method: ``"procrustes"`` | ``"linear"`` | ``"mlp"``.
         objective: ``"mse"`` | ``"cosine"`` | ``"clip"`` | ``"info_nce"`` (procrustes: mse or cosine).
-        val_fraction: held-out fraction in [0, 1); 0 evaluates on the training rows.
+        test_fraction: held-out fraction in [0, 1); 0 measures on the training rows (flagged).
+        val_fraction: validation fraction of the training rows for iterative fits, in [0, 1);
+            ignored by closed forms; 0 monitors the training objective (no early stopping).
         seed: split / initialisation / shuffling seed (≥ 0).
         epochs: maximum epochs of gradient training (≥ 1; closed forms ignore it).
         lr: AdamW learning rate (> 0).
-        weight_decay: AdamW decoupled weight decay (≥ 0) on the map's parameters.
+        weight_decay: AdamW decoupled weight decay (≥ 0).
         hidden_dim: MLP hidden width (``None``: ``min(2048, max(64, 2·max(d_s, d_t)))``).
         num_layers: MLP Linear layers (≥ 2).
         batch_size: rows per step (≥ 1; contrastive objectives use the batch as negatives).
         temperature: initial (clip) or fixed (info_nce) softmax temperature (> 0).
-        ridge: relative ridge strength (≥ 0) of the closed form and of the gradient fits' start.
+        ridge: relative ridge strength ≥ 0 of the closed form and of the gradient fits' start, or
+            ``"auto"`` (GCV on the training pairs).
         scale: fit Procrustes' isotropic scale ``c`` (else ``c = 1``).
-        patience: epochs without held-out improvement before stopping (≥ 1).
+        patience: epochs without validation improvement before stopping (≥ 1).
+        restore_mean: re-centre a non-mse gradient fit's outputs on the target mean.
+        unpaired_source: (U_s, d_s) extra source rows with no pair, for refinement.
+        unpaired_target: (U_t, d_t) extra target rows with no pair, for refinement.
+        refine_iters: refinement rounds (≥ 0) when both unpaired sets are given.
+        csls_k: > 0 scores the report's "before" / "after" searches with CSLS of this k.
         progress: show a tqdm bar over epochs for gradient fits.
 
     Returns:
         ``(adapter, report)``: the :class:`Adapter` (eval mode, on the input's device, float64 if
         either input is float64 else float32) and a :class:`FitReport`.
 
-    Cost: closed forms O(N·d_s·(d_s + d_t) + d_s³ + d_s·d_t·min(d_s, d_t)) time; memory a float64
-    working copy of the training rows, O(N·(d_s + d_t)), plus O(d_s·(d_s + d_t)).
-    Gradient fits add O(epochs·N·(d_s·d_t + h·(d_s + d_t))) time and, for
-    contrastive objectives, O(batch_size²) logits per step (tiled above a size threshold); each
-    epoch also evaluates the held-out objective (O(N_val²·d_t) for contrastive objectives).
-    The report's Recall@1 is O(N_val²·d_t) time in row blocks.
+    Cost: closed forms O(N·d_s·(d_s + d_t) + d_s³) time (GCV adds one SVD of the training rows);
+    each refinement round O(U_s·U_t·d_t) for the CSLS mutual-neighbour search, in blocks. Gradient
+    fits add O(epochs·N·(d_s·d_t + h·(d_s + d_t))) and, for contrastive objectives, O(batch_size²)
+    logits per step. The report searches the held-out rows four times: O(N_test²·(d_s + d_t)) time,
+    O(block·N_test) memory.
 
     Example:
-        >>> adapter, report = fit_adapter(old, new, method="linear", objective="clip", epochs=50)
-        >>> report.recall_at_1_after
+        >>> adapter, report = fit_adapter(old, new, method="linear", ridge="auto")
+        >>> print(report.format_table())
     """
     check_features(source, "source")
     check_features(target, "target")
@@ -573,7 +796,8 @@ def fit_adapter(
             f"objective must be one of {allowed} for method={method!r} (a closed form), got {objective!r}; "
             "use method='linear' or 'mlp' for contrastive objectives"
         )
-    _check_fraction(val_fraction)
+    _check_fraction(test_fraction, "test_fraction")
+    _check_fraction(val_fraction, "val_fraction")
     check_int(seed, "seed", 0)
     check_int(epochs, "epochs", 1)
     check_positive(lr, "lr")
@@ -587,14 +811,37 @@ def fit_adapter(
         raise ValueError(
             f"temperature must be ≥ 0.01 for objective='clip' (CLIP's scale ≤ 100), got {temperature}"
         )
-    check_positive(ridge, "ridge", allow_zero=True)
-    if not isinstance(scale, bool):
-        raise ValueError(f"scale must be a bool, got {scale!r}")
+    if ridge != "auto":
+        if isinstance(ridge, str):
+            raise ValueError(f"ridge must be a finite number >= 0 or 'auto', got {ridge!r}")
+        check_positive(ridge, "ridge", allow_zero=True)
+    for flag, value in (("scale", scale), ("restore_mean", restore_mean)):
+        if not isinstance(value, bool):
+            raise ValueError(f"{flag} must be a bool, got {value!r}")
     check_int(patience, "patience", 1)
+    check_int(refine_iters, "refine_iters", 0)
+    check_int(csls_k, "csls_k", 0)
+    closed_form = method == "procrustes" or (method == "linear" and objective == "mse")
+    refining = unpaired_source is not None or unpaired_target is not None
+    if refining:
+        if unpaired_source is None or unpaired_target is None:
+            raise ValueError("refinement needs both unpaired_source and unpaired_target")
+        check_features(unpaired_source, "unpaired_source")
+        check_features(unpaired_target, "unpaired_target")
+        if unpaired_source.shape[1] != source.shape[1] or unpaired_target.shape[1] != target.shape[1]:
+            raise ValueError(
+                f"unpaired_source / unpaired_target must have widths {source.shape[1]} / {target.shape[1]}, "
+                f"got {shape_str(unpaired_source)} and {shape_str(unpaired_target)}"
+            )
+        if not closed_form:
+            raise ValueError(
+                f"refinement with unpaired rows needs a closed-form fit (procrustes, or linear with mse), "
+                f"got method={method!r}, objective={objective!r}"
+            )
     n = source.shape[0]
-    if val_fraction > 0 and n < 2:
+    if test_fraction > 0 and n < 2:
         raise ValueError(
-            f"source and target need at least 2 rows with val_fraction={val_fraction} (one to fit, one to "
+            f"source and target need at least 2 rows with test_fraction={test_fraction} (one to fit, one to "
             f"hold out), got source {shape_str(source)}"
         )
 
@@ -602,7 +849,11 @@ def fit_adapter(
     dtype = torch.float64 if torch.float64 in (source.dtype, target.dtype) else torch.float32
     device = source.device
     x, y = source.detach().to(dtype), target.detach().to(dtype)
-    train_idx, val_idx = (i.to(device) for i in split_rows(n, val_fraction, seed))
+    train_idx, test_idx = (i.to(device) for i in split_rows(n, test_fraction, seed))
+    val_idx = train_idx[:0]
+    if not closed_form and val_fraction > 0 and len(train_idx) >= 2:
+        keep, held = split_rows(len(train_idx), val_fraction, seed + 1)
+        train_idx, val_idx = train_idx[keep.to(device)], train_idx[held.to(device)]
     d_s, d_t = x.shape[1], y.shape[1]
     normalize = objective != "mse"
     xp = F.normalize(x, dim=-1, eps=EPS) if normalize else x
@@ -622,33 +873,50 @@ def fit_adapter(
         ).to(device)
     info = adapter.info
 
+    selected_by: str | None = None
+    chosen: float | None = None
+    if method != "procrustes":
+        if ridge == "auto":  # relative strength: the same choice for the standardised gradient start
+            chosen, _ = ridge_gcv(xp[train_idx], yp[train_idx])
+            selected_by = "gcv"
+        else:
+            chosen, selected_by = float(ridge), "given"
+        info["ridge"] = chosen
+
     criterion: nn.Module | None = None
     epochs_run, best_epoch = 0, None
-    xc, mu_x = _centred(xp[train_idx].double())
-    yc, mu_y = _centred(yp[train_idx].double())
-    closed_form = method == "procrustes" or (method == "linear" and objective == "mse")
-    with torch.no_grad():
-        if closed_form:
-            if method == "procrustes":
-                rotation, c = _procrustes(xc, yc, scale)
-                weight = c * rotation
-                info["scale"] = c
-            else:
-                weight = _ridge(xc, yc, ridge)
-                info["ridge"] = ridge
-            adapter.source_mean.copy_(mu_x)
-            adapter.target_mean.copy_(mu_y)
-            adapter.linear.weight.copy_(weight.T)
-            adapter.linear.bias.zero_()
-        else:
+    refined: list[int] = []
+    mean_restored = False
+    if closed_form:
+        _fit_closed(adapter, xp[train_idx], yp[train_idx], chosen or 0.0, scale)
+        if refining and refine_iters > 0:
+            assert unpaired_source is not None and unpaired_target is not None
+            us = unpaired_source.detach().to(device=device, dtype=dtype)
+            ut = unpaired_target.detach().to(device=device, dtype=dtype)
+            utp = F.normalize(ut, dim=-1, eps=EPS) if normalize else ut
+            usp = F.normalize(us, dim=-1, eps=EPS) if normalize else us
+            for _ in range(refine_iters):
+                rows, cols = _mutual_pairs(adapter.transform(us), ut, k=10)
+                refined.append(len(rows))
+                _fit_closed(
+                    adapter,
+                    torch.cat([xp[train_idx], usp[rows]]),
+                    torch.cat([yp[train_idx], utp[cols]]),
+                    chosen or 0.0,
+                    scale,
+                )
+            info["refined_pairs"] = refined
+    else:
+        with torch.no_grad():
+            xc, mu_x = _centred(xp[train_idx].double())
+            yc, mu_y = _centred(yp[train_idx].double())
             sx, sy = _rms(xc), _rms(yc)
             adapter.source_mean.copy_(mu_x)
             adapter.source_scale.copy_(sx)
             adapter.target_mean.copy_(mu_y)
             adapter.target_scale.copy_(sy)
-            adapter.linear.weight.copy_(_ridge(xc / sx, yc / sy, ridge).T)
+            adapter.linear.weight.copy_(_ridge(xc / sx, yc / sy, chosen or 0.0).T)
             adapter.linear.bias.zero_()
-    if not closed_form:
         if objective == "clip":
             criterion = CLIPLoss(init_temperature=temperature).to(device=device, dtype=dtype)
         elif objective == "info_nce":
@@ -674,17 +942,38 @@ def fit_adapter(
             info["temperature"] = criterion.temperature.temperature
         elif criterion is not None:
             info["temperature"] = temperature
+        if restore_mean and objective != "mse":
+            _restore_mean(adapter, x[train_idx], yp[train_idx])
+            mean_restored = True
+            info["mean_restored"] = True
 
     adapter.eval()
     loss_fn = _objective_fn(objective, criterion)
-    eval_idx = val_idx if len(val_idx) else train_idx
+    eval_idx = test_idx if len(test_idx) else train_idx
+    warnings: list[str] = []
+    if not len(test_idx):
+        warnings.append("test_fraction=0: measured on the training pairs (optimistic)")
+    elif len(test_idx) < MIN_TEST_ROWS:
+        lo, hi = _wilson(0.5, len(test_idx))
+        warnings.append(
+            f"only {len(test_idx)} held-out rows (< {MIN_TEST_ROWS}): R@1 is uncertain by up to "
+            f"±{(hi - lo) / 2:.2f}, and retrieval among so few rows is easier than in a full index"
+        )
+    from alignkit.search import evaluate_migration
+
     with torch.no_grad():
-        mapped_train = adapter.transform(x[train_idx])
-        objective_train = float(loss_fn(mapped_train, y[train_idx]))
-        xe, ye = x[eval_idx], y[eval_idx]
-        mapped = mapped_train if eval_idx is train_idx else adapter.transform(xe)
-        objective_val = float(loss_fn(mapped, ye)) if len(val_idx) else None
-        before = float(AF.recall_at_k(xe, ye, k=1)["recall@1"]) if d_s == d_t else None
+
+        def objective_on(rows: Tensor) -> float | None:
+            return float(loss_fn(adapter.transform(x[rows]), y[rows])) if len(rows) else None
+
+        objective_train = objective_on(train_idx)
+        assert objective_train is not None
+        mapped = adapter.transform(x[eval_idx])
+        columns = evaluate_migration(x[eval_idx], y[eval_idx], mapped, csls_k=csls_k)
+        after = columns["after"]
+        assert after is not None
+        before = columns["before"]
+        r1 = after["recall@1"]
         report = FitReport(
             method=method,
             objective=objective,
@@ -692,19 +981,28 @@ def fit_adapter(
             target_dim=d_t,
             n_train=len(train_idx),
             n_val=len(val_idx),
-            evaluated_on="validation" if len(val_idx) else "train",
-            recall_at_1_before=before,
-            recall_at_1_after=float(AF.recall_at_k(mapped, ye, k=1)["recall@1"]),
-            cka_before=float(AF.cka(xe, ye)),
-            cka_after=float(AF.cka(mapped, ye)),
+            n_test=len(test_idx),
+            evaluated_on="held-out" if len(test_idx) else "train",
+            retrieval=columns,
+            recall_at_1_before=None if before is None else before["recall@1"],
+            recall_at_1_after=r1,
+            recall_at_1_interval=_wilson(r1, len(eval_idx)),
             objective_train=objective_train,
-            objective_val=objective_val,
+            objective_val=objective_on(val_idx),
+            objective_test=objective_on(test_idx),
+            ridge=chosen,
+            ridge_selected_by=selected_by,
+            mean_restored=mean_restored,
+            refined_pairs=refined,
+            csls_k=csls_k,
             epochs=epochs_run,
             best_epoch=best_epoch,
             temperature=info.get("temperature"),
+            warnings=warnings,
             seconds=time.perf_counter() - start,
         )
     return adapter, report
+
 
 
 def _train(

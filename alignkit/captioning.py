@@ -25,7 +25,11 @@ coca                (image, caption) pairs, its own image tower  the image
 Files under ``RUN/captions/``: ``tokenizer.json``, ``settings.json``, one Trainer directory per
 trained decoder (``clipcap/checkpoints/best.json`` …, resumable), ``metrics.json`` (per method and
 search: digit-word accuracy, attribute accuracy, attribute precision, BLEU-4 on the test split) and
-``samples.json`` (the first test captions of each method).
+``samples.json`` (the first test captions of each method), and ``source.json``: the SHA-256 of the run
+weights everything there was derived from (:func:`alignkit.train.checkpoint.checkpoint_digest`). When the
+run is retrained (other weights), the decoders and scores are stale: :func:`fit_captioners` says so
+and retrains them, :func:`load_captioner` refuses them with a one-line reason; nothing is reused
+silently.
 """
 
 from __future__ import annotations
@@ -55,7 +59,7 @@ from alignkit.data.digits import (
 )
 from alignkit.data.tokenizer import WordTokenizer
 from alignkit.functional._checks import check_dropout
-from alignkit.io import atomic_write
+from alignkit.io import atomic_write, sha256_json
 from alignkit.models.captioning import MAPPINGS, SEARCHES, CoCa, PrefixCaptioner
 
 __all__ = [
@@ -69,6 +73,7 @@ __all__ = [
     "load_captioner",
     "load_run",
     "read_images",
+    "stale_reason",
 ]
 
 METHODS = ("clipcap", "capdec", "decap", "iterative-memory", "iterative-beam", "coca")
@@ -80,6 +85,27 @@ TRAINED = {
     "coca": "coca",
 }
 CAPTIONS_DIR = "captions"
+MAX_BEAMS = 256  # beams of a beam search (beam_size, candidates); more is refused before decoding
+
+
+# Upper bounds of the integer settings (checked before any model is built), with their units.
+_SETTING_BOUNDS = {
+    "epochs": (100_000, "epochs"),
+    "coca_epochs": (100_000, "epochs"),
+    "batch_size": (1 << 20, "samples"),
+    "dim": (65_536, "features"),
+    "depth": (256, "layers"),
+    "num_heads": (1024, "heads"),
+    "prefix_length": (1024, "tokens"),
+    "beam_size": (MAX_BEAMS, "beams"),
+    "candidates": (MAX_BEAMS, "beams"),
+    "max_length": (4096, "tokens"),
+}
+
+#: what ``RUN/captions/`` was derived from: ``{"checkpoint": "checkpoints/best.json", "digest": sha256}``
+SOURCE_FILE = "source.json"
+#: the derived files that go stale with the run's weights (tokenizer.json and settings.json do not)
+_DERIVED = ("clipcap", "capdec", "decap", "coca", "metrics.json", "samples.json")
 
 
 @dataclass(frozen=True)
@@ -122,21 +148,10 @@ class CaptionSettings:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in (
-            "epochs",
-            "coca_epochs",
-            "batch_size",
-            "dim",
-            "depth",
-            "num_heads",
-            "prefix_length",
-            "beam_size",
-            "candidates",
-            "max_length",
-        ):
+        for name, (high, unit) in _SETTING_BOUNDS.items():
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"settings.{name} must be an integer ≥ 1, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= high:
+                raise ValueError(f"settings.{name} must be an integer in [1, {high}] ({unit}), got {value!r}")
         if self.dim % self.num_heads:
             raise ValueError(
                 f"settings.dim ({self.dim}) must be divisible by settings.num_heads ({self.num_heads})"
@@ -182,6 +197,8 @@ class AlignedRun:
         data: the recipe data (:class:`~alignkit.recipes.RecipeData`).
         digits: the captioned digits (all caption templates, attribute words).
         system: the recipe's system with the best (or last) weights, in eval mode.
+        checkpoint: the manifest those weights came from (``checkpoints/best.json`` or ``last.json``).
+        digest: the SHA-256 of those weights (what derived decoders and scores record).
     """
 
     path: Path
@@ -189,6 +206,8 @@ class AlignedRun:
     data: Any
     digits: DigitsCaptions
     system: nn.Module
+    checkpoint: Path | None = None
+    digest: str = ""
 
     def rows(self, split: str, descriptive_only: bool = True) -> Tensor:
         """(n,) int64 rows of ``split``; with ``descriptive_only`` only those whose caption's template
@@ -223,7 +242,7 @@ def load_run(run_dir: str | os.PathLike[str], checkpoint: str = "best") -> Align
         ValueError: not a directory, no ``config.yaml``, no checkpoint, or weights that do not fit.
     """
     from alignkit.recipes import build_system, load_config, load_data
-    from alignkit.train.checkpoint import load_checkpoint
+    from alignkit.train.checkpoint import checkpoint_digest, load_checkpoint
 
     run = Path(run_dir)
     if not run.is_dir():
@@ -237,7 +256,7 @@ def load_run(run_dir: str | os.PathLike[str], checkpoint: str = "best") -> Align
         manifest = run / "checkpoints" / "last.json"
     if not manifest.is_file():
         raise ValueError(
-            f"{run} has no checkpoints/{checkpoint}.json: train it first (alignkit train --out {run})"
+            f"{run} has no checkpoints/{checkpoint}.json: train it first (alignkit train -o {run})"
         )
     config = load_config(run / "config.yaml")
     data = load_data(config["data"]["seed"], config["data"]["text_model"])
@@ -247,7 +266,46 @@ def load_run(run_dir: str | os.PathLike[str], checkpoint: str = "best") -> Align
     except (RuntimeError, KeyError) as err:
         raise ValueError(f"{manifest} does not fit the {config['recipe']} recipe's model: {err}") from None
     system.eval()
-    return AlignedRun(run, config, data, load_digits_captions(config["data"]["seed"]), system)
+    digits = load_digits_captions(config["data"]["seed"])
+    return AlignedRun(run, config, data, digits, system, manifest, checkpoint_digest(manifest))
+
+
+def _source(run: AlignedRun) -> dict[str, str]:
+    checkpoint = run.checkpoint.relative_to(run.path).as_posix() if run.checkpoint else ""
+    return {"checkpoint": checkpoint, "digest": run.digest}
+
+
+def stale_reason(run: AlignedRun) -> str | None:
+    """Why ``RUN/captions/`` may not be reused with the run's current weights, or ``None`` when it may.
+
+    Stale: it holds decoders or scores (:data:`_DERIVED`) but ``source.json`` is missing (written
+    before digests were recorded) or names other weights than ``run.digest`` (the run was retrained).
+    """
+    base = _captions_dir(run)
+    present = [name for name in _DERIVED if (base / name).exists()]
+    if not present:
+        return None
+    recorded = _read_json(base / SOURCE_FILE) or {}
+    if recorded.get("digest") == run.digest:
+        return None
+    if not recorded.get("digest"):
+        why = "records no source checkpoint"
+    else:
+        old, new = str(recorded["digest"])[:12], run.digest[:12]
+        why = f"comes from other weights (sha256 {old}…, the run now has {new}…)"
+    return f"{base} ({', '.join(present)}) {why}: the run was retrained since"
+
+
+def _clear_stale(run: AlignedRun) -> None:
+    import shutil
+
+    base = _captions_dir(run)
+    for name in _DERIVED:
+        target = base / name
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        elif target.exists() or target.is_symlink():
+            target.unlink()
 
 
 # ==================================================================================================
@@ -338,10 +396,14 @@ def _tokenizer(run: AlignedRun) -> WordTokenizer:
     """The vocabulary of every caption template of the training images (saved once per run)."""
     path = _captions_dir(run) / "tokenizer.json"
     if path.is_file():
-        return WordTokenizer.from_dict(json.loads(path.read_text(encoding="utf-8")))
+        payload = _read_decoder_json(path)
+        try:
+            return WordTokenizer.from_dict(payload)
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}") from None
     train = run.digits.splits["train"]
     tokenizer = WordTokenizer.fit([c for i in train for c in run.digits.all_captions[int(i)]])
-    _write_json(path, tokenizer.to_dict())
+    _write_decoder_json(path, tokenizer.to_dict())
     return tokenizer
 
 
@@ -350,6 +412,33 @@ def _write_json(path: Path, payload: Any) -> None:
     with atomic_write(path, "w") as out:
         json.dump(payload, out, indent=2, allow_nan=True)
         out.write("\n")
+
+
+_DIGEST_KEY = "sha256"
+
+
+def _write_decoder_json(path: Path, payload: dict[str, Any]) -> None:
+    """``tokenizer.json`` / ``settings.json``, which shape and drive the decoders, with the SHA-256 of
+    their content (:func:`alignkit.io.sha256_json`) beside it; the decoders' weights are checkpoints,
+    digested by :mod:`alignkit.train.checkpoint`."""
+    _write_json(path, {**payload, _DIGEST_KEY: sha256_json(payload)})
+
+
+def _read_decoder_json(path: Path) -> dict[str, Any]:
+    """A file written by :func:`_write_decoder_json`, its digest checked (files written before digests
+    were stored have none and are read as they are)."""
+    try:
+        payload = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+        raise ValueError(f"{path}: not readable JSON ({' '.join(str(err).split())[:200]})") from None
+    if not isinstance(payload, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(payload).__name__}")
+    digest = payload.pop(_DIGEST_KEY, None)
+    if digest is not None and digest != sha256_json(payload):
+        raise ValueError(
+            f"{path}: corrupt (SHA-256 mismatch of its content); delete {path.parent} to retrain the decoders"
+        )
+    return payload
 
 
 def _conditions(run: AlignedRun, method: str, rows: Tensor) -> Tensor:
@@ -419,7 +508,11 @@ def _read_settings(run: AlignedRun) -> CaptionSettings | None:
     path = _captions_dir(run) / "settings.json"
     if not path.is_file():
         return None
-    return CaptionSettings.from_dict(json.loads(path.read_text(encoding="utf-8")))
+    try:
+        return CaptionSettings.from_dict(_read_decoder_json(path))
+    except (TypeError, ValueError) as err:
+        message = str(err)
+        raise ValueError(message if message.startswith(str(path)) else f"{path}: {message}") from None
 
 
 def _settings_for(run: AlignedRun, settings: CaptionSettings | None) -> CaptionSettings:
@@ -469,7 +562,10 @@ def load_captioner(run: AlignedRun, method: str) -> tuple[nn.Module, WordTokeniz
     name = TRAINED[method]
     manifest = _captions_dir(run) / name / "checkpoints" / "best.json"
     settings = _read_settings(run)
-    fit = f"run alignkit caption --checkpoint {run.path} --fit --methods {method}"
+    fit = f"run alignkit caption {run.path} --fit --methods {method}"
+    stale = stale_reason(run)
+    if stale is not None:
+        raise ValueError(f"{stale}; {fit} to retrain")
     if not manifest.is_file() or settings is None:
         raise ValueError(f"no trained {name} decoder in {_captions_dir(run)}: {fit}")
     done, wanted = _epochs_done(run, name), _epochs_wanted(name, settings)
@@ -514,6 +610,10 @@ def caption_images(
     images = _check_images(images)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an integer ≥ 1, got {batch_size!r}")
+    if beam_size is not None and (
+        isinstance(beam_size, bool) or not isinstance(beam_size, int) or not 1 <= beam_size <= MAX_BEAMS
+    ):
+        raise ValueError(f"beam_size must be an integer in [1, {MAX_BEAMS}] (beams), got {beam_size!r}")
     if method == "iterative-memory":
         train = run.rows("train", (_read_settings(run) or CaptionSettings()).descriptive_only)
         memory = run.text_embeddings(run.data.text[train])
@@ -579,14 +679,16 @@ def read_images(path: str | os.PathLike[str]) -> Tensor:
     Raises:
         ValueError: one line naming the file and the problem (pickled content is never loaded).
     """
-    from alignkit.io import load_embeddings
+    from alignkit.io import check_input_file, load_embeddings, read_npy
 
     file = Path(path)
-    if file.suffix.lower() == ".npy" and file.is_file():
+    if file.suffix.lower() == ".npy":
+        check_input_file(file)
         try:
-            array = np.load(file, allow_pickle=False)
-        except (ValueError, OSError) as err:
-            raise ValueError(f"{file}: not a readable numeric .npy array ({err})") from None
+            with open(file, "rb") as f:
+                array = read_npy(f, file, os.fstat(f.fileno()).st_size)
+        except OSError as err:
+            raise ValueError(f"{file}: not a readable numeric .npy array ({err.strerror or err})") from None
         if array.dtype.kind not in "biuf":
             raise ValueError(f"{file}: array has dtype {array.dtype}; expected numeric pixel values")
         tensor = torch.from_numpy(np.array(array, dtype=np.float32))
@@ -657,8 +759,13 @@ def fit_captioners(
             raise ValueError(f"searches must be among {SEARCHES}, got {search!r}")
     start = time.perf_counter()
     run = load_run(run_dir)
+    stale = stale_reason(run)
+    if stale is not None:  # never reuse decoders or scores of other weights
+        _say(progress, f"{stale}; retraining the decoders")
+        _clear_stale(run)
     settings = _settings_for(run, settings)
-    _write_json(_captions_dir(run) / "settings.json", dataclasses.asdict(settings))
+    _write_decoder_json(_captions_dir(run) / "settings.json", dataclasses.asdict(settings))
+    _write_json(_captions_dir(run) / SOURCE_FILE, _source(run))
     tokenizer = _tokenizer(run)
     decoders: dict[str, tuple[nn.Module, WordTokenizer, CaptionSettings]] = {}
     seconds: dict[str, float] = {}
@@ -685,7 +792,11 @@ def fit_captioners(
     for method in methods:
         results[method] = {}
         for search in searches if method in ("clipcap", "capdec", "decap", "coca") else ("beam",):
-            _say(progress, f"captioning {len(test)} test images: {method}, {search} search")
+            _say(
+                progress,
+                f"scoring {method} ({search} search) on all {len(test)} test images "
+                "(for captions/metrics.json)",
+            )
             captions = caption_images(run, images, method, search, decoders=decoders)
             results[method][search] = evaluate_captions(captions, run.digits, test)
             if search == "beam" or len(searches) == 1:
@@ -696,6 +807,7 @@ def fit_captioners(
     metrics = {
         "run": str(run.path),
         "recipe": run.config["recipe"],
+        "checkpoint_digest": run.digest,
         "split": "test",
         "n_images": len(test),
         "settings": dataclasses.asdict(settings),

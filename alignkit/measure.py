@@ -12,11 +12,15 @@ is :func:`measure_files` and :func:`minilm_layer_cka` plus printing.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
 import re
+import sys
+import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -27,11 +31,13 @@ from torch import Tensor, nn
 
 import alignkit.functional as AF
 from alignkit.functional._checks import check_features, check_same_device, shape_str
+from alignkit.functional.neighbors import Neighbors
 from alignkit.metrics.cka import MultiLayerCKA
 from alignkit.nn.features import FLATTEN_MODES, FeatureExtractor
 
 __all__ = [
     "DEFAULT_METRICS",
+    "LOWER_IS_ALIGNED",
     "METRICS",
     "Metric",
     "digit_captions",
@@ -41,6 +47,7 @@ __all__ = [
     "measure",
     "measure_files",
     "minilm_layer_cka",
+    "null_baselines",
     "run_command",
 ]
 
@@ -77,6 +84,39 @@ def _one(name: str, fn: Callable[[Tensor, Tensor, int], Tensor]) -> Callable[[Te
     return run
 
 
+# Neighbour graphs shared by the metrics of one measure() call: (weak reference to the tensor, k,
+# its cosine kNN graph with self excluded). mutual_knn and cknna search the same two graphs.
+_GRAPHS: ContextVar[list[tuple[weakref.ref, int, Neighbors]] | None] = ContextVar("_GRAPHS", default=None)
+
+
+def _graph(z: Tensor, k: int) -> Neighbors:
+    """``AF.knn(z, k)`` (cosine, self excluded), searched once per :func:`measure` call."""
+    cache = _GRAPHS.get()
+    if cache is None:
+        return AF.knn(z, k)
+    cache[:] = [entry for entry in cache if entry[0]() is not None]  # drop graphs of freed tensors
+    for ref, kk, found in cache:
+        if ref() is z and kk == k:
+            return found
+    found = AF.knn(z, k)
+    cache.append((weakref.ref(z), k, found))
+    return found
+
+
+def _shared_graphs(fn: Callable[..., dict[str, float]]) -> Callable[..., dict[str, float]]:
+    """Run ``fn`` with a fresh neighbour-graph cache (see :func:`_graph`)."""
+
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> dict[str, float]:
+        token = _GRAPHS.set([])
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            _GRAPHS.reset(token)
+
+    return run
+
+
 def _retrieval(x: Tensor, y: Tensor, k: int) -> dict[str, float]:
     ks = tuple(v for v in (1, 5, 10) if v <= y.shape[0])
     return AF.recall_at_k(x, y, k=ks)
@@ -104,13 +144,13 @@ _REGISTRY = (
     ),
     Metric(
         "mutual_knn",
-        _one("mutual_knn", lambda x, y, k: AF.mutual_knn(x, y, k=k)),
+        _one("mutual_knn", lambda x, y, k: AF.mutual_knn(x, y, k=k, neighbors=(_graph(x, k), _graph(y, k)))),
         "mean shared fraction of the k nearest neighbours (Huh et al. 2024)",
         uses_k=True,
     ),
     Metric(
         "cknna",
-        _one("cknna", lambda x, y, k: AF.cknna(x, y, k=k)),
+        _one("cknna", lambda x, y, k: AF.cknna(x, y, k=k, neighbors=(_graph(x, k), _graph(y, k)))),
         "CKA on mutual k-nearest-neighbour pairs (Huh et al. 2024)",
         uses_k=True,
     ),
@@ -170,6 +210,16 @@ _KEY_NOTES = {
 }
 
 
+#: Keys for which a smaller value means more aligned (their permutation test is one-sided downwards).
+LOWER_IS_ALIGNED = frozenset({"procrustes", "median_rank", "mean_rank", "alignment"})
+# keys that do not depend on which row of y is paired with which row of x: no null
+_PAIRING_FREE = frozenset({"uniformity_x", "uniformity_y", "uniformity"})
+# ``alignkit measure`` runs this many permutations by default when N·(d_x + d_y) ≤ _AUTO_NULL_MAX_SIZE
+# (e.g. 1000 × (64 + 64); each permutation costs one more ``measure``), none above
+_AUTO_PERMUTATIONS = 100
+_AUTO_NULL_MAX_SIZE = 2**17
+
+
 def _metric_names(metrics: str | Iterable[str], allowed: Iterable[str] | None = None) -> list[str]:
     """Parse ``"cka,svcca"`` or ``["cka", "svcca"]`` into known registry names (order kept, no repeats)."""
     valid = list(METRICS) if allowed is None else list(allowed)
@@ -202,6 +252,7 @@ def _check_k(k: object) -> int:
 # measure
 
 
+@_shared_graphs
 def measure(
     x: Tensor,
     y: Tensor,
@@ -284,6 +335,61 @@ def measure(
     return results
 
 
+def null_baselines(
+    x: Tensor,
+    y: Tensor,
+    metrics: str | Sequence[str] = DEFAULT_METRICS,
+    k: int = 10,
+    permutations: int = 100,
+    seed: int = 0,
+) -> dict[str, dict[str, float]]:
+    """Chance level and permutation null of every key :func:`measure` returns for the same arguments.
+
+    The rows of ``y`` are shuffled ``permutations`` times (seeded) and every metric is recomputed on
+    each shuffle (:func:`alignkit.functional.permutation_test`, one permuted copy of ``y`` at a time).
+    A similarity means something only against these: biased linear CKA of independent data is about
+    d/(N + d), not 0, and mutual k-NN is k/(N − 1).
+
+    Returns:
+        ``{key: {"chance", "null_mean", "null_sd", "p_value"}}`` in :func:`measure`'s key order.
+        ``chance`` is the closed form of :func:`alignkit.functional.chance_levels` (``recall@K`` K/N,
+        ranks (N+1)/2, ``map`` H_N/N, ``mutual_knn`` k/(N−1), ``unbiased_cka`` 0) and NaN where none
+        exists (biased CKA, CKNNA, SVCCA, PWCCA, Procrustes, RSA: read ``null_mean`` instead).
+        ``p_value = (1 + #{null ≥ value}) / (1 + K)`` (``≤`` for the keys in :data:`LOWER_IS_ALIGNED`),
+        at least 1/(K + 1). Keys that do not depend on the pairing (uniformity) get NaN throughout.
+
+    Cost: (K + 1) times the cost of :func:`measure`.
+    """
+    names = _metric_names(metrics)
+    values = measure(x, y, names, k)  # validates everything once
+    x, y = _as_tensor(x, "x"), _as_tensor(y, "y")
+    n = x.shape[0]
+    tests = AF.permutation_test(
+        lambda a, b: measure(a, b, names, k),
+        x,
+        y,
+        permutations,
+        seed,
+        alternative={key: "less" for key in values if key in LOWER_IS_ALIGNED},
+    )
+    assert isinstance(tests, dict)
+    chance = AF.chance_levels(n, k=min(k, n - 1))
+    nan = float("nan")
+    out: dict[str, dict[str, float]] = {}
+    for key in values:
+        if key in _PAIRING_FREE:
+            out[key] = {"chance": nan, "null_mean": nan, "null_sd": nan, "p_value": nan}
+            continue
+        test = tests[key]
+        out[key] = {
+            "chance": chance.get(key, nan),
+            "null_mean": test.null_mean,
+            "null_sd": test.null_sd,
+            "p_value": test.p_value,
+        }
+    return out
+
+
 def _as_tensor(value: object, name: str) -> Tensor:
     if isinstance(value, Tensor):
         return value
@@ -311,36 +417,66 @@ def _number(key: str, value: float) -> str:
     return f"{value:.4f}" if abs(value) < 1e5 else f"{value:.4g}"
 
 
-def format_table(results: Mapping[str, float], title: str | None = None) -> str:
+def _p(value: float) -> str:
+    return "—" if not math.isfinite(value) else f"{value:.3g}"
+
+
+def format_table(
+    results: Mapping[str, float],
+    title: str | None = None,
+    nulls: Mapping[str, Mapping[str, float]] | None = None,
+) -> str:
     """A plain-text table of :func:`measure`'s results: metric, value, what it means.
 
     Args:
         results: ``{key: float}``.
         title: optional first line.
+        nulls: optional :func:`null_baselines` output: adds the columns ``chance`` (closed form, "—"
+            where none exists), ``null mean ± sd`` and ``p`` beside each value.
 
     Returns:
         The table as one string (no trailing newline). Values with four decimals, ranks as they are.
     """
     if not isinstance(results, Mapping):
         raise ValueError(f"results must be a mapping of metric name to number, got {type(results).__name__}")
-    rows = [("metric", "value", "meaning")]
+    if nulls is not None and not isinstance(nulls, Mapping):
+        raise ValueError(f"nulls must be a mapping of metric name to its null, got {type(nulls).__name__}")
+    header = ("metric", "value", "chance", "null mean ± sd", "p", "meaning")
+    rows = [header if nulls is not None else (header[0], header[1], header[-1])]
     for key, value in results.items():
         note = METRICS[key].description if key in METRICS else _KEY_NOTES.get(key, "")
-        rows.append((str(key), _number(str(key), float(value)), note))
-    wk = max(len(r[0]) for r in rows)
-    wv = max(len(r[1]) for r in rows)
+        cells = [str(key), _number(str(key), float(value))]
+        if nulls is not None:
+            null = nulls.get(key, {})
+            chance, mean, sd = (float(null.get(f, math.nan)) for f in ("chance", "null_mean", "null_sd"))
+            cells.append(_number(str(key), chance) if math.isfinite(chance) else "—")
+            spread = f"{_number(str(key), mean)} ± {_number('', sd)}" if math.isfinite(mean) else "—"
+            cells += [spread, _p(float(null.get("p_value", math.nan)))]
+        rows.append((*cells, note))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = [title] if title else []
-    for i, (key, value, note) in enumerate(rows):
-        lines.append(f"{key:<{wk}}  {value:>{wv}}  {note}".rstrip())
+    for i, row in enumerate(rows):
+        middle = zip(row[1:-1], widths[1:-1], strict=True)
+        cells = [f"{row[0]:<{widths[0]}}", *(f"{c:>{w}}" for c, w in middle)]
+        lines.append("  ".join([*cells, row[-1]]).rstrip())
         if i == 0:
-            lines.append(f"{'-' * wk}  {'-' * wv}  {'-' * max(len(r[2]) for r in rows)}".rstrip())
+            lines.append("  ".join("-" * w for w in widths).rstrip())
     return "\n".join(lines)
 
 
-def format_json(results: Mapping[str, float], **info: Any) -> str:
-    """``{**info, "metrics": results}`` as valid JSON (NaN / Inf written as ``null``)."""
-    clean = {str(k): (float(v) if math.isfinite(float(v)) else None) for k, v in results.items()}
-    return json.dumps({**info, "metrics": clean}, indent=2, allow_nan=False, ensure_ascii=False)
+def _clean(value: object) -> float | None:
+    number = float(value)  # type: ignore[arg-type]
+    return number if math.isfinite(number) else None
+
+
+def format_json(
+    results: Mapping[str, float], nulls: Mapping[str, Mapping[str, float]] | None = None, **info: Any
+) -> str:
+    """``{**info, "metrics": results}`` (and ``"nulls"`` when given) as valid JSON (NaN / Inf → ``null``)."""
+    data: dict[str, Any] = {**info, "metrics": {str(k): _clean(v) for k, v in results.items()}}
+    if nulls is not None:
+        data["nulls"] = {str(k): {f: _clean(v) for f, v in null.items()} for k, null in nulls.items()}
+    return json.dumps(data, indent=2, allow_nan=False, ensure_ascii=False)
 
 
 def measure_files(
@@ -350,37 +486,101 @@ def measure_files(
     k: int = 10,
     key_a: str | None = None,
     key_b: str | None = None,
+    *,
+    permutations: int | None = 0,
+    seed: int = 0,
 ) -> dict[str, Any]:
     """Load two embedding files (:func:`alignkit.io.load_embeddings`) and :func:`measure` them.
 
+    A metric that does not apply to this pair (e.g. ``cosine`` on files of different widths, k too
+    large for N) is skipped with its reason when several were asked for; the others are still
+    computed. Messages name the files, not ``x`` / ``y``.
+
+    Biased linear CKA is never reported alone: when ``"cka"`` is asked for and N ≥ 4, ``"unbiased_cka"``
+    is added right after it (the biased value of independent data is about d/(N + d), not 0).
+
+    Args:
+        permutations: K for :func:`null_baselines` (chance level, permutation null and p-value of every
+            value); 0 for none; ``None`` for the default of ``alignkit measure``: 100 when
+            N·(d_a + d_b) ≤ 2¹⁷ (e.g. 1000 × (64 + 64)), none above (each permutation costs one more
+            :func:`measure`).
+        seed: seed of the permutations.
+
     Returns:
-        ``{"a": str, "b": str, "n": N, "d_a": d_a, "d_b": d_b, "k": k, "metrics": {key: float}}``.
+        ``{"a": str, "b": str, "n": N, "d_a": d_a, "d_b": d_b, "k": k, "metrics": {key: float},
+        "skipped": {metric: reason}}``, and
+        with K > 0 also ``"permutations": K, "seed": seed, "nulls": {key: {chance, null_mean, null_sd,
+        p_value}}``; with ``permutations=None`` skipped for a large N, ``"permutations": 0``.
 
     Raises:
-        ValueError: one line for every problem with the files (see :mod:`alignkit.io`) or the pair.
+        ValueError: one line for every problem with the files (see :mod:`alignkit.io`) or the pair,
+            or when no requested metric applies.
 
-    Cost: reading both files, O(N·(d_a + d_b)) memory, plus the metrics' cost (see :func:`measure`).
+    Cost: reading both files, O(N·(d_a + d_b)) memory, plus the metrics' cost (see :func:`measure`)
+    times K + 1.
     """
     from alignkit.io import load_embeddings
 
     names = _metric_names(metrics)  # an unknown metric is reported before any file is read
-    x = load_embeddings(path_a, key=key_a)
-    y = load_embeddings(path_b, key=key_b)
+    if permutations is not None:
+        _check_permutations(permutations)
+    loaded = []
+    for path, key, flag in ((path_a, key_a, "--key-a"), (path_b, key_b, "--key-b")):
+        try:
+            loaded.append(load_embeddings(path, key=key))
+        except ValueError as err:  # the CLI spells the key option --key-a / --key-b
+            raise ValueError(str(err).replace("key=", f"{flag} ")) from None
+    x, y = loaded
     if x.shape[0] != y.shape[0]:
         raise ValueError(
             f"{path_a} and {path_b} must hold the same N samples row by row, got N = {x.shape[0]} "
             f"{shape_str(x)} and N = {y.shape[0]} {shape_str(y)}"
         )
-    results = measure(x, y, names, k=k)
-    return {
+    n = x.shape[0]
+    if "cka" in names and "unbiased_cka" not in names and n >= 4:
+        names.insert(names.index("cka") + 1, "unbiased_cka")
+
+    def named(message: str) -> str:
+        message = re.sub(r"\bx \(", f"{path_a} (", message)
+        message = re.sub(r"\by \(", f"{path_b} (", message)
+        return message.replace("d_x == d_y", "the same width").replace("x and y", "both files")
+
+    results: dict[str, float] = {}
+    skipped: dict[str, str] = {}
+    for name in names:
+        try:
+            results.update(measure(x, y, [name], k=k))
+        except ValueError as err:
+            if len(names) == 1:
+                raise ValueError(named(str(err))) from None
+            skipped[name] = named(str(err))
+    if not results:
+        raise ValueError("no requested metric applies: " + "; ".join(skipped.values()))
+    names = [name for name in names if name not in skipped]
+    report: dict[str, Any] = {
         "a": str(path_a),
         "b": str(path_b),
-        "n": x.shape[0],
+        "n": n,
         "d_a": x.shape[1],
         "d_b": y.shape[1],
         "k": k,
         "metrics": results,
+        "skipped": skipped,
     }
+    if permutations is None:
+        size = n * (x.shape[1] + y.shape[1])
+        permutations = _AUTO_PERMUTATIONS if size <= _AUTO_NULL_MAX_SIZE else 0
+    report["permutations"] = permutations
+    if permutations > 0:
+        report["seed"] = seed
+        report["nulls"] = null_baselines(x, y, names, k, permutations, seed)
+    return report
+
+
+def _check_permutations(value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"permutations must be an integer ≥ 0 (0: no permutation null), got {value!r}")
+    return value
 
 
 # --------------------------------------------------------------------------------------------------
@@ -683,13 +883,19 @@ def run_command(
     layers: bool = False,
     out: str | None = None,
     samples: str | int = 300,
+    permutations: str | int | None = None,
+    seed: str | int = 0,
 ) -> int:
     """``alignkit measure`` (see :mod:`alignkit.cli`): prints the results, returns the exit code.
 
+    ``permutations``: K of the permutation null printed beside every value (``None``: 100 when
+    N·(d_a + d_b) ≤ 2¹⁷, none above; 0: none); ``seed`` seeds the permutations.
     Every problem is raised as a one-line ``ValueError`` (the CLI prints it and exits with 2).
     """
     try:
-        return _run_command(a, b, metrics, k, as_json, key_a, key_b, layers, out, samples)
+        return _run_command(
+            a, b, metrics, k, as_json, key_a, key_b, layers, out, samples, permutations, seed
+        )
     except ValueError as err:
         raise ValueError(_one_line(err)) from None
     except OSError as err:  # e.g. the heatmap's directory is not writable
@@ -718,14 +924,19 @@ def _run_command(
     layers: bool,
     out: str | None,
     samples: str | int,
+    permutations: str | int | None = None,
+    seed: str | int = 0,
 ) -> int:
     k_value = _cli_int(k, "--k", 1)
+    perms = None if permutations is None else _cli_int(permutations, "--permutations", 0)
+    seed_value = _cli_int(seed, "--seed", 0)
     if layers:
         if a is not None or b is not None:
             raise ValueError("--layers measures the built-in MiniLM model and takes no embedding files A B")
-        if metrics is not None or key_a is not None or key_b is not None:
+        if metrics is not None or key_a is not None or key_b is not None or permutations is not None:
             raise ValueError(
-                "--metrics, --key-a and --key-b apply to A B files, not to --layers (linear CKA)"
+                "--metrics, --key-a, --key-b and --permutations apply to A B files, not to --layers "
+                "(linear CKA)"
             )
         target = Path(out if out is not None else "layer_cka.png")
         if not target.parent.is_dir() and str(target.parent):
@@ -768,13 +979,35 @@ def _run_command(
             "measure needs two embedding files A and B (.npy .npz .pt .safetensors .parquet), or --layers"
         )
     report = measure_files(
-        a, b, metrics if metrics is not None else DEFAULT_METRICS, k=k_value, key_a=key_a, key_b=key_b
+        a,
+        b,
+        metrics if metrics is not None else DEFAULT_METRICS,
+        k=k_value,
+        key_a=key_a,
+        key_b=key_b,
+        permutations=perms,
+        seed=seed_value,
     )
+    for name, reason in report["skipped"].items():
+        print(f"alignkit measure: skipped {name}: {reason}", file=sys.stderr)
     if as_json:
         results = report.pop("metrics")
-        print(format_json(results, **report))
+        nulls = report.pop("nulls", None)
+        print(format_json(results, nulls, **report))
     else:
+        report.pop("skipped")
         n = report["n"]
         title = f"{report['a']} ({n} × {report['d_a']})  vs  {report['b']} ({n} × {report['d_b']})"
-        print(format_table(report["metrics"], title=title))
+        print(format_table(report["metrics"], title=title, nulls=report.get("nulls")))
+        print()
+        if report["permutations"]:
+            print(
+                f"null: rows of B shuffled {report['permutations']} times (seed {report['seed']}); "
+                f"p = (1 + #null at least as aligned) / (1 + {report['permutations']}); "
+                "chance: closed form where one exists"
+            )
+        else:
+            size = f"N·(d_a + d_b) = {n * (report['d_a'] + report['d_b'])} > {_AUTO_NULL_MAX_SIZE}"
+            reason = size if perms is None else "--permutations 0"
+            print(f"no permutation null ({reason}); --permutations K prints one beside every value")
     return 0

@@ -15,9 +15,19 @@ import numpy as np
 import pytest
 import scipy.linalg
 import torch
+import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from alignkit.adapters import METHODS, OBJECTIVES, Adapter, FitReport, fit_adapter, split_rows
+from alignkit.adapters import (
+    METHODS,
+    OBJECTIVES,
+    RIDGE_GRID,
+    Adapter,
+    FitReport,
+    fit_adapter,
+    ridge_gcv,
+    split_rows,
+)
 from alignkit.io import save_embeddings
 
 
@@ -44,18 +54,6 @@ def _ref_recall_at_1(query: np.ndarray, gallery: np.ndarray) -> float:
     return hits / len(query)
 
 
-def _ref_linear_cka(x: np.ndarray, y: np.ndarray) -> float:
-    """Kornblith et al. 2019, Gram form: HSIC(K, L) = tr(KHLH), K = XXᵀ, L = YYᵀ."""
-    n = len(x)
-    h = np.eye(n) - np.ones((n, n)) / n
-    k, l_ = x @ x.T, y @ y.T
-
-    def hsic(a: np.ndarray, b: np.ndarray) -> float:
-        return float(np.trace(a @ h @ b @ h))
-
-    return hsic(k, l_) / math.sqrt(hsic(k, k) * hsic(l_, l_))
-
-
 def _rotation_pair(n: int = 200, d: int = 12) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
     rng = np.random.default_rng(1)
     x = rng.standard_normal((n, d))
@@ -76,19 +74,21 @@ def test_procrustes_recovers_a_known_rotation_exactly() -> None:
     assert adapter.info["scale"] == pytest.approx(2.5, abs=1e-12)
     np.testing.assert_allclose(adapter(x).detach().numpy(), y.numpy(), atol=1e-10)
     assert report.recall_at_1_after == 1.0
-    assert report.cka_after == pytest.approx(1.0, abs=1e-12)
-    _, val = split_rows(len(x), 0.1, 0)
-    assert report.recall_at_1_before == pytest.approx(_ref_recall_at_1(x[val].numpy(), y[val].numpy()))
+    _, test = split_rows(len(x), 0.2, 0)
+    # native target rows are the queries, the (unmapped) source rows the index
+    assert report.recall_at_1_before == pytest.approx(_ref_recall_at_1(y[test].numpy(), x[test].numpy()))
     assert report.recall_at_1_before < 0.5  # a rotation scrambles raw cosine retrieval
-    assert report.objective_val == pytest.approx(0.0, abs=1e-20)
-    assert (report.n_train, report.n_val, report.evaluated_on) == (180, 20, "validation")
+    assert report.objective_test == pytest.approx(0.0, abs=1e-20)
+    assert report.objective_val is None  # a closed form has no validation rows
+    assert (report.n_train, report.n_val, report.n_test, report.evaluated_on) == (160, 0, 40, "held-out")
+    assert any("only 40 held-out rows" in w for w in report.warnings)
 
 
 def test_procrustes_matches_scipy_on_noisy_data() -> None:
     rng = np.random.default_rng(3)
     x = rng.standard_normal((150, 8))
     y = 0.7 * x @ _orthogonal(8, 4) + 0.3 * rng.standard_normal((150, 8)) + 1.0
-    adapter, _ = fit_adapter(torch.from_numpy(x), torch.from_numpy(y), val_fraction=0.2, seed=5)
+    adapter, _ = fit_adapter(torch.from_numpy(x), torch.from_numpy(y), test_fraction=0.2, seed=5)
     train, _ = split_rows(150, 0.2, 5)
     xc = x[train.numpy()] - x[train.numpy()].mean(0)
     yc = y[train.numpy()] - y[train.numpy()].mean(0)
@@ -129,7 +129,7 @@ def test_procrustes_cosine_objective_ignores_row_norms() -> None:
     unit = y / np.linalg.norm(y, axis=1, keepdims=True)
     np.testing.assert_allclose(cos_adapter(xt).detach().numpy(), unit, atol=1e-10)
     assert cos_adapter.normalize_input
-    assert cos_report.objective_val == pytest.approx(0.0, abs=1e-12)
+    assert cos_report.objective_test == pytest.approx(0.0, abs=1e-12)
     mse_adapter, _ = fit_adapter(xt, yt, objective="mse")
     mapped = mse_adapter(xt).detach().numpy()
     cos = np.sum(mapped * unit, 1) / np.linalg.norm(mapped, axis=1)
@@ -147,14 +147,14 @@ def test_linear_ridge_equals_numpy_lstsq() -> None:
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
 
     # ridge = 0: ordinary least squares with an intercept
-    adapter, _ = fit_adapter(xt, yt, method="linear", ridge=0.0, val_fraction=0.0)
+    adapter, _ = fit_adapter(xt, yt, method="linear", ridge=0.0, test_fraction=0.0)
     design = np.hstack([x, np.ones((90, 1))])
     coef = np.linalg.lstsq(design, y, rcond=None)[0]
     np.testing.assert_allclose(adapter(xt).detach().numpy(), design @ coef, atol=1e-10)
 
     # ridge > 0: λ = ridge·tr(XᶜᵀXᶜ)/d, intercept unpenalised — lstsq on the augmented system
     ridge = 0.05
-    adapter, report = fit_adapter(xt, yt, method="linear", ridge=ridge, val_fraction=0.0)
+    adapter, report = fit_adapter(xt, yt, method="linear", ridge=ridge, test_fraction=0.0)
     xc, yc = x - x.mean(0), y - y.mean(0)
     lam = ridge * np.sum(xc**2) / 7
     aug_x = np.vstack([xc, math.sqrt(lam) * np.eye(7)])
@@ -162,7 +162,8 @@ def test_linear_ridge_equals_numpy_lstsq() -> None:
     w = np.linalg.lstsq(aug_x, aug_y, rcond=None)[0]
     expected = (x - x.mean(0)) @ w + y.mean(0)
     np.testing.assert_allclose(adapter(xt).detach().numpy(), expected, atol=1e-10)
-    assert report.evaluated_on == "train" and report.objective_val is None
+    assert report.evaluated_on == "train" and report.objective_test is None
+    assert report.ridge == ridge and report.ridge_selected_by == "given"
     assert report.objective_train == pytest.approx(np.mean((expected - y) ** 2), rel=1e-10)
 
 
@@ -175,12 +176,13 @@ def test_held_out_rows_do_not_influence_the_fit() -> None:
     assert sorted(torch.cat([train, val]).tolist()) == list(range(80))
     corrupted = y.clone()
     corrupted[val] = 1e3 * torch.randn(20, 4, dtype=torch.float64)
-    a, ra = fit_adapter(x, y, method="linear", val_fraction=0.25, seed=3)
-    b, rb = fit_adapter(x, corrupted, method="linear", val_fraction=0.25, seed=3)
+    a, ra = fit_adapter(x, y, method="linear", test_fraction=0.25, seed=3)  # ridge chosen by GCV on train
+    b, rb = fit_adapter(x, corrupted, method="linear", test_fraction=0.25, seed=3)
     for key, value in a.state_dict().items():
         assert torch.equal(value, b.state_dict()[key]), key
     assert ra.objective_train == rb.objective_train
-    assert rb.objective_val > 1e4 * ra.objective_val
+    assert ra.ridge == rb.ridge and ra.ridge_selected_by == "gcv"
+    assert rb.objective_test > 1e4 * ra.objective_test
 
 
 def test_split_rows_is_seeded_and_bounded() -> None:
@@ -205,14 +207,14 @@ def _product_map(n: int = 1500) -> tuple[torch.Tensor, torch.Tensor]:
 
 def test_mlp_recovers_a_nonlinear_map_better_than_linear() -> None:
     x, y = _product_map()
-    _, linear = fit_adapter(x, y, method="linear", val_fraction=0.2)
+    _, linear = fit_adapter(x, y, method="linear", test_fraction=0.2)
     mlp_adapter, mlp = fit_adapter(
-        x, y, method="mlp", val_fraction=0.2, epochs=120, lr=1e-2, hidden_dim=64, progress=False
+        x, y, method="mlp", test_fraction=0.2, epochs=120, lr=1e-2, hidden_dim=64, progress=False
     )
     assert linear.recall_at_1_after < 0.2
     assert mlp.recall_at_1_after > 0.9
-    assert mlp.objective_val < 0.2 * linear.objective_val
-    assert mlp.cka_after > 0.9 > linear.cka_after
+    assert mlp.objective_test < 0.2 * linear.objective_test
+    assert (mlp.n_train, mlp.n_val, mlp.n_test) == (1080, 120, 300)
     assert mlp_adapter.head is not None and mlp_adapter.hidden_dim == 64
 
 
@@ -229,9 +231,9 @@ def _anisotropic_noise(n: int = 1600) -> tuple[torch.Tensor, torch.Tensor]:
 @pytest.mark.parametrize("objective", ["clip", "info_nce"])
 def test_contrastive_objective_improves_recall(objective: str) -> None:
     x, y = _anisotropic_noise()
-    _, mse = fit_adapter(x, y, method="linear", objective="mse", val_fraction=0.25)
+    _, mse = fit_adapter(x, y, method="linear", objective="mse", test_fraction=0.25)
     _, report = fit_adapter(
-        x, y, method="linear", objective=objective, val_fraction=0.25, epochs=60, lr=1e-2, batch_size=256,
+        x, y, method="linear", objective=objective, test_fraction=0.25, epochs=60, lr=1e-2, batch_size=256,
         progress=False,
     )  # fmt: skip
     assert report.recall_at_1_before < 0.05
@@ -246,14 +248,15 @@ def test_contrastive_objective_improves_recall(objective: str) -> None:
 def test_mlp_keeps_the_best_epoch_and_stops_early() -> None:
     g = torch.Generator().manual_seed(1)
     x, y = torch.randn(300, 6, generator=g), torch.randn(300, 5, generator=g)  # nothing to learn
-    _, linear = fit_adapter(x, y, method="linear", val_fraction=0.2)
-    _, mlp = fit_adapter(
-        x, y, method="mlp", val_fraction=0.2, epochs=400, lr=3e-2, patience=5, hidden_dim=128, progress=False
-    )
+    options = {"method": "mlp", "val_fraction": 0.2, "hidden_dim": 128, "progress": False}
+    _, start = fit_adapter(x, y, epochs=1, lr=1e-12, **options)  # one step that changes nothing
+    _, mlp = fit_adapter(x, y, epochs=400, lr=3e-2, patience=5, **options)
     assert mlp.epochs < 400  # early stopping
     assert mlp.best_epoch is not None and mlp.epochs - mlp.best_epoch == 5
     # epoch 0 is the ridge solution (the residual starts at zero): the kept epoch is no worse
-    assert mlp.objective_val <= linear.objective_val * (1 + 1e-5)
+    assert mlp.objective_val <= start.objective_val * (1 + 1e-5)
+    assert mlp.n_val == 48 and mlp.n_test == 60  # validation comes out of the training rows only
+    assert "validation" in mlp.format_table() and "held-out rows" in mlp.format_table()
 
 
 def test_gradient_fit_is_deterministic_by_seed_and_leaves_the_global_rng_alone() -> None:
@@ -269,32 +272,52 @@ def test_gradient_fit_is_deterministic_by_seed_and_leaves_the_global_rng_alone()
     assert not torch.equal(a.linear.weight, c.linear.weight)
 
 
+def _ref_rank_metrics(query: np.ndarray, gallery: np.ndarray) -> tuple[float, float]:
+    """Loop reference: (R@10, MRR) of query i looking for gallery i by cosine (ties count against)."""
+    qn = query / np.linalg.norm(query, axis=1, keepdims=True)
+    gn = gallery / np.linalg.norm(gallery, axis=1, keepdims=True)
+    ranks = []
+    for i in range(len(query)):
+        scores = [float(qn[i] @ gn[j]) for j in range(len(gallery))]
+        ranks.append(sum(s >= scores[i] for s in scores))
+    return float(np.mean([r <= 10 for r in ranks])), float(np.mean([1 / r for r in ranks]))
+
+
 def test_report_metrics_match_references() -> None:
     rng = np.random.default_rng(12)
-    x = rng.standard_normal((120, 9))
-    y = x @ rng.standard_normal((9, 9)) + 0.8 * rng.standard_normal((120, 9))
+    x = rng.standard_normal((400, 9))
+    offset = 3.0 * rng.standard_normal(9)  # a shared target direction: the two query directions differ
+    y = x @ rng.standard_normal((9, 9)) + 1.5 * rng.standard_normal((400, 9)) + offset
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
-    adapter, report = fit_adapter(xt, yt, method="linear", val_fraction=0.25, seed=7)
-    _, val = split_rows(120, 0.25, 7)
-    xv, yv = x[val.numpy()], y[val.numpy()]
+    adapter, report = fit_adapter(xt, yt, method="linear", test_fraction=0.25, seed=7)
+    _, test = split_rows(400, 0.25, 7)
+    xv, yv = x[test.numpy()], y[test.numpy()]
     mapped = adapter(torch.from_numpy(xv)).detach().numpy()
-    assert report.recall_at_1_before == pytest.approx(_ref_recall_at_1(xv, yv))
-    assert report.recall_at_1_after == pytest.approx(_ref_recall_at_1(mapped, yv))
-    assert report.cka_before == pytest.approx(_ref_linear_cka(xv, yv), abs=1e-10)
-    assert report.cka_after == pytest.approx(_ref_linear_cka(mapped, yv), abs=1e-10)
-    assert report.objective_val == pytest.approx(np.mean((mapped - yv) ** 2), rel=1e-10)
+    native_as_query = _ref_recall_at_1(yv, mapped)
+    mapped_as_query = _ref_recall_at_1(mapped, yv)
+    assert abs(native_as_query - mapped_as_query) > 0.02  # the data tells the two directions apart
+    assert report.recall_at_1_after == pytest.approx(native_as_query)
+    assert report.recall_at_1_before == pytest.approx(_ref_recall_at_1(yv, xv))
+    r10, mrr = _ref_rank_metrics(yv, mapped)
+    assert report.retrieval["after"]["recall@10"] == pytest.approx(r10)
+    assert report.retrieval["after"]["mrr"] == pytest.approx(mrr)
+    assert report.objective_test == pytest.approx(np.mean((mapped - yv) ** 2), rel=1e-10)
     assert report.recall_at_1_after > report.recall_at_1_before
+    lo, hi = report.recall_at_1_interval
+    assert lo < report.recall_at_1_after < hi and report.n_test == 100
 
 
 def test_report_to_dict_is_json_and_table_lists_before_and_after() -> None:
     x, y, _ = _rotation_pair(60, 4)
     _, report = fit_adapter(x, y)
-    payload = json.loads(json.dumps(report.to_dict()))
+    payload = json.loads(json.dumps(report.to_dict(), allow_nan=False))
     assert payload["method"] == "procrustes" and payload["recall_at_1_after"] == 1.0
     assert set(payload) == set(FitReport.__dataclass_fields__)
+    assert set(payload["retrieval"]) == {"keep_old", "before", "after", "native"}
     table = report.format_table()
-    r1 = next(line for line in table.splitlines() if line.startswith("R@1"))
-    assert float(r1.split()[-1]) == 1.0
+    r1 = next(line for line in table.splitlines() if line.startswith("R@1 "))
+    assert r1.split()[1:] == ["1.000", f"{report.recall_at_1_before:.3f}", "1.000", "1.000"]
+    assert "hub share" in table and "overlap with native" in table
 
 
 # --------------------------------------------------------------------------------------------------
@@ -418,17 +441,20 @@ def test_zero_rows_stay_finite(method: str, objective: str) -> None:
     y[::5] = 0.0
     adapter, report = fit_adapter(x, y, method=method, objective=objective, epochs=3, progress=False)
     assert bool(torch.isfinite(adapter(torch.zeros(3, 8))).all())
-    assert all(math.isfinite(v) for v in (report.cka_after, report.objective_train, report.objective_val))
+    values = (report.recall_at_1_after, report.objective_train, report.objective_test)
+    assert all(math.isfinite(v) for v in values)
 
 
 def test_batches_of_one_and_two_rows() -> None:
     x, y = torch.randn(2, 3), torch.randn(2, 3)
     adapter, report = fit_adapter(x, y, method="linear", objective="clip", epochs=2, progress=False)
-    assert (report.n_train, report.n_val) == (1, 1)
+    assert (report.n_train, report.n_val, report.n_test) == (1, 0, 1)
     assert bool(torch.isfinite(adapter(x[:1])).all())
-    adapter, report = fit_adapter(x[:1], y[:1], val_fraction=0.0)
+    adapter, report = fit_adapter(x[:1], y[:1], test_fraction=0.0)
     assert report.n_train == 1 and bool(torch.isfinite(adapter(x)).all())
-    adapter, report = fit_adapter(x, y, method="mlp", val_fraction=0.0, epochs=2, progress=False)
+    adapter, report = fit_adapter(
+        x, y, method="mlp", test_fraction=0.0, val_fraction=0.0, epochs=2, progress=False
+    )
     assert report.evaluated_on == "train" and adapter(x).shape == (2, 3)
 
 
@@ -443,6 +469,15 @@ def test_batches_of_one_and_two_rows() -> None:
         ),
         ({"val_fraction": 1.0}, r"val_fraction must be in \[0, 1\)"),
         ({"val_fraction": -0.1}, r"val_fraction must be in \[0, 1\)"),
+        ({"test_fraction": 1.0}, r"test_fraction must be in \[0, 1\)"),
+        ({"ridge": "fast"}, "ridge must be a finite number >= 0 or 'auto'"),
+        ({"restore_mean": 1}, "restore_mean must be a bool"),
+        ({"refine_iters": -1}, "refine_iters must be an integer ≥ 0"),
+        ({"unpaired_source": torch.randn(5, 3)}, "needs both unpaired_source and unpaired_target"),
+        (
+            {"method": "mlp", "unpaired_source": torch.randn(5, 3), "unpaired_target": torch.randn(5, 3)},
+            "refinement .* needs a closed-form fit",
+        ),
         ({"epochs": 0}, "epochs must be an integer ≥ 1"),
         ({"lr": 0.0}, "lr must be a finite number > 0"),
         ({"seed": -1}, "seed must be an integer ≥ 0"),
@@ -490,3 +525,138 @@ def test_fit_on_cuda_matches_cpu() -> None:
     torch.testing.assert_close(gpu.linear.weight.cpu(), cpu.linear.weight, atol=1e-9, rtol=0)
     mlp, _ = fit_adapter(x.cuda().float(), y.cuda().float(), method="mlp", epochs=3, progress=False)
     assert mlp(x.cuda().float()).is_cuda
+
+
+# --------------------------------------------------------------------------------------------------
+# Migration: the report's direction, mean restoration, ridge by GCV, refinement with unpaired rows
+
+
+def test_report_direction_native_queries_see_a_hub_that_mapped_queries_miss() -> None:
+    """Mapped rows = native rows + noise, plus one row at the target's mean direction. Mapped rows as
+    queries find their own native row; native rows as queries (how an index is used) all hit the hub."""
+    from alignkit.search import evaluate_migration
+
+    rng = np.random.default_rng(20)
+    n, d = 200, 64
+    mu = rng.standard_normal(d)
+    mu /= np.linalg.norm(mu)
+    native = mu + 0.3 * rng.standard_normal((n, d)) / math.sqrt(d)
+    mapped = native + 0.45 * rng.standard_normal((n, d)) / math.sqrt(d)
+    mapped[0] = mu
+    mapped_as_query = _ref_recall_at_1(mapped, native)
+    native_as_query = _ref_recall_at_1(native, mapped)
+    assert mapped_as_query > 0.8 and native_as_query < 0.1  # the two directions disagree
+    old = rng.standard_normal((n, d))
+    cols = evaluate_migration(torch.from_numpy(old), torch.from_numpy(native), torch.from_numpy(mapped))
+    assert cols["after"]["recall@1"] == pytest.approx(native_as_query)
+    assert cols["after"]["hub_share"] > 0.9  # row 0 wins almost every query
+
+
+def _anisotropic_target(n: int = 1500, d: int = 24) -> tuple[torch.Tensor, torch.Tensor]:
+    """Unit target rows sharing a strong mean direction (mean cosine ≈ 0.6), as sentence encoders do."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, d, generator=g)
+    mu = 3.0 * torch.randn(d, generator=g) / d**0.5
+    a = torch.randn(d, d, generator=g) / d**0.5
+    y = F.normalize(mu + 0.5 * x @ a + 0.1 * torch.randn(n, d, generator=g), dim=1)
+    return x, y
+
+
+def test_mean_restoration_on_an_anisotropic_target() -> None:
+    x, y = _anisotropic_target()
+    _, test = split_rows(len(x), 0.2, 0)
+
+    def mean_cos(rows: torch.Tensor) -> float:
+        unit = F.normalize(rows, dim=1)
+        return float((unit @ unit.T).mean())
+
+    native = mean_cos(y[test])
+    assert native > 0.5
+    options = {"method": "linear", "objective": "info_nce", "epochs": 30, "lr": 1e-2, "batch_size": 256}
+    lost, lost_report = fit_adapter(x, y, restore_mean=False, progress=False, **options)
+    kept, kept_report = fit_adapter(x, y, progress=False, **options)
+    assert mean_cos(lost.transform(x[test])) < native - 0.3  # the contrastive fit lost the mean direction
+    assert mean_cos(kept.transform(x[test])) == pytest.approx(native, abs=0.03)
+    assert kept_report.mean_restored and not lost_report.mean_restored
+    # the correction is exact on the training rows: same mean and same RMS spread as the target
+    train, _ = split_rows(len(x), 0.2, 0)
+    fit_rows = train[split_rows(len(train), 0.1, 1)[0]]
+    out = kept.transform(x[fit_rows]).double()
+    target = y[fit_rows].double()
+    torch.testing.assert_close(out.mean(0), target.mean(0), atol=1e-5, rtol=0)
+    spread = (out - out.mean(0)).square().mean().sqrt()
+    assert float(spread) == pytest.approx(float((target - target.mean(0)).square().mean().sqrt()), rel=1e-4)
+
+
+def _ref_gcv(x: np.ndarray, y: np.ndarray, rel: float) -> float:
+    """GCV from the explicit (n, n) hat matrix of ridge with an unpenalised intercept (float64)."""
+    n, d = x.shape
+    xc = x - x.mean(0)
+    lam = rel * np.sum(xc**2) / d
+    hat = np.ones((n, n)) / n + xc @ np.linalg.solve(xc.T @ xc + lam * np.eye(d), xc.T)
+    resid = (np.eye(n) - hat) @ y
+    return float(np.sum(resid**2) / (n * (1 - np.trace(hat) / n) ** 2))
+
+
+def test_ridge_auto_chooses_a_sensible_value_when_n_is_close_to_d() -> None:
+    rng = np.random.default_rng(21)
+    n, d, d_t = 60, 48, 20
+    w = rng.standard_normal((d, d_t)) / math.sqrt(d)
+
+    def draw(rows: int) -> tuple[np.ndarray, np.ndarray]:
+        x = rng.standard_normal((rows, d))
+        return x, x @ w + 0.5 * rng.standard_normal((rows, d_t))
+
+    x, y = draw(n)
+    x_new, y_new = draw(4000)
+    best, scores = ridge_gcv(torch.from_numpy(x), torch.from_numpy(y))
+    for i in (0, 10, 20, 30):
+        assert float(scores[i]) == pytest.approx(_ref_gcv(x, y, RIDGE_GRID[i]), rel=1e-8)
+
+    def test_error(ridge: float) -> float:
+        adapter, _ = fit_adapter(torch.from_numpy(x), torch.from_numpy(y), method="linear", ridge=ridge,
+                                 test_fraction=0.0)  # fmt: skip
+        return float(np.mean((adapter(torch.from_numpy(x_new)).detach().numpy() - y_new) ** 2))
+
+    errors = {rel: test_error(rel) for rel in RIDGE_GRID[::4]}
+    oracle = min(errors.values())
+    assert 1e-3 < best < 10  # neither plain least squares nor everything shrunk away
+    assert test_error(best) < 1.15 * oracle
+    assert test_error(1e-4) > 2 * test_error(best)  # the old default collapses at n ≈ d
+    _, report = fit_adapter(torch.from_numpy(x), torch.from_numpy(y), method="linear", test_fraction=0.0)
+    assert report.ridge == best and report.ridge_selected_by == "gcv"
+
+
+def test_refinement_with_unpaired_rows_improves_a_few_pair_fit() -> None:
+    """16 pairs in 32 dimensions under-determine the rotation; 984 unpaired rows of each side (shuffled,
+    so no pairing survives) let mutual-nearest-neighbour rounds recover it."""
+    rng = np.random.default_rng(22)
+    n, d, pairs = 1200, 32, 16
+    y = rng.standard_normal((n, d))
+    x = y @ _orthogonal(d, 23) + 0.3 * rng.standard_normal((n, d))
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    held = torch.arange(1000, n)
+    unpaired_source = xt[pairs:1000][torch.from_numpy(rng.permutation(1000 - pairs))]
+    unpaired_target = yt[pairs:1000][torch.from_numpy(rng.permutation(1000 - pairs))]
+    plain, _ = fit_adapter(xt[:pairs], yt[:pairs], test_fraction=0.0)
+    unpaired = {"unpaired_source": unpaired_source, "unpaired_target": unpaired_target}
+    refined, report = fit_adapter(xt[:pairs], yt[:pairs], test_fraction=0.0, **unpaired)
+    assert len(report.refined_pairs) == 3 and report.refined_pairs[-1] > 900
+    before = _ref_recall_at_1(y[held.numpy()], plain.transform(xt[held]).numpy())
+    after = _ref_recall_at_1(y[held.numpy()], refined.transform(xt[held]).numpy())
+    assert before < 0.6 and after > 0.95
+
+
+def test_report_can_score_with_csls() -> None:
+    x, y = _anisotropic_target(600)
+    from alignkit.search import search
+
+    y = y + 0.3 * torch.randn(y.shape, generator=torch.Generator().manual_seed(1))  # not perfectly mappable
+    _, plain = fit_adapter(x, y, objective="cosine")
+    adapter, corrected = fit_adapter(x, y, objective="cosine", csls_k=10)
+    assert corrected.csls_k == 10 and "CSLS k=10" in corrected.format_table()
+    assert corrected.retrieval["native"] == plain.retrieval["native"]  # native search stays plain cosine
+    _, test = split_rows(len(x), 0.2, 0)
+    expected = search(y[test], adapter.transform(x[test]), csls_k=10, overlap_index=y[test]).metrics
+    assert corrected.retrieval["after"] == expected
+    assert corrected.retrieval["after"]["k_skew"] != plain.retrieval["after"]["k_skew"]

@@ -135,9 +135,10 @@ def test_an_interrupted_decoder_is_finished_not_reused(clip_run: Path, tmp_path:
     settings = CaptionSettings(epochs=1, dim=32, depth=1, num_heads=2)
     fit_captioners(run, ["decap"], settings, progress=False, searches=("greedy",))
     # pretend the run asked for 3 epochs and was killed after the first
-    (run / "captions" / "settings.json").write_text(
-        json.dumps({**json.loads((run / "captions" / "settings.json").read_text()), "epochs": 3})
-    )
+    from alignkit.captioning import _read_decoder_json, _write_decoder_json
+
+    settings_file = run / "captions" / "settings.json"
+    _write_decoder_json(settings_file, {**_read_decoder_json(settings_file), "epochs": 3})
     with pytest.raises(ValueError, match="stopped after 1 of 3 epochs"):
         load_captioner(load_run(run), "decap")
     three = CaptionSettings(epochs=3, dim=32, depth=1, num_heads=2)
@@ -151,6 +152,46 @@ def test_an_interrupted_decoder_is_finished_not_reused(clip_run: Path, tmp_path:
     ]
     assert epochs == [1, 2, 3]  # epoch 1 was not repeated
     assert load_captioner(load_run(run), "decap")[2] == three
+
+
+def test_retraining_the_run_makes_its_decoders_stale(
+    tiny_fit: tuple[Path, dict], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Decoders, scores and the report record the run's weights digest; after retraining the run
+    (other weights) they are refused or retrained, never reused."""
+    import shutil
+
+    from alignkit.captioning import stale_reason
+    from alignkit.report import write_report
+    from alignkit.train.checkpoint import checkpoint_digest
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_fit[0], run)
+    before = checkpoint_digest(run / "checkpoints" / "best.json")
+    source = json.loads((run / "captions" / "source.json").read_text())
+    assert source == {"checkpoint": "checkpoints/best.json", "digest": before}
+    assert tiny_fit[1]["checkpoint_digest"] == before
+    assert stale_reason(load_run(run)) is None
+    run_recipe(load_config(None, ["train.epochs=3"]), run, progress=False)  # retrain: other weights
+    after = checkpoint_digest(run / "checkpoints" / "best.json")
+    assert after != before
+    with pytest.raises(ValueError, match=r"comes from other weights .*the run was retrained since.*--fit"):
+        load_captioner(load_run(run), "clipcap")
+    page = write_report(run).read_text(encoding="utf-8")
+    assert "Not shown" in page and "the run was retrained since" in page and after[:16] in page
+    log = run / "captions" / "coca" / "metrics.jsonl"
+    assert log.is_file()
+    fit_captioners(run, ["clipcap"], TINY, progress=True, searches=("greedy",))
+    assert "comes from other weights" in capsys.readouterr().err  # said, not silent
+    assert not log.exists()  # the stale decoders are gone, not mixed with the new one
+    fresh = json.loads((run / "captions" / "metrics.json").read_text())
+    assert fresh["checkpoint_digest"] == after and set(fresh["methods"]) == {"clipcap"}
+    assert load_captioner(load_run(run), "clipcap")[2] == TINY
+    assert "Captioning from the joint space" in write_report(run).read_text(encoding="utf-8")
+    # a captions/ directory from before digests were recorded is not trusted either
+    (run / "captions" / "source.json").unlink()
+    with pytest.raises(ValueError, match="records no source checkpoint"):
+        load_captioner(load_run(run), "clipcap")
 
 
 def test_one_method_refit_keeps_the_other_samples(tiny_fit: tuple[Path, dict], tmp_path: Path) -> None:
@@ -220,7 +261,7 @@ def test_cli_captions_images_and_the_test_split(
     images = tmp_path / "digits.npy"
     np.save(images, digits.images[:3])
     assert (
-        main(["caption", "--checkpoint", str(run), "--images", str(images), "--method", "iterative-memory"])
+        main(["caption", str(run), "--images", str(images), "--method", "iterative-memory"])
         == 0
     )
     lines = capsys.readouterr().out.strip().splitlines()
@@ -229,7 +270,6 @@ def test_cli_captions_images_and_the_test_split(
         main(
             [
                 "caption",
-                "--checkpoint",
                 str(run),
                 "--method",
                 "coca",
@@ -250,19 +290,19 @@ def test_cli_captions_images_and_the_test_split(
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--checkpoint", "/nonexistent/run"], "is not a run directory"),
-        (["--checkpoint", "{run}", "--images", "{tmp}/missing.npy"], "no such file"),
-        (["--checkpoint", "{run}", "--method", "gpt"], "invalid choice"),
-        (["--checkpoint", "{run}", "--beam-size", "0"], "--beam-size must be ≥ 1"),
-        (["--checkpoint", "{run}", "--set", "epochs=3"], "--set only applies with --fit"),
-        (["--checkpoint", "{run}", "--fit", "--methods", "clipcap,gpt"], "unknown method 'gpt'"),
-        (["--checkpoint", "{run}", "--fit", "--set", "mapping=lstm"], "settings.mapping must be one of"),
-        (["--checkpoint", "{run}", "--fit", "--set", "nope=1"], "unknown caption setting"),
+        (["/nonexistent/run"], "is not a run directory"),
+        (["{run}", "--images", "{tmp}/missing.npy"], "no such file"),
+        (["{run}", "--method", "gpt"], "invalid choice"),
+        (["{run}", "--beam-size", "0"], r"--beam-size must be in \[1, 256\]"),
+        (["{run}", "epochs=3"], "KEY=VALUE decoder settings only apply with --fit"),
+        (["{run}", "--fit", "--methods", "clipcap,gpt"], "unknown method 'gpt'"),
+        (["{run}", "--fit", "--set", "mapping=lstm"], "settings.mapping must be one of"),
+        (["{run}", "--fit", "nope=1"], "unknown caption setting"),
         (
-            ["--checkpoint", "{run}", "--fit", "--set", "dropout=abc"],
+            ["{run}", "--fit", "--set", "dropout=abc"],
             "settings.dropout must be a number in [0, 1)",
         ),
-        (["--checkpoint", "{run}", "--fit", "--images", "x.npy"], "--fit trains and scores on the digits"),
+        (["{run}", "--fit", "--images", "x.npy"], "--fit trains and scores on the digits"),
     ],
 )
 def test_cli_bad_input_is_one_line_exit_2(
@@ -284,7 +324,7 @@ def test_cli_bad_input_is_one_line_exit_2(
 
 def test_cli_without_a_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "config.yaml").write_text("recipe: clip\n")
-    assert main(["caption", "--checkpoint", str(tmp_path)]) == 2
+    assert main(["caption", str(tmp_path)]) == 2
     assert "no checkpoints/best.json" in capsys.readouterr().err
 
 

@@ -163,6 +163,59 @@ def test_pml_symmetric_ntxent_is_simclr_not_clip_form():
     assert not torch.allclose(AF.info_nce(q, k, 0.2, symmetric=True), pml(q, k))
 
 
+def _ref_nt_xent(z1: torch.Tensor, z2: torch.Tensor, tau: float) -> torch.Tensor:
+    """SimCLR eq. 1 with loops: 2N anchors, positive = the other view, denominator = the other 2N-1."""
+    z = torch.cat([z1, z2]).double()
+    n2 = z.shape[0]
+    out = []
+    for i in range(n2):
+        p = (i + n2 // 2) % n2
+        denom = sum(math.exp(_cos(z[i], z[a]) / tau) for a in range(n2) if a != i)
+        out.append(-math.log(math.exp(_cos(z[i], z[p]) / tau) / denom))
+    return torch.tensor(out, dtype=D64)
+
+
+def test_nt_xent_matches_loop_and_pml_over_2n_views():
+    z1, z2 = _rand(7, 5), _rand(7, 5)
+    ref = _ref_nt_xent(z1, z2, 0.3)
+    torch.testing.assert_close(AF.nt_xent_loss(z1, z2, 0.3, reduction="none"), ref)
+    torch.testing.assert_close(AF.nt_xent_loss(z1, z2, 0.3), ref.mean())
+    torch.testing.assert_close(AF.nt_xent_loss(z1, z2, 0.3, reduction="sum"), ref.sum())
+    torch.testing.assert_close(AF.nt_xent_loss(z1, z2, 0.3, chunk_size=3), ref.mean())
+    # peer: PML's NT-Xent on the 2N concatenated views (SelfSupervisedLoss's default symmetric=True)
+    pml = pml_losses.SelfSupervisedLoss(pml_losses.NTXentLoss(temperature=0.3))
+    torch.testing.assert_close(AF.nt_xent_loss(z1, z2, 0.3), pml(z1, z2))
+    labels = torch.arange(7).repeat(2)
+    torch.testing.assert_close(
+        AF.nt_xent_loss(z1, z2, 0.3), pml_losses.NTXentLoss(temperature=0.3)(torch.cat([z1, z2]), labels)
+    )
+    # and it is not the one-way or CLIP-form InfoNCE (no same-view negatives there)
+    assert not torch.allclose(AF.info_nce(z1, z2, 0.3), pml(z1, z2))
+
+
+def test_ntxent_module_is_simclr():
+    z1, z2 = torch.randn(9, 6), torch.randn(9, 6)
+    m = losses.build("ntxent", temperature=0.5)
+    pml = pml_losses.SelfSupervisedLoss(pml_losses.NTXentLoss(temperature=0.5))
+    torch.testing.assert_close(m(z1, z2), pml(z1, z2))
+    assert "temperature=0.5" in repr(m)
+    with pytest.raises(ValueError, match="view1 and view2"):
+        m(z1, torch.randn(8, 6))
+    with pytest.raises(ValueError, match="view2"):
+        AF.nt_xent_loss(z1, torch.randn(9))
+    with pytest.raises(ValueError, match="temperature"):
+        losses.NTXentLoss(temperature=0.0)
+
+
+def test_nt_xent_half_precision_and_single_pair():
+    z1, z2 = torch.randn(6, 4), torch.randn(6, 4)
+    got = AF.nt_xent_loss(z1.to(torch.bfloat16), z2.to(torch.bfloat16), 0.5)
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), AF.nt_xent_loss(z1, z2, 0.5), atol=0.05, rtol=0.02)
+    one = AF.nt_xent_loss(torch.randn(1, 3), torch.randn(1, 3))  # two rows, each the other's positive
+    assert one.item() == pytest.approx(0.0, abs=1e-6)
+
+
 def test_info_nce_zero_vectors_are_finite():
     q, k = _rand(5, 4), _rand(5, 4)
     q[0] = 0
@@ -511,7 +564,8 @@ def test_supcon_validation():
 # ----------------------------------------------------------------------------------------------
 def test_registry_names():
     assert isinstance(losses.build("info_nce"), losses.InfoNCELoss)
-    assert isinstance(losses.build("NTXent", temperature=0.5), losses.InfoNCELoss)
+    assert type(losses.build("NTXent", temperature=0.5)) is losses.NTXentLoss
+    assert type(losses.build("nt_xent")) is losses.NTXentLoss
     assert isinstance(losses.build("infonce"), losses.InfoNCELoss)
     assert type(losses.build("clip")) is losses.CLIPLoss
     assert isinstance(losses.build("supcon"), losses.SupConLoss)
@@ -573,3 +627,32 @@ def test_supcon_module_matches_functional():
     torch.testing.assert_close(
         losses.SupConLoss(0.2, "in")(f, y), AF.supcon_loss(f, y, temperature=0.2, variant="in")
     )
+
+
+@pytest.mark.parametrize("variant", ["out", "in"])
+def test_supcon_tiled_kernel_gradcheck_float64(variant):
+    """The row-blocked kernel's closed-form backward against finite differences (float64), for the
+    whole batch and for a rank's slice of anchors against all rows (distributed local loss)."""
+    from alignkit.functional.contrastive import _supcon_rows
+
+    y = torch.tensor([0, 1, 0, 2, 1, 0, 3, 2, 1])  # label 3 has no positive
+    f = torch.randn(9, 2, 4, dtype=D64, requires_grad=True)
+    torch.autograd.gradcheck(lambda f: AF.supcon_loss(f, y, 0.3, variant, chunk_size=4), (f,))
+    torch.autograd.gradcheck(
+        lambda f: AF.supcon_loss(f, y, 0.3, variant, reduction="none", chunk_size=5), (f,)
+    )
+    flat_labels = y.repeat_interleave(2)
+
+    def local(f):
+        flat = torch.nn.functional.normalize(f.reshape(18, 4), dim=1)
+        return _supcon_rows(flat[6:12], flat_labels[6:12], flat, flat_labels, 6, 0.3, variant, chunk_size=4)
+
+    def local_plain(f):
+        flat = torch.nn.functional.normalize(f.reshape(18, 4), dim=1)
+        return _supcon_rows(flat[6:12], flat_labels[6:12], flat, flat_labels, 6, 0.3, variant)
+
+    torch.autograd.gradcheck(local, (f,))
+    v0, g0 = _grads(lambda f: local_plain(f).sum(), f)
+    v1, g1 = _grads(lambda f: local(f).sum(), f)
+    torch.testing.assert_close(v1, v0)
+    torch.testing.assert_close(g1[0], g0[0])

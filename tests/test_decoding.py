@@ -356,7 +356,8 @@ def test_memory_projection_is_built_in_blocks(monkeypatch: pytest.MonkeyPatch) -
     whole = AF.memory_projection(query, memory)
     monkeypatch.setattr(decoding, "_BLOCK_ELEMENTS", 150)
     assert decoding._rows_per_block(50) == 3
-    assert torch.allclose(whole, AF.memory_projection(query, memory), atol=1e-6)
+    # float32 GEMM rounding differs between block sizes; softmax(cos / 0.01) multiplies it by 100
+    assert torch.allclose(whole, AF.memory_projection(query, memory), atol=1e-5)
 
 
 def test_cached_incremental_decoding_equals_the_full_pass() -> None:

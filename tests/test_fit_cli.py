@@ -1,4 +1,4 @@
-"""Tests for ``alignkit fit`` / ``alignkit transform`` (alignkit.fit_cli).
+"""Tests for ``alignkit fit`` / ``alignkit transform`` (alignkit.cli.fit, alignkit.cli.transform).
 
 Three levels:
 
@@ -26,24 +26,17 @@ import pytest
 import alignkit
 import alignkit.cli
 from alignkit.adapters import Adapter
-from alignkit.fit_cli import add_commands
+from alignkit.cli import fit as fit_command
+from alignkit.cli import transform as transform_command
 from alignkit.io import load_embeddings, save_embeddings
 
 REPO = Path(alignkit.__file__).resolve().parents[1]
 
-# Runs alignkit.cli.main with fit / transform added to its parser (used only while they are not wired).
-_SHIM = """
-import sys
-import alignkit.cli as cli
-from alignkit.fit_cli import add_commands
-_original = cli._parser
-def _patched():
-    parser = _original()
-    add_commands(parser._subparsers._group_actions[0])
-    return parser
-cli._parser = _patched
-sys.exit(cli.main(sys.argv[1:]))
-"""
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    fit_command.add_command(sub)
+    transform_command.add_command(sub)
 
 
 def _wired() -> bool:
@@ -106,9 +99,10 @@ def test_fit_prints_the_table_and_writes_an_adapter(
     assert _run(["fit", str(files["x"]), str(files["y"]), "--out", str(out)]) == 0
     text = capsys.readouterr().out
     rows = {line.split("  ")[0].strip(): line.split() for line in text.splitlines()}
-    before, after = rows["R@1 (held-out)"][-2:]
-    assert float(after) == 1.0 and float(before) < 0.5
-    assert float(rows["linear CKA (held-out)"][-1]) == pytest.approx(1.0, abs=1e-4)
+    keep_old, before, after, native = rows["R@1"][-4:]  # new-model queries on the held-out index
+    assert float(after) == 1.0 and float(before) < 0.5 and float(native) == 1.0 == float(keep_old)
+    assert float(rows["top-10 overlap with native"][-2]) == pytest.approx(1.0)
+    assert "60 held-out rows" in text and "only 60 held-out rows" in text  # small: flagged
     assert f"adapter written to {out}" in text
     adapter = Adapter.load(out)
     mapped = adapter(load_embeddings(files["x"])).detach().numpy()
@@ -138,7 +132,7 @@ def test_fit_json_and_options(
     assert (report["method"], report["objective"], report["n_val"], report["target_dim"]) == (
         "mlp",
         "cosine",
-        60,
+        48,  # validation comes out of the 240 training rows (60 are held out)
         5,
     )
     assert report["recall_at_1_before"] is None  # 8 → 5 dims: no raw comparison
@@ -246,9 +240,7 @@ def test_main_turns_bad_input_into_one_stderr_line_and_exit_2(
 
 
 def _command() -> list[str]:
-    if _wired():
-        return [sys.executable, "-m", "alignkit"]
-    return [sys.executable, "-c", _SHIM]
+    return [sys.executable, "-m", "alignkit"]
 
 
 def _subprocess(argv: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -265,8 +257,8 @@ def _subprocess(argv: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
 def test_end_to_end_in_a_subprocess(files: dict[str, Path], tmp_path: Path) -> None:
     fit = _subprocess(["fit", "x.npy", "y.npy", "--out", "adapter.safetensors"], tmp_path)
     assert fit.returncode == 0, fit.stderr
-    row = next(line for line in fit.stdout.splitlines() if line.startswith("R@1 (held-out)"))
-    assert float(row.split()[-1]) == 1.0
+    row = next(line for line in fit.stdout.splitlines() if line.startswith("R@1 "))
+    assert float(row.split()[-2]) == 1.0  # after (the last column is native)
     assert "Traceback" not in fit.stderr
 
     transform = _subprocess(["transform", "adapter.safetensors", "x.npy", "-o", "mapped.npy"], tmp_path)
@@ -291,3 +283,74 @@ def test_cli_main_has_fit_and_transform(files: dict[str, Path], tmp_path: Path) 
     assert alignkit.cli.main(["fit", str(files["x"]), str(files["y"]), "--out", str(out)]) == 0
     assert alignkit.cli.main(["transform", str(out), str(files["x"]), "-o", str(tmp_path / "m.npy")]) == 0
     np.testing.assert_allclose(np.load(tmp_path / "m.npy"), _expected(files), atol=1e-4)
+
+
+# --------------------------------------------------------------------------------------------------
+# migration options: --ridge, --test-fraction, closed forms without validation, transform --normalize / --csls
+
+
+def test_fit_ridge_and_splits(
+    files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "ridge.safetensors"
+    argv = ["fit", str(files["x"]), str(files["y"]), "-o", str(out), "--method", "linear", "--json"]
+    assert _run([*argv, "--ridge", "0.5", "--test-fraction", "0.1"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert (report["ridge"], report["ridge_selected_by"]) == (0.5, "given")
+    # a closed form has no validation rows
+    assert (report["n_train"], report["n_val"], report["n_test"]) == (270, 0, 30)
+    assert _run(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["ridge_selected_by"] == "gcv" and report["ridge"] < 0.01  # exact data: little shrinkage
+    assert set(report["retrieval"]) == {"keep_old", "before", "after", "native"}
+    assert _run(["fit", str(files["x"]), str(files["y"]), "-o", str(out), "--quiet"]) == 0
+    assert capsys.readouterr().out.strip() == "1.0000"
+
+
+@pytest.mark.parametrize(
+    ("extra", "match"),
+    [
+        (["--ridge", "lots"], "--ridge must be a number ≥ 0.0"),
+        (["--test-fraction", "1"], r"--test-fraction must be in \[0, 1\)"),
+        (["--csls", "-3"], "--csls must be an integer ≥ 0"),
+        (["--unpaired-source", "{x}"], "--unpaired-source and --unpaired-target go together"),
+    ],
+)
+def test_fit_rejects_bad_migration_options(
+    files: dict[str, Path], tmp_path: Path, extra: list[str], match: str
+) -> None:
+    argv = ["fit", str(files["x"]), str(files["y"]), "-o", str(tmp_path / "a.safetensors")]
+    argv += [a.format(x=files["x"]) for a in extra]
+    with pytest.raises(ValueError, match=match):
+        _run(argv)
+
+
+def test_transform_normalize_and_csls(files: dict[str, Path], tmp_path: Path) -> None:
+    import torch
+
+    from alignkit.search import search
+
+    adapter = tmp_path / "adapter.safetensors"
+    assert _run(["fit", str(files["x"]), str(files["y"]), "-o", str(adapter), "--quiet"]) == 0
+    unit = tmp_path / "unit.npy"
+    assert _run(["transform", str(adapter), str(files["x"]), "-o", str(unit), "--normalize", "--quiet"]) == 0
+    written = np.load(unit)
+    expected = _expected(files)
+    np.testing.assert_allclose(written, expected / np.linalg.norm(expected, axis=1, keepdims=True), atol=1e-5)
+    queries = tmp_path / "queries.npy"
+    rng = np.random.default_rng(5)
+    np.save(queries, (expected[:50] + 0.5 * rng.standard_normal((50, 8))).astype(np.float32))
+    hubbed = tmp_path / "csls.npy"
+    argv = ["transform", str(adapter), str(files["x"]), "-o", str(hubbed)]
+    argv += ["--csls", str(queries), "--csls-k", "5"]
+    assert _run(argv) == 0
+    index = np.load(hubbed)
+    assert index.shape == (300, 9)
+    # inner product with [q/‖q‖, 1] ranks exactly as CSLS search does
+    q = np.load(queries)
+    q_aug = np.hstack([q / np.linalg.norm(q, axis=1, keepdims=True), np.ones((50, 1), np.float32)])
+    top = np.argsort(-(q_aug @ index.T), axis=1)[:, :5]
+    found = search(torch.from_numpy(q), torch.from_numpy(expected), csls_k=5, k=5).indices.numpy()
+    assert (top[:, 0] == found[:, 0]).mean() > 0.98
+    with pytest.raises(ValueError, match="--csls-k needs --csls"):
+        _run(["transform", str(adapter), str(files["x"]), "-o", str(hubbed), "--csls-k", "5"])

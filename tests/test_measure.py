@@ -19,6 +19,8 @@ from alignkit.measure import (
     format_table,
     layer_similarity,
     measure,
+    measure_files,
+    null_baselines,
 )
 from alignkit.report import similarity_heatmap
 
@@ -283,6 +285,60 @@ def test_format_table_and_json() -> None:
         format_table([("cka", 1.0)])  # type: ignore[arg-type]
 
 
+def test_format_table_and_json_with_nulls() -> None:
+    results = {"cka": 0.5, "recall@1": 0.25}
+    nulls = {
+        "cka": {"chance": float("nan"), "null_mean": 0.1, "null_sd": 0.02, "p_value": 0.01},
+        "recall@1": {"chance": 0.1, "null_mean": 0.11, "null_sd": 0.03, "p_value": 0.02},
+    }
+    lines = format_table(results, nulls=nulls).splitlines()
+    assert lines[0].split()[:5] == ["metric", "value", "chance", "null", "mean"]
+    assert lines[2].split()[:6] == ["cka", "0.5000", "—", "0.1000", "±", "0.0200"]
+    assert lines[2].split()[6] == "0.01"
+    assert lines[3].split()[:3] == ["recall@1", "0.2500", "0.1000"]
+    data = json.loads(format_json(results, nulls, n=3))
+    assert data["nulls"]["cka"] == {"chance": None, "null_mean": 0.1, "null_sd": 0.02, "p_value": 0.01}
+
+
+def test_null_baselines_chance_and_p_values() -> None:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(60, 6, generator=g, dtype=torch.float64)
+    y = x + 0.3 * torch.randn(60, 6, generator=g, dtype=torch.float64)
+    names = ["cka", "unbiased_cka", "mutual_knn", "procrustes", "retrieval", "alignment_uniformity"]
+    out = null_baselines(x, y, names, k=5, permutations=30, seed=1)
+    values = measure(x, y, names, k=5)
+    assert list(out) == list(values)
+    for key in ("cka", "unbiased_cka", "mutual_knn", "procrustes", "recall@1", "mean_rank", "alignment"):
+        assert out[key]["p_value"] == pytest.approx(1 / 31), key  # aligned: every shuffle scores worse
+    assert out["procrustes"]["null_mean"] > values["procrustes"]  # a distance: the null is larger
+    assert out["recall@1"]["chance"] == pytest.approx(1 / 60)
+    assert out["mutual_knn"]["chance"] == pytest.approx(5 / 59)
+    assert out["unbiased_cka"]["chance"] == 0.0 and np.isnan(out["cka"]["chance"])
+    assert abs(out["mutual_knn"]["null_mean"] - 5 / 59) < 4 * out["mutual_knn"]["null_sd"] / np.sqrt(30)
+    assert np.isnan(out["uniformity"]["p_value"])  # does not depend on the pairing
+    # the same seed gives the same null
+    again = null_baselines(x, y, ["cka"], permutations=30, seed=1)
+    assert {f: again["cka"][f] for f in ("null_mean", "null_sd", "p_value")} == {
+        f: out["cka"][f] for f in ("null_mean", "null_sd", "p_value")
+    }
+    with pytest.raises(ValueError, match="permutations"):
+        null_baselines(x, y, ["cka"], permutations=0)
+
+
+def test_measure_files_pairs_unbiased_with_biased_and_auto_null(tmp_path: Path) -> None:
+    g = np.random.default_rng(0)
+    np.save(tmp_path / "a.npy", g.normal(size=(300, 300)))
+    np.save(tmp_path / "b.npy", g.normal(size=(300, 137)))
+    report = measure_files(tmp_path / "a.npy", tmp_path / "b.npy", "cka", permutations=None)
+    assert list(report["metrics"]) == ["cka", "unbiased_cka"]
+    assert report["permutations"] == 0 and "nulls" not in report  # N·(d_a + d_b) > 2^17: skipped by default
+    report = measure_files(tmp_path / "a.npy", tmp_path / "b.npy", "cka", permutations=5, seed=2)
+    assert report["permutations"] == 5 and report["seed"] == 2
+    assert set(report["nulls"]) == {"cka", "unbiased_cka"}
+    with pytest.raises(ValueError, match="permutations must be"):
+        measure_files(tmp_path / "a.npy", tmp_path / "b.npy", "cka", permutations=-1)
+
+
 # --------------------------------------------------------------------------------------------------
 # layer_similarity
 
@@ -483,15 +539,45 @@ def _save_pair(tmp_path: Path, dx: int = 10, dy: int = 4) -> None:
     np.save(tmp_path / "b.npy", y.numpy())
 
 
+def test_cli_one_inapplicable_metric_does_not_abort_the_others(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from alignkit.measure import measure
+
+    monkeypatch.chdir(tmp_path)
+    _save_pair(tmp_path)  # widths 10 and 4: retrieval needs one shared space
+    argv = ["measure", "a.npy", "b.npy", "--metrics", "cka,retrieval,mutual_knn", "--k", "5", "--json"]
+    assert main(argv) == 0
+    out, err = capsys.readouterr()
+    report = json.loads(out)
+    x, y = (torch.from_numpy(np.load(tmp_path / f)) for f in ("a.npy", "b.npy"))
+    ref = measure(x, y, ["cka", "mutual_knn"], k=5)
+    assert report["metrics"] == pytest.approx(ref)
+    assert set(report["skipped"]) == {"retrieval"} and "a.npy (50, 10)" in report["skipped"]["retrieval"]
+    assert err.count("\n") == 1 and "skipped retrieval" in err and "b.npy (50, 4)" in err
+    assert main(["measure", "a.npy", "b.npy", "--metrics", "retrieval,alignment_uniformity"]) == 2
+    assert "no requested metric applies" in capsys.readouterr().err
+
+
 def test_cli_default_table(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
     _save_pair(tmp_path)
-    assert main(["measure", "a.npy", "b.npy", "--k", "5"]) == 0
+    assert main(["measure", "a.npy", "b.npy", "--k", "5", "--permutations", "20"]) == 0
     out = capsys.readouterr().out
-    names = [line.split()[0] for line in out.splitlines()[3:]]
+    table, footer = out.split("\n\n")
+    lines = table.splitlines()
+    assert lines[1].split()[:5] == ["metric", "value", "chance", "null", "mean"]
+    names = [line.split()[0] for line in lines[3:]]
     assert names == list(DEFAULT_METRICS)
+    p_values = {line.split()[0]: float(line.split()[6]) for line in lines[3:]}
+    assert all(p == pytest.approx(1 / 21, abs=1e-3) for p in p_values.values())  # related data: at the floor
+    assert "shuffled 20 times (seed 0)" in footer
+    assert main(["measure", "a.npy", "b.npy", "--metrics", "cka", "--permutations", "0"]) == 0
+    out = capsys.readouterr().out
+    assert [line.split()[0] for line in out.split("\n\n")[0].splitlines()[3:]] == ["cka", "unbiased_cka"]
+    assert "no permutation null (--permutations 0)" in out
 
 
 def test_cli_json_with_shared_space_metrics(
@@ -509,16 +595,24 @@ def test_cli_json_with_shared_space_metrics(
         "mean_rank",
         "map",
         "cka",
+        "unbiased_cka",  # never biased CKA alone
     ]
+    assert data["permutations"] == 100 and data["seed"] == 0  # the default for small inputs
+    assert list(data["nulls"]) == list(data["metrics"])
+    assert data["nulls"]["recall@1"]["chance"] == pytest.approx(1 / 50)
+    assert data["nulls"]["median_rank"]["chance"] == pytest.approx(25.5)
 
 
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["a.npy", "b.npy", "--metrics", "retrieval"], "needs d_x == d_y"),
+        (["a.npy", "b.npy", "--metrics", "retrieval"], "needs the same width, got a.npy (50, 10) and b.npy"),
         (["a.npy", "b.npy", "--metrics", "bogus"], "valid metrics: cka"),
         (["a.npy", "--layers"], "takes no embedding files"),
         (["--layers", "--metrics", "cka"], "not to --layers"),
+        (["--layers", "--permutations", "5"], "not to --layers"),
+        (["a.npy", "b.npy", "--permutations", "-1"], "--permutations must be an integer ≥ 0"),
+        (["a.npy", "b.npy", "--seed", "x"], "--seed must be an integer"),
         (["--layers", "--samples", "1"], "--samples must be an integer in [2, 1797]"),
         (["a.npy", "b.npy", "--out", "x.png"], "--out is for --layers"),
         (["a.npy"], "needs two embedding files"),
@@ -575,3 +669,24 @@ def test_cli_layers_minilm_heatmap(tmp_path: Path, capsys: pytest.CaptureFixture
     ]
     assert lines[-1] == f"heatmap: {png}"
     assert float(lines[2].split()[1]) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_measure_searches_each_neighbour_graph_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """mutual_knn and cknna share the two kNN searches of one measure() call (and give the values of
+    the separate functional calls); a new call searches again."""
+    x, y = torch.randn(60, 5), torch.randn(60, 7)
+    expected = {"mutual_knn": float(AF.mutual_knn(x, y, k=4)), "cknna": float(AF.cknna(x, y, k=4))}
+    calls = []
+    original = AF.knn
+
+    def spy(z: Tensor, k: int, *args: object, **kwargs: object) -> object:
+        calls.append(z.shape[1])
+        return original(z, k, *args, **kwargs)
+
+    monkeypatch.setattr(AF, "knn", spy)
+    assert measure(x, y, metrics=("mutual_knn", "cknna"), k=4) == pytest.approx(expected, abs=1e-12)
+    assert sorted(calls) == [5, 7]
+    measure(x, y, metrics=("cknna",), k=4)
+    assert sorted(calls) == [5, 5, 7, 7]
+    with pytest.raises(ValueError, match="neighbors of y must hold"):
+        AF.mutual_knn(x, y, k=4, neighbors=(original(x, 4), original(y, 3)))

@@ -803,3 +803,20 @@ def test_module_constructors_validate_hyper_parameters() -> None:
         losses.build("nce", dim=3)
     with pytest.raises(ValueError, match="noise_log_prob"):
         losses.build("nce", noise_log_prob=0.5)
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_batch_hard_mined_in_blocks_matches_loop(monkeypatch: pytest.MonkeyPatch, metric: str) -> None:
+    """Batch-hard mining in blocks of 3 anchors (no gradient), then the chosen distances with gradient:
+    the loop's value and gradient."""
+    import alignkit.functional.losses as micro
+
+    monkeypatch.setattr(micro, "_MINING_BLOCK_BYTES", 3 * 4 * 23)
+    e = torch.randn(23, 5, dtype=torch.float64, requires_grad=True)
+    labels = _labels(6, 6, 5, 4, 2)
+    total, count, _ = _ref_batch_triplet(e.detach(), labels.tolist(), 0.5, metric, "hard")
+    got = AF.batch_triplet_loss(e, labels, margin=0.5, distance=metric, mining="hard")
+    torch.testing.assert_close(got, torch.tensor(total / count, dtype=torch.float64))
+    torch.autograd.gradcheck(
+        lambda z: AF.batch_triplet_loss(z, labels, margin=0.5, distance=metric, mining="hard"), (e,)
+    )

@@ -3,6 +3,7 @@ float64, and small synthetic training runs showing that each system aligns (not 
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -577,7 +578,66 @@ def test_binder_frozen_encoder() -> None:
     x = torch.randn(8, 32)
     model({"x": x, "a": a})["loss"].backward()
     assert all(p.grad is None for p in model.encoders["x"].parameters())
-    assert all(p.grad is not None for p in model.heads["x"].parameters())
+    assert all(p.grad is None for p in model.heads["x"].parameters())  # the anchor is fixed, head too
+    assert all(p.grad is not None for p in model.heads["a"].parameters())
+
+
+def _bind(model: Binder, anchor: Tensor, other: Tensor, name: str, steps: int, seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=3e-3)
+    model.train()
+    for _ in range(steps):
+        idx = torch.randint(0, anchor.shape[0], (128,), generator=g)
+        loss = model({"x": anchor[idx], name: other[idx]})["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+
+
+def test_binder_fixed_anchor_sequential_binding() -> None:
+    """Bind "a" (text) to the anchor, fix the anchor, then bind "b" (audio): text→anchor R@1 is kept."""
+    torch.manual_seed(0)
+    x, a, b = _three_views(1200)
+    held = slice(1000, 1200)
+    model = _binder(temperature=0.1)
+    _bind(model, x[:500], a[:500], "a", 120, seed=1)  # stage 1: anchor and text train together
+    r1_text = model.recall("a", a[held], "x", x[held], k=1)["recall@1"]
+    assert r1_text > 0.3  # chance 1/200
+    anchor_state = {k: v.clone() for k, v in model.state_dict().items() if k.split(".")[1] == "x"}
+
+    drifting = copy.deepcopy(model)
+    drifting.freeze("a")  # the old behaviour: anchor encoder locked, its head still trained
+    for p in drifting.encoders["x"].parameters():
+        p.requires_grad_(False)
+    _bind(drifting, x[500:1000], b[500:1000], "b", 120, seed=2)
+    drifted = drifting.recall("a", a[held], "x", x[held], k=1)["recall@1"]
+
+    assert model.freeze("x") is model and model.anchor_fixed and "x" in model.frozen
+    assert all(not p.requires_grad for p in model.heads["x"].parameters())
+    assert all(p.requires_grad for p in model.heads["a"].parameters())
+    _bind(model, x[500:1000], b[500:1000], "b", 120, seed=2)  # stage 2: audio only, anchor fixed
+    for k, v in anchor_state.items():
+        torch.testing.assert_close(model.state_dict()[k], v, rtol=0, atol=0)
+    assert model.recall("a", a[held], "x", x[held], k=1)["recall@1"] == r1_text
+    assert model.recall("b", b[held], "x", x[held], k=1)["recall@1"] > 0.2  # audio bound too
+    assert drifted < r1_text - 0.1  # without fixing the head the anchor space drifts
+    # emergent text ↔ audio through the fixed anchor
+    assert model.recall("a", a[held], "b", b[held], k=1)["recall@1"] > 10 / 200
+
+
+def test_binder_frozen_anchor_fixes_head_at_construction() -> None:
+    model = _binder(frozen=("x", "a"))
+    assert model.anchor_fixed
+    model.train()
+    assert not model.heads["x"].training and model.heads["a"].training
+    x, a = torch.randn(8, 32), torch.randn(8, 24)
+    model({"x": x, "a": a})["loss"].backward()
+    assert all(p.grad is None for p in model.heads["x"].parameters())
+    assert all(p.grad is not None for p in model.heads["a"].parameters())  # non-anchor head trains
+    with pytest.raises(ValueError, match="modalities"):
+        model.freeze("q")
 
 
 def test_binder_bad_arguments() -> None:

@@ -153,13 +153,15 @@ def test_knn_chunked_equals_unchunked_and_default_block(monkeypatch: pytest.Monk
             part = AF.knn(x, 7, y=y, metric=metric, chunk_size=chunk)
             assert torch.equal(part.indices, whole.indices)
             torch.testing.assert_close(part.values, whole.values, rtol=1e-6, atol=1e-6)
-    # chunk_size=None: block · M · 4 bytes within 64–128 MiB for float32 (and never below 1 row)
+    # chunk_size=None: (rows × tile columns) tiles of about _TILE_BYTES on the CPU, never below 1 row
     for m in (1_000, 100_000, 1_000_000):
-        block = neighbors._default_block(m, torch.float32)
-        assert 64 * 2**20 <= block * m * 4 <= 128 * 2**20
+        cols = neighbors._tile_cols(m, torch.device("cpu"))
+        assert cols <= neighbors._TILE_COLS + 63 and (cols == m or cols % 64 == 0)
+        rows = neighbors._tile_rows(m, torch.float32, torch.device("cpu"))
+        assert neighbors._TILE_BYTES // 2 <= rows * cols * 4 <= neighbors._TILE_BYTES
     assert neighbors._default_block(10**9, torch.float32) == 1
-    # the default really blocks: shrink the budget to 7 rows of scores and watch the calls
-    monkeypatch.setattr(neighbors, "_BLOCK_BYTES", 7 * 150 * 4)
+    # the default really blocks: shrink the budget to 7 rows of 150 columns and watch the calls
+    monkeypatch.setattr(neighbors, "_TILE_BYTES", 7 * 150 * 4)
     seen = []
     original = neighbors._blocked_topk
 
@@ -169,7 +171,7 @@ def test_knn_chunked_equals_unchunked_and_default_block(monkeypatch: pytest.Monk
 
     monkeypatch.setattr(neighbors, "_blocked_topk", spy)
     blocked = AF.knn(x, 7, y=y, backend="torch")
-    assert seen == [7]
+    assert seen == [neighbors._balanced(203, 7, align=16)] and seen[0] < 203
     assert torch.equal(blocked.indices, AF.knn(x, 7, y=y, chunk_size=10_000).indices)
 
 
@@ -476,3 +478,31 @@ def test_csls_zero_half_and_bad_input() -> None:
         AF.csls(x, torch.randn(5, 3))
     with pytest.raises(ValueError, match=r"y has 4 non-finite"):
         AF.csls_retrieve(x, torch.cat([y, torch.full((1, 4), math.inf)]))
+
+
+@pytest.mark.parametrize("cols", [64, 100, 1024])
+def test_blocked_topk_tiles_equal_full_search(monkeypatch: pytest.MonkeyPatch, cols: int) -> None:
+    """Column tiles (shifted last tile, running top-k merge) give the exact full top-k, self excluded."""
+    monkeypatch.setattr(neighbors, "_TILE_COLS", cols)
+    x = torch.randn(333, 16, dtype=torch.float64)
+    ref = (x @ x.T).fill_diagonal_(-math.inf).topk(12, dim=1)
+    for chunk in (None, 50, 333):
+        got = AF.knn(x, 12, metric="dot", chunk_size=chunk, backend="torch")
+        assert torch.equal(got.indices, ref.indices)
+        torch.testing.assert_close(got.values, ref.values, rtol=1e-12, atol=1e-12)  # GEMM shapes differ
+    # k = M − 1 with self excluded: every other row, best first
+    full = AF.knn(x[:130], 129, metric="dot", backend="torch")
+    assert torch.equal(full.indices.sort(1).values[0], torch.arange(1, 130))
+    assert bool((full.values[:, 1:] <= full.values[:, :-1]).all())
+
+
+def test_blocked_topk_equal_vectors_tie_exactly(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Equal rows of y score bit-identically in every tile (all tiles have one shape)."""
+    monkeypatch.setattr(neighbors, "_TILE_COLS", 256)
+    x, y = torch.randn(70, 48), torch.randn(1000, 48)
+    y[::37] = y[5]
+    _, idx = neighbors._blocked_topk(x, y, 1000, 70)
+    vals, _ = neighbors._blocked_topk(x, y, 1000, 70)
+    scores = torch.empty(70, 1000).scatter_(1, idx, vals)
+    dup = scores[:, ::37]
+    assert bool((dup == dup[:, :1]).all())

@@ -1,4 +1,4 @@
-"""Tests of alignkit.recipes (configs, systems, run_recipe) and alignkit.evaluate.
+"""Tests of alignkit.recipes (configs, systems, run_recipe) and alignkit.recipes.evaluate.
 
 The MiniLM caption embeddings come from the disk cache (``load_data`` is computed once per session; a
 cold cache costs one MiniLM pass, ≈ 20-40 s). Every recipe run uses a small slice of the splits
@@ -9,6 +9,7 @@ the code under test.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -18,7 +19,6 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from alignkit.evaluate import EMBEDDING_KEYS, METRIC_KEYS, evaluate_split, write_evaluation
 from alignkit.recipes import (
     RECIPES,
     RecipeData,
@@ -33,6 +33,8 @@ from alignkit.recipes import (
     run_recipe,
     validate_config,
 )
+from alignkit.recipes.config import INPUT_KEYS
+from alignkit.recipes.evaluate import EMBEDDING_KEYS, METRIC_KEYS, evaluate_split, write_evaluation
 from alignkit.train import read_metrics
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
@@ -54,16 +56,7 @@ def small(full_data: RecipeData) -> RecipeData:
     """The same data with the val and test splits cut to 40 and 60 rows (train is cut by the config)."""
     d = full_data
     splits = {"train": d.splits["train"], "val": d.splits["val"][:40], "test": d.splits["test"][:60]}
-    return RecipeData(
-        images=d.images,
-        labels=d.labels,
-        text=d.text,
-        prompts=d.prompts,
-        profiles=d.profiles,
-        attributes=d.attributes,
-        splits=splits,
-        captions=d.captions,
-    )
+    return dataclasses.replace(d, splits=splits)
 
 
 def fast_config(recipe: str, *extra: str) -> dict:
@@ -116,6 +109,16 @@ def test_ink_profiles_match_loops() -> None:
 # --------------------------------------------------------------------------------------------- configs
 
 
+def _flat(tree: dict, prefix: str = "") -> dict:
+    out: dict = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def test_every_config_file_loads_and_matches_the_defaults() -> None:
     files = sorted(CONFIGS.glob("*.yaml"))
     assert sorted(f.stem for f in files) == sorted(RECIPES)
@@ -126,7 +129,8 @@ def test_every_config_file_loads_and_matches_the_defaults() -> None:
         assert config == default_config(file.stem)
         assert validate_config(config) == config
         raw = yaml.safe_load(file.read_text())
-        assert raw == config, f"{file} must list every key explicitly"
+        listed = {k: v for k, v in _flat(config).items() if k not in INPUT_KEYS}
+        assert _flat(raw) == listed, f"{file} must list every key except the data-source / tower keys"
 
 
 @pytest.mark.parametrize("recipe", RECIPES)
@@ -162,17 +166,17 @@ def test_unknown_key_names_the_key_and_the_allowed_keys() -> None:
 @pytest.mark.parametrize(
     ("override", "pattern"),
     [
-        ("train.epochs=0", r"'train\.epochs' must be an integer ≥ 1, got 0"),
-        ("train.epochs=2.5", r"'train\.epochs' must be an integer ≥ 1, got 2\.5"),
-        ("train.epochs=many", r"'train\.epochs' must be an integer ≥ 1, got 'many'"),
-        ("train.lr=0", r"'train\.lr' must be a number > 0, got 0"),
+        ("train.epochs=0", r"'train\.epochs' must be an integer ≥ 1 and ≤ 100000 \(epochs\), got 0"),
+        ("train.epochs=2.5", r"'train\.epochs' must be an integer ≥ 1 and ≤ 100000 \(epochs\), got 2\.5"),
+        ("train.epochs=many", r"'train\.epochs' must be an integer ≥ 1 and ≤ 100000 \(epochs\), got 'many'"),
+        ("train.lr=0", r"'train\.lr' must be a number > 0 and ≤ 10 \(learning rate\), got 0"),
         ("train.lr=nan", r"'train\.lr' must be a number > 0"),
-        ("model.image_tower=resnet", r"'model\.image_tower' must be one of 'mlp', 'cnn', got 'resnet'"),
+        ("model.image_tower=resnet", r"'model\.image_tower' must be one of 'mlp', 'cnn', 'vit', got 'res"),
         ("model.learn_temperature=3", r"'model\.learn_temperature' must be true or false, got 3"),
         ("model.dropout=1.5", r"'model\.dropout' must be a number ≥ 0 and ≤ 0\.95, got 1\.5"),
         ("train.device=tpu", r"'train\.device' must be one of 'auto', 'cpu', 'cuda'"),
-        ("model.embed_dim=null", r"'model\.embed_dim' must be an integer ≥ 1, got None"),
-        ("train.epochs=true", r"'train\.epochs' must be an integer ≥ 1, got True"),
+        ("model.embed_dim=null", r"'model\.embed_dim' must be an integer ≥ 1 and ≤ 65536 \(\w+\), got None"),
+        ("train.epochs=true", r"'train\.epochs' must be an integer ≥ 1 and ≤ 100000 \(epochs\), got True"),
     ],
 )
 def test_bad_values_name_the_key_and_the_allowed_values(override: str, pattern: str) -> None:
@@ -249,7 +253,8 @@ def _finite_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-@pytest.mark.parametrize("recipe", RECIPES)
+# the generative repa recipe reports FD instead of retrieval: tests/test_sit_recipe.py
+@pytest.mark.parametrize("recipe", [r for r in RECIPES if r != "repa"])
 def test_each_recipe_trains_one_epoch_and_evaluates(recipe: str, small: RecipeData, tmp_path: Path) -> None:
     config = fast_config(recipe)
     metrics = run_recipe(config, tmp_path, data=small, progress=False)

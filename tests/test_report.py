@@ -1,4 +1,4 @@
-"""Tests of alignkit.report (plots, report.html), alignkit.compare and alignkit.report_cli.
+"""Tests of alignkit.report (plots, report.html), alignkit.recipes.compare and the report / compare commands.
 
 The run directories are synthetic (random embeddings with the contract's keys); one test writes
 ``metrics.jsonl`` with the real :class:`alignkit.train.Trainer` so the loss-curve reader follows its format.
@@ -23,7 +23,10 @@ from matplotlib.image import imread
 from safetensors.torch import save_file
 from torch import nn
 
-from alignkit.compare import COLUMNS, compare, markdown_table
+from alignkit.cli import compare as compare_command
+from alignkit.cli import report as report_command
+from alignkit.cli._common import parse_overrides
+from alignkit.recipes.compare import COLUMNS, compare, markdown_table
 from alignkit.report import (
     cka_heatmap,
     cka_matrix,
@@ -34,7 +37,8 @@ from alignkit.report import (
     write_plots,
     write_report,
 )
-from alignkit.report_cli import add_commands, parse_overrides
+from alignkit.report.labels import METRICS as METRIC_LIST
+from alignkit.report.labels import chance_level, metric_rows
 
 METRICS = {
     "recipe": "clip",
@@ -181,17 +185,26 @@ def test_loss_curves_plots_the_logged_values(tmp_path: Path) -> None:
     out = tmp_path / "loss.png"
     fig = loss_curves(records, path=out, title="run")
     pixels = _png(out)
-    assert pixels.shape[1] > pixels.shape[0]  # two panels side by side
-    left, right = fig.axes[:2]
+    assert pixels.shape[1] > 2 * pixels.shape[0]  # three panels side by side
+    left, losses, scores = fig.axes[:3]
     step_line = left.lines[0]
     assert list(step_line.get_xdata()) == list(range(1, 10))
     np.testing.assert_allclose(step_line.get_ydata(), [3.0 / s for s in range(1, 10)])
     epoch_marks = left.lines[1]
     np.testing.assert_allclose(epoch_marks.get_ydata(), [1.5, 0.6, 3.0 / 8])
-    labels = [line.get_label() for line in right.lines if not line.get_label().startswith("_")]
-    assert labels == ["val_loss", "val_zero_shot_accuracy"]
-    val = next(line for line in right.lines if line.get_label() == "val_loss")
-    np.testing.assert_allclose(val.get_ydata(), [2.0, 1.0, 2.0 / 3])
+    # losses and scores on separate axes; the best-epoch stars are in the legend
+    labels = [line.get_label() for line in losses.lines]
+    assert labels == ["val_loss", "new best val_loss (best.json saved)"]
+    np.testing.assert_allclose(losses.lines[0].get_ydata(), [2.0, 1.0, 2.0 / 3])
+    legend = [t.get_text() for t in losses.get_legend().get_texts()]
+    assert "new best val_loss (best.json saved)" in legend
+    assert [line.get_label() for line in scores.lines] == ["val_zero_shot_accuracy"]
+    np.testing.assert_allclose(scores.lines[0].get_ydata(), [0.3, 0.6, 0.9])
+    assert scores.get_ylim()[1] < 1.0  # scaled to the scores, not to the losses
+    # every panel has a legend; without validation scores the figure has two panels
+    assert all(ax.get_legend() is not None for ax in fig.axes)
+    only_loss = [{k: v for k, v in r.items() if k != "val_zero_shot_accuracy"} for r in records]
+    assert len(loss_curves(only_loss).axes) == 2
 
 
 def test_loss_curves_reads_a_real_trainer_log(tmp_path: Path) -> None:
@@ -251,16 +264,21 @@ def test_image_text_similarity_matches_loop_reference(tmp_path: Path) -> None:
         for c in range(40):
             ref = _cos(image[order[r]], text[order[c]])
             assert shown[r, c] == pytest.approx(ref, abs=1e-6)
-    ticks = [t.get_text() for t in fig.axes[0].get_yticklabels()]
-    assert ticks == [str(labels[i]) for i in order]
+    # one tick per digit block, at its centre (4 items per digit here), legible at any size
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == [str(d) for d in range(10)]
+    np.testing.assert_allclose(ax.get_yticks(), [4 * d + 1.5 for d in range(10)])
+    np.testing.assert_allclose(ax.get_xticks(), [4 * d + 1.5 for d in range(10)])
+    big = image_text_similarity(*(_embeddings(n=400)[k] for k in ("image", "text", "labels")), samples=400)
+    assert len(big.axes[0].get_xticklabels()) == 10
 
 
 def test_image_text_similarity_sample_is_stratified_and_sorted() -> None:
     emb = _embeddings(n=100)
     fig = image_text_similarity(emb["image"], emb["text"], emb["labels"], samples=20, seed=3)
-    ticks = [int(t.get_text()) for t in fig.axes[0].get_yticklabels()]
-    assert ticks == sorted(ticks)
-    assert [ticks.count(d) for d in range(10)] == [2] * 10
+    ax = fig.axes[0]
+    assert [int(t.get_text()) for t in ax.get_yticklabels()] == list(range(10))
+    np.testing.assert_allclose(ax.get_yticks(), [2 * d + 0.5 for d in range(10)])  # 2 per digit
     # a batch of two items, fp16 input
     two = image_text_similarity(emb["image"][:2].half(), emb["text"][:2].half(), emb["labels"][:2])
     shown = np.asarray(two.axes[0].images[0].get_array())
@@ -345,8 +363,17 @@ def test_embedding_projection_draws_both_modalities(tmp_path: Path) -> None:
     other = next(i for i in range(40) if emb["labels"][i] != emb["labels"][0])
     assert all(np.allclose(colours[i], colours[0]) for i in same)
     assert not np.allclose(colours[other], colours[0])
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend[-3:] == ["image (●)", "caption (×)", "image — its caption"]
+    assert legend[:10] == [f"digit {d}" for d in range(10)]
     with pytest.raises(ValueError, match="pairs"):
         embedding_projection(emb["image"], emb["text"], emb["labels"], pairs=-1)
+    # a large split is subsampled (class-stratified, same items for both modalities)
+    big = _embeddings(n=400)
+    fig = embedding_projection(big["image"], big["text"], big["labels"], max_points=50)
+    images, texts = fig.axes[0].collections[:2]
+    assert len(images.get_offsets()) == len(texts.get_offsets()) == 50
+    assert "50 of 400 items" in fig.axes[0].get_title()
 
 
 def test_cka_matrix_matches_reference(tmp_path: Path) -> None:
@@ -396,12 +423,21 @@ def test_write_report_is_self_contained_and_complete(tmp_path: Path) -> None:
     assert page.count('src="data:image/png;base64,') == 4
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page)
     assert "<script" not in page and "<link" not in page and "@import" not in page
-    for key, value in METRICS.items():
-        assert f"<td>{key}</td>" in page, key
-        shown = f"{value:.4f}" if isinstance(value, float) else str(value)
-        assert f">{shown}<" in page, (key, shown)
+    # labelled metrics in the shared order, with ↑/↓ and the chance level on N = 40 rows
+    rows = re.findall(r"<tr><td>([^<]+)</td><td class=\"dir\">([^<]*)</td><td class=\"num\">([^<]*)</td>"
+                      r"<td class=\"num chance\">([^<]*)</td><td><code>([^<]+)</code>", page)
+    keys = [r[4] for r in rows]
+    assert keys == [k for k in (m.key for m in METRIC_LIST) if k in METRICS]
+    by_key = {r[4]: r for r in rows}
+    assert by_key["i2t_recall@5"][:4] == ("image→text R@5", "↑ higher", "0.771", "0.125")  # 5/40
+    assert by_key["median_rank"][1:4] == ("↓ lower", "2", "20.5")  # rank as an integer, (N+1)/2
+    assert by_key["zero_shot_accuracy"][2:4] == ("0.932", "0.100")
+    assert by_key["uniformity"][1:4] == ("↓ lower", "-2.876", "")
+    assert by_key["epochs"][1:4] == ("", "3", "")
+    assert "N=40" in page
     for text in ("train.lr", "0.003", "train.batch_size", "128", "loss.name"):
         assert text in page
+    assert "no retrieval examples" in page  # synthetic labels are not the digits' test split
     assert "All recipes compared" not in page
     # the embedded images decode to the PNGs on disk
     import base64
@@ -416,7 +452,7 @@ def test_write_report_without_optional_files(tmp_path: Path) -> None:
     page = write_report(run).read_text(encoding="utf-8")
     assert "<img" not in page
     assert "config.yaml is missing" in page and "embeddings_test.safetensors is missing" in page
-    assert ">0.5000<" in page and ">7<" in page
+    assert ">0.500<" in page and ">7<" in page
 
 
 def test_write_report_missing_metrics_json(tmp_path: Path) -> None:
@@ -546,10 +582,10 @@ def test_compare_table_has_one_row_per_recipe_with_exact_numbers(
     # each run's report carries the comparison, its own row highlighted
     page = (out / "byol" / "report.html").read_text(encoding="utf-8")
     assert "All recipes compared" in page
-    assert '<tr class="current"><td>byol</td>' in page
-    assert "<td>clip</td>" in page
+    assert '<tr class="current"><td><a href="report.html">byol</a></td>' in page
+    assert '<td><a href="../clip/report.html">clip</a></td>' in page
     html_page = (out / "compare.html").read_text(encoding="utf-8")
-    assert "<td>byol</td>" in html_page and ">0.7123<" in html_page
+    assert '<a href="byol/report.html">byol</a>' in html_page and ">0.712<" in html_page
 
 
 def test_compare_uses_returned_metrics_and_epochs_scale(tmp_path: Path, fake_recipes: list[Any]) -> None:
@@ -583,7 +619,9 @@ def test_compare_bad_input(tmp_path: Path, fake_recipes: list[Any], monkeypatch:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="alignkit")
-    add_commands(parser.add_subparsers(dest="command", required=True))
+    sub = parser.add_subparsers(dest="command", required=True)
+    report_command.add_command(sub)
+    compare_command.add_command(sub)
     return parser
 
 
@@ -604,23 +642,19 @@ def test_cli_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_cli_compare(tmp_path: Path, fake_recipes: list[Any], capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "cmp"
-    argv = [
-        "compare",
-        "--recipes",
-        "clip,byol",
-        "--out",
-        str(out),
-        "--epochs-scale",
-        "0.5",
-        "--set",
-        "lr=0.01",
-    ]
+    argv = ["compare", "--recipes", "clip,byol", "-o", str(out), "--epochs-scale", "0.5"]
+    argv += ["--set", "lr=0.01", "a=2"]  # --set and KEY=VALUE positionals together
     args = _parser().parse_args(argv)
     assert args.func(args) == 0
-    assert [c[2] for c in fake_recipes] == [{"lr": 0.01, "train.epochs": 5}] * 2
-    printed = capsys.readouterr().out
-    assert "| clip | 0.932 |" in printed and "| byol | 0.712 |" in printed
+    assert [c[2] for c in fake_recipes] == [{"lr": 0.01, "a": 2, "train.epochs": 5}] * 2
+    printed = capsys.readouterr()
+    assert "| clip | 0.932 |" in printed.out and "| byol | 0.712 |" in printed.out
+    assert "[1/2] clip: training" in printed.err and "[2/2] byol: done in" in printed.err  # says where it is
     assert (out / "compare.json").is_file() and (out / "clip" / "report.html").is_file()
+    quiet = _parser().parse_args(["compare", "--recipes", "clip", "-o", str(out), "--quiet", "--json"])
+    assert quiet.func(quiet) == 0
+    printed = capsys.readouterr()
+    assert json.loads(printed.out)["rows"][0]["recipe"] == "clip" and printed.err == ""
     default = _parser().parse_args(["compare"])
     assert default.recipes == "clip,byol,supcon,joint,binder,disentangled" and default.out == "runs/compare"
 
@@ -635,3 +669,182 @@ def test_parse_overrides() -> None:
     }
     with pytest.raises(ValueError, match="must look like KEY=VALUE"):
         parse_overrides(["novalue"])
+
+
+# ------------------------------------------------------------------------------------- labels.py
+
+
+def test_chance_levels_match_enumeration() -> None:
+    """Every closed-form chance level against an exhaustive enumeration of random rankings."""
+    import itertools
+    import statistics
+
+    for n in (5, 6):
+        # the own item's rank is uniform on 1..n under a random ranking: enumerate the permutations
+        ranks = [perm.index(0) + 1 for perm in itertools.permutations(range(n))]
+        for k in (1, 5, 10):
+            ref = sum(r <= k for r in ranks) / len(ranks)
+            assert chance_level(f"i2t_recall@{k}", n) == pytest.approx(ref)
+            assert chance_level(f"t2i_recall@{k}", n) == pytest.approx(ref)
+        assert chance_level("median_rank", n) == pytest.approx(statistics.median(ranks))
+        assert chance_level("i2t_map", n) == pytest.approx(sum(1 / r for r in ranks) / len(ranks))
+        # mutual k-NN: overlap of two independent random k-subsets of the n − 1 other rows
+        k = 2
+        subsets = list(itertools.combinations(range(n - 1), k))
+        overlap = [len(set(a) & set(b)) / k for a in subsets for b in subsets]
+        assert chance_level("mutual_knn", n, k=k) == pytest.approx(sum(overlap) / len(overlap))
+    assert chance_level("zero_shot_accuracy", 360, n_classes=10) == pytest.approx(0.1)
+    assert chance_level("cka_linear", 360) is None and chance_level("nope", 360) is None
+
+
+def test_metric_rows_order_and_extras() -> None:
+    rows = metric_rows({"uniformity": -1.0, "recipe": "x", "zz_extra": 2.0, "i2t_recall@1": 0.5}, n_test=10)
+    assert [(i.key, v, c) for i, v, c in rows] == [
+        ("i2t_recall@1", 0.5, pytest.approx(0.1)),
+        ("uniformity", -1.0, None),
+        ("zz_extra", 2.0, None),
+    ]
+    assert rows[0][0].arrow == "↑" and rows[1][0].arrow == "↓" and rows[2][0].arrow == ""
+
+
+# ------------------------------------------------------------------------- retrieval examples, links
+
+
+def _digits_run(root: Path) -> tuple[Path, dict[str, torch.Tensor]]:
+    """A run whose embeddings follow the real test split of the captioned digits (data.seed 0):
+    image i = text i = a random unit vector, so every query's own item is its nearest."""
+    from alignkit.data import load_digits_captions
+
+    digits = load_digits_captions(seed=0)
+    test = digits.splits["test"]
+    n = len(test)
+    g = torch.Generator().manual_seed(1)
+    image = nn.functional.normalize(torch.randn(n, 16, generator=g), dim=-1)
+    text = nn.functional.normalize(image + 0.05 * torch.randn(n, 16, generator=g), dim=-1)
+    emb = {
+        "image": image,
+        "text": text,
+        "labels": torch.as_tensor(digits.labels[test], dtype=torch.long),
+        "class_text": nn.functional.normalize(torch.randn(10, 16, generator=g), dim=-1),
+        "image_tower": torch.randn(n, 12, generator=g),
+        "text_tower": torch.randn(n, 8, generator=g),
+    }
+    run = root / "digits"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text("recipe: clip\ndata:\n  seed: 0\n", encoding="utf-8")
+    (run / "metrics.json").write_text(json.dumps(METRICS), encoding="utf-8")
+    save_file(emb, str(run / "embeddings_test.safetensors"))
+    return run, emb
+
+
+def test_retrieval_examples_show_the_nearest_captions(tmp_path: Path) -> None:
+    from alignkit.data import load_digits_captions
+    from alignkit.report import retrieval_examples_html
+
+    _, emb = _digits_run(tmp_path)
+    section = retrieval_examples_html(emb, 0, queries=4, caption_queries=3, top=5)
+    digits = load_digits_captions(seed=0)
+    captions = [digits.captions[i] for i in digits.splits["test"]]
+    lists = re.findall(r'alt="test image (\d+)".*?<ol class="top">(.*?)</ol>', section)
+    assert len(lists) == 4
+    image, text = emb["image"].tolist(), emb["text"].tolist()
+    for query, items in lists:
+        q = int(query)
+        shown = re.findall(
+            r'<li class="(hit|near|miss)">(.) (.*?) <span class="sim">([0-9.-]+)</span>', items
+        )
+        ref = sorted(range(len(text)), key=lambda j: -_cos(image[q], text[j]))[:5]  # loop reference
+        assert [html_unescape(t) for _, _, t, _ in shown] == [captions[j] for j in ref]
+        cosines = [_cos(image[q], text[j]) for j in ref]
+        assert [float(s) for *_, s in shown] == pytest.approx(cosines, abs=1e-3)
+        assert ref[0] == q and shown[0][:2] == ("hit", "✓")  # own caption first (image ≈ text)
+        for (css, sign, _, _), j in zip(shown[1:], ref[1:], strict=True):
+            same = bool(emb["labels"][j] == emb["labels"][q])
+            assert (css, sign) == (("near", "≈") if same else ("miss", "✗"))
+    assert section.count('class="thumb hit"') == 3  # each caption query finds its own image
+    digits_shown = re.findall(r'<td class="num">(\d)</td>', section)
+    assert len(set(digits_shown[:4])) == 4  # image queries of distinct digits
+    shuffled = dict(emb, labels=emb["labels"].roll(1))
+    with pytest.raises(ValueError, match="does not match the embeddings"):
+        retrieval_examples_html(shuffled, 0)
+
+
+def html_unescape(text: str) -> str:
+    import html
+
+    return html.unescape(text)
+
+
+class _Refs:
+    """Every ``src`` / ``href`` of a page (html.parser)."""
+
+    def __init__(self, page: str) -> None:
+        from html.parser import HTMLParser
+
+        self.images: list[str] = []
+        self.links: list[str] = []
+        outer = self
+
+        class Parser(HTMLParser):
+            def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+                found = dict(attrs)
+                if tag == "img":
+                    outer.images.append(str(found.get("src")))
+                if tag == "a":
+                    outer.links.append(str(found.get("href")))
+
+        Parser().feed(page)
+
+
+def _assert_references_exist(page: Path) -> _Refs:
+    """Every image of the page decodes to a PNG (data URI) or exists as a file; every link exists."""
+    import base64
+
+    refs = _Refs(page.read_text(encoding="utf-8"))
+    for src in refs.images:
+        if src.startswith("data:image/png;base64,"):
+            assert base64.b64decode(src.split(",", 1)[1]).startswith(b"\x89PNG\r\n\x1a\n"), page
+        else:
+            assert (page.parent / src).is_file(), (page, src)
+    for href in refs.links:
+        assert not href.startswith(("http:", "https:", "//")), href
+        assert (page.parent / href.split("#")[0]).is_file(), (page, href)
+    return refs
+
+
+def test_report_and_comparison_reference_only_existing_files(tmp_path: Path) -> None:
+    from alignkit.report import write_comparison_page
+
+    run, _ = _digits_run(tmp_path)
+    other = _make_run(tmp_path, "byol", FAKE_METRICS["byol"])
+    table = {
+        "columns": [{"key": k, "title": t} for k, t, _ in COLUMNS],
+        "rows": [
+            {"recipe": name, "run_dir": str(path), **{k: FAKE_METRICS[name].get(k) for k, _, _ in COLUMNS}}
+            for name, path in (("clip", run), ("byol", other))
+        ],
+    }
+    # compare.json in the parent: each report carries the table with links to both reports
+    (tmp_path / "compare.json").write_text(json.dumps(table), encoding="utf-8")
+    for r in (run, other):
+        write_report(r, dpi=50)
+    page = write_comparison_page(tmp_path, table, dpi=50)
+    refs = _assert_references_exist(page)
+    assert sorted(refs.links) == ["byol/report.html", "digits/report.html"]
+    assert len(refs.images) == 1 and (tmp_path / "compare.png").is_file()
+    text = page.read_text(encoding="utf-8")
+    assert ">2<" in text and ">9.5<" in text and "2.0000" not in text  # ranks as integers
+    body = re.findall(r"<tr>(<td.*?)</tr>", text)
+    clip, byol = (re.findall(r'<td class="num( best)?">([^<]+)</td>', row) for row in body)
+    # clip wins every column but seconds (byol 12.3 s, lower is better); ties mark both rows
+    tied = {"i2t_recall@5", "t2i_recall@1", "cka_linear", "mutual_knn", "alignment"}
+    keys = [k for k, _, _ in COLUMNS]
+    assert [b == " best" for b, _ in clip] == [k != "seconds" for k in keys]
+    assert [b == " best" for b, _ in byol] == [k in tied or k == "seconds" for k in keys]
+    assert [v for _, v in byol][4] == "9.5" and [v for _, v in clip][4] == "2"
+    report = run / "report.html"
+    refs = _assert_references_exist(report)
+    assert sorted(refs.links) == ["../byol/report.html", "report.html"]
+    assert len(refs.images) == 3 + 4 + 3 * 5  # 3 plots (no metrics.jsonl), 4 queries, 3 × top 5
+    assert "Retrieval examples" in report.read_text(encoding="utf-8")
+    _assert_references_exist(other / "report.html")

@@ -156,7 +156,7 @@ def test_recall_matches_pytorch_metric_learning() -> None:
 def test_recall_default_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
     q, g = torch.randn(50, 4), torch.randn(50, 4)
     whole = AF.recall_at_k(q, g, chunk_size=1000)
-    monkeypatch.setattr(neighbors, "_BLOCK_BYTES", 50 * 4 * 3)  # three rows of scores per block
+    monkeypatch.setattr(neighbors, "_TILE_BYTES", 50 * 4 * 16)  # tiles of 16 rows × 50 columns
     calls = []
     original = torch.Tensor.__matmul__
 
@@ -166,7 +166,7 @@ def test_recall_default_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(torch.Tensor, "__matmul__", spy)
     blocked = AF.recall_at_k(q, g)
-    assert max(calls) == 3 and sum(calls) == 50
+    assert calls == [16] * 4  # the last block is shifted back to rows 34–49: every tile one shape
     assert blocked == whole
 
 
@@ -401,3 +401,28 @@ def test_linear_probe_bad_input() -> None:
         AF.linear_probe(x, y, torch.randn(10, 4), y)
     with pytest.raises(ValueError, match=r"train_y must be a torch\.Tensor"):
         AF.linear_probe(x, y.tolist(), x, y)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_recall_tiled_ranks_match_full_form(monkeypatch: pytest.MonkeyPatch, metric: str) -> None:
+    """Column tiles (kept positive tiles, shifted last tile) and the full-width fallback for scattered
+    positives rank exactly as the slow reference."""
+    monkeypatch.setattr(neighbors, "_TILE_COLS", 64)
+    q, g = torch.randn(150, 8, dtype=torch.float64), torch.randn(300, 8, dtype=torch.float64)
+    diagonal_like = torch.arange(150) * 2  # positives of a block fall in one or two tiles
+    scattered = torch.randperm(300)[:150]  # positives in every tile: full-width fallback
+    for positives in (diagonal_like, scattered):
+        for chunk in (None, 7, 150):
+            got = AF.recall_at_k(q, g, k=(1, 5), positives=positives, metric=metric, chunk_size=chunk)
+            assert_same(got, retrieval_ref(q, g, [[int(p)] for p in positives], (1, 5), metric))
+
+
+def test_recall_equal_gallery_rows_tie_across_tiles(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Copies of the positive anywhere in the gallery tie with it exactly and count against it."""
+    monkeypatch.setattr(neighbors, "_TILE_COLS", 128)
+    q, g = torch.randn(1, 32, dtype=torch.float64), torch.randn(1000, 32, dtype=torch.float64)
+    g[1::97] = g[0]  # 11 copies of query 0's positive, in several tiles
+    better = int((g @ q[0] > g[0] @ q[0]).sum())
+    for positive in (0, 1 + 97 * 9):  # the positive in the first tile, or a copy in the last one
+        got = AF.recall_at_k(q, g, k=1, positives=torch.tensor([positive]), metric="dot")
+        assert got["mean_rank"] == better + 12  # itself and its 11 copies count against it

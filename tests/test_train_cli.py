@@ -1,9 +1,9 @@
-"""Tests of ``alignkit train`` / ``alignkit demo`` (alignkit.train_cli).
+"""Tests of ``alignkit train`` / ``alignkit demo`` (alignkit.cli.train, alignkit.cli.demo).
 
 The demo test is the acceptance test of the main job: the clip recipe with its defaults reaches
 zero-shot accuracy ≥ 0.90 on the test split and instance-level retrieval far above chance. It is
 marked slow (≈ 15-25 s of training) and runs in CI. Commands are run through a parser built here with
-``train_cli.add_commands``; the exit-code contract (bad input → one line, exit 2) belongs to
+``alignkit.cli.train.add_command``; the exit-code contract (bad input → one line, exit 2) belongs to
 ``alignkit.cli.main`` and is checked there once ``train`` is wired into it (skipped otherwise).
 """
 
@@ -18,8 +18,9 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from alignkit import train_cli
-from alignkit.evaluate import EMBEDDING_KEYS, METRIC_KEYS
+from alignkit.cli import demo as demo_cli
+from alignkit.cli import train as train_cli
+from alignkit.recipes.evaluate import EMBEDDING_KEYS, METRIC_KEYS
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -27,7 +28,8 @@ ROOT = Path(__file__).resolve().parent.parent
 def parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="alignkit")
     sub = parser.add_subparsers(dest="command", required=True)
-    train_cli.add_commands(sub)
+    train_cli.add_command(sub)
+    demo_cli.add_command(sub)
     return parser.parse_args(argv)
 
 
@@ -57,7 +59,7 @@ def test_parser_defaults() -> None:
     assert args.config == "configs/byol.yaml" and args.out is None and not args.resume
     assert args.overrides == ["train.epochs=2", "model.embed_dim=8"]
     demo = parse(["demo"])
-    assert demo.func is train_cli.demo_command and demo.out == "runs/demo" and demo.overrides == []
+    assert demo.func is demo_cli.demo_command and demo.out == "runs/demo" and demo.overrides == []
 
 
 def test_bad_config_raises_one_line_naming_the_key(tmp_path: Path) -> None:

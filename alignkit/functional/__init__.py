@@ -12,8 +12,11 @@ from alignkit.functional import (
     contrastive,
     decoding,
     disentangle,
+    generation,
+    hubs,
     losses,
     neighbors,
+    nulls,
     retrieval,
     scores,
     similarity,
@@ -23,8 +26,11 @@ from alignkit.functional._checks import validation
 from alignkit.functional.contrastive import *  # noqa: F403
 from alignkit.functional.decoding import *  # noqa: F403
 from alignkit.functional.disentangle import *  # noqa: F403
+from alignkit.functional.generation import *  # noqa: F403
+from alignkit.functional.hubs import *  # noqa: F403
 from alignkit.functional.losses import *  # noqa: F403
 from alignkit.functional.neighbors import *  # noqa: F403
+from alignkit.functional.nulls import *  # noqa: F403
 from alignkit.functional.retrieval import *  # noqa: F403
 from alignkit.functional.scores import *  # noqa: F403
 from alignkit.functional.similarity import *  # noqa: F403
@@ -34,8 +40,11 @@ __all__ = [
     *contrastive.__all__,
     *decoding.__all__,
     *disentangle.__all__,
+    *generation.__all__,
+    *hubs.__all__,
     *losses.__all__,
     *neighbors.__all__,
+    *nulls.__all__,
     *retrieval.__all__,
     *scores.__all__,
     *similarity.__all__,

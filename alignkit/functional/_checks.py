@@ -14,12 +14,15 @@ They are on by default; a training loop that has already validated its data can 
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import math
 import numbers
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = [
@@ -35,6 +38,8 @@ __all__ = [
     "check_same_rows",
     "check_same_shape",
     "compute_dtype",
+    "l2_normalize",
+    "one_device",
     "reduce",
     "shape_str",
     "validation",
@@ -68,6 +73,22 @@ def shape_str(x: Tensor) -> str:
 def compute_dtype(*tensors: Tensor) -> torch.dtype:
     """The dtype to compute in: float64 if any input is float64, else float32 (fp16/bf16 upcast)."""
     return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
+def l2_normalize(x: Tensor, dim: int = -1) -> Tensor:
+    """``x / ‖x‖`` along ``dim``, exact for every finite magnitude; a zero vector stays zero.
+
+    Computed as ``(x/s) / ‖x/s‖`` with ``s = max|x|`` along ``dim`` (detached: the result does not
+    depend on ``s``, so the gradient is exactly that of ``x/‖x‖``). Scaling first keeps ``‖x‖²`` from
+    overflowing (|x| ≈ 1e20 in float32 gives ``‖x‖ = inf`` and an all-zero result with a plain
+    ``F.normalize``) and from underflowing below the ``EPS`` clamp (|x| ≈ 1e-20 gives vectors of norm
+    ≈ 1e-12 instead of 1). Every cosine in :mod:`alignkit.functional` goes through it.
+
+    Cost: one extra read of ``x`` (the max) and one elementwise division, O(N·d).
+    """
+    scale = x.detach().abs().amax(dim=dim, keepdim=True)
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    return F.normalize(x / scale, dim=dim, eps=EPS)
 
 
 def check_finite(x: Tensor, name: str) -> None:
@@ -138,6 +159,39 @@ def check_same_device(*named: tuple[str, Tensor]) -> None:
     if len(devices) > 1:
         where = ", ".join(f"{n} on {t.device}" for n, t in named)
         raise ValueError(f"all tensors must be on one device, got {where}")
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def one_device(fn: _F) -> _F:
+    """Decorator for public functionals: every tensor argument (also inside a list / tuple argument)
+    must be on one device, checked *before* the body runs — so before any finiteness scan calls
+    ``.item()`` on a tensor of another device — else ``ValueError`` naming the arguments and devices.
+    0-dim CPU tensors (a learnable temperature, a logit scale) may sit beside accelerator tensors,
+    as torch allows. Cost: a loop over the arguments, no device synchronisation.
+    """
+    names = [
+        p.name
+        for p in inspect.signature(fn).parameters.values()
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        found: list[tuple[str, Tensor]] = []
+        devices: set[torch.device] = set()
+        for name, value in (*zip(names, args, strict=False), *kwargs.items()):
+            items = value if isinstance(value, (list, tuple)) else (value,)
+            for item in items:
+                if isinstance(item, Tensor) and (item.dim() or item.device.type != "cpu"):
+                    found.append((name, item))
+                    devices.add(item.device)
+        if len(devices) > 1:
+            check_same_device(*found)
+        return fn(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
 
 
 def check_positive(value: float, name: str, allow_zero: bool = False) -> None:

@@ -5,6 +5,7 @@
     loss = AF.clip_loss(img, txt, logit_scale=model.logit_scale.exp())  # symmetric CLIP
     loss = AF.clip_loss(img, txt, logit_scale=10.0, logit_bias=-10.0)   # SigLIP
     loss = AF.supcon_loss(torch.stack([view1, view2], 1), labels)     # SupCon, L_out
+    loss = AF.nt_xent_loss(view1, view2, temperature=0.5)              # SimCLR, all 2N views
 
 All three are cross-entropies (or logistic losses) over an ``N × M`` matrix of logits. Below a size
 threshold that matrix is built once and handed to ``F.cross_entropy``, the fastest form for small
@@ -36,21 +37,21 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
-from torch.utils.checkpoint import checkpoint
 
 from alignkit.functional._checks import (
-    EPS,
     check_features,
     check_finite,
     check_positive,
     check_reduction,
     check_same_device,
     compute_dtype,
+    l2_normalize,
+    one_device,
     reduce,
     shape_str,
 )
 
-__all__ = ["clip_loss", "info_nce", "supcon_loss"]
+__all__ = ["clip_loss", "info_nce", "nt_xent_loss", "supcon_loss"]
 
 # The default (``chunk_size=None``) path builds the full logit matrix when it takes at most
 # ``_PLAIN_MAX_BYTES`` and tiles above, with blocks of about ``_TILE_BYTES`` of logits.
@@ -65,10 +66,10 @@ _PLAIN_MAX_BYTES_ACCEL = 256 * 2**20
 _TILE_BYTES = {"cpu": 16 * 2**20}
 _TILE_BYTES_ACCEL = 64 * 2**20
 _MIN_BLOCK = 128
-# SupCon's row-blocked path recomputes each block in the backward (activation checkpointing), so it is
-# only for memory: it starts where the plain form's logits pass 256 MiB.
-_SUPCON_PLAIN_MAX_BYTES = 256 * 2**20
-_SUPCON_TILE_BYTES = 32 * 2**20
+# SupCon: the plain autograd form up to the same logit sizes as the softmax CE; above, a row-blocked
+# custom kernel (_SupConTiled, closed-form backward that recomputes each block's logits once) with
+# blocks of about _SUPCON_TILE_BYTES of logits.
+_SUPCON_TILE_BYTES = 16 * 2**20
 
 
 # ----------------------------------------------------------------------------------------------
@@ -355,6 +356,7 @@ def _sigmoid_rows_impl(
 # ----------------------------------------------------------------------------------------------
 # public: InfoNCE and CLIP / SigLIP
 # ----------------------------------------------------------------------------------------------
+@one_device
 def info_nce(
     query: Tensor,
     key: Tensor,
@@ -372,7 +374,7 @@ def info_nce(
 
     Query ``i`` is contrasted with the keys only (no query–query negatives), as in CLIP and
     pytorch-metric-learning's ``SelfSupervisedLoss(NTXentLoss(τ), symmetric=False)``. SimCLR's NT-Xent
-    over the 2N views, with same-view negatives too, is ``supcon_loss(torch.stack([q, k], 1))``.
+    over the 2N views, with same-view negatives too, is :func:`nt_xent_loss` (``losses.build("ntxent")``).
 
     With ``s_ij = cos(q_i, k_j) / τ`` (a dot product if ``normalize=False``) and ``p = i + target_offset``::
 
@@ -428,14 +430,15 @@ def info_nce(
     q, k = query.to(cdtype), key.to(cdtype)
     neg = negatives.to(cdtype) if negatives is not None else None
     if normalize:
-        q, k = F.normalize(q, dim=1, eps=EPS), F.normalize(k, dim=1, eps=EPS)
-        neg = F.normalize(neg, dim=1, eps=EPS) if neg is not None else None
+        q, k = l2_normalize(q, dim=1), l2_normalize(k, dim=1)
+        neg = l2_normalize(neg, dim=1) if neg is not None else None
     if neg is not None:
         k = torch.cat([k, neg], 0)
     per_query = _softmax_ce(q, k, 1.0 / float(temperature), offset, symmetric, chunk_size)
     return reduce(per_query, reduction).to(out_dtype)
 
 
+@one_device
 def clip_loss(
     a: Tensor,
     b: Tensor,
@@ -485,8 +488,20 @@ def clip_loss(
     _check_pair(a, b, "a", "b")
     check_same_device(("a", a), ("b", b))
     _check_chunk(chunk_size)
-    n = a.shape[0]
-    offset = _check_offset(target_offset, n, b.shape[0], "b")
+    offset = _check_offset(target_offset, a.shape[0], b.shape[0], "b")
+    return _clip_loss(a, b, logit_scale, logit_bias, chunk_size, offset)
+
+
+def _clip_loss(
+    a: Tensor,
+    b: Tensor,
+    logit_scale: float | Tensor,
+    logit_bias: float | Tensor | None,
+    chunk_size: int | None,
+    offset: int,
+) -> Tensor:
+    """:func:`clip_loss` after its input checks (for callers that validated ``a`` and ``b`` already,
+    e.g. :class:`alignkit.losses.CLIPLoss`, so the finiteness scans are not repeated)."""
     out_dtype = _out_dtype(a, b)
     cdtype = compute_dtype(a, b)
     q, k = a.to(cdtype), b.to(cdtype)
@@ -542,6 +557,111 @@ def _supcon_block(
     return torch.where(valid, loss, torch.zeros_like(loss))
 
 
+class _SupConTiled(torch.autograd.Function):
+    """Per-anchor SupCon losses of anchors = contrast rows ``[start, start + n)``, row-blocked, with a
+    closed-form backward.
+
+    With ``s_ij = a_i·c_j / τ`` over the contrast rows j ≠ self, ``lse_i = log Σ_{j≠i} exp(s_ij)``:
+
+    * ``"out"``: ``ℓ_i = lse_i − (1/|P_i|) Σ_{p∈P_i} s_ip``, and the positive sum is
+      ``a_i·(C_{y_i} − c_i)/τ`` with ``C_y`` the sum of the contrast rows of class y, so only the
+      log-sum-exp needs the (n × M) logits; its gradient is ``G_ij = g_i softmax_ij`` and the
+      positive term's is O((n + M)·d) by class sums.
+    * ``"in"``: ``ℓ_i = lse_i − log Σ_{p∈P_i} exp(s_ip) + log |P_i|``, ``G_ij = g_i (softmax_ij −
+      [j∈P_i] softmax⁺_ij)`` (the second softmax over the positives only).
+
+    ``∂/∂a = G C / τ``, ``∂/∂C = Gᵀ A / τ``, one block of rows at a time. Saves the inputs and two (n,)
+    log-sum-exps; the forward does one GEMM per block and the backward three (the block's logits are
+    recomputed once), holding O(block·M) at a time. Anchors without a positive give 0 and no gradient.
+    """
+
+    @staticmethod
+    def forward(
+        ctx,
+        anchors: Tensor,
+        contrast: Tensor,
+        contrast_labels: Tensor,
+        start: int,
+        inv_tau: float,
+        variant: str,
+        block: int,
+    ) -> Tensor:
+        n = anchors.shape[0]
+        _, inverse, counts = torch.unique(contrast_labels, return_inverse=True, return_counts=True)
+        anchor_class = inverse[start : start + n]
+        n_pos = counts[anchor_class] - 1
+        valid = n_pos > 0
+        scaled = anchors * inv_tau
+        lse = anchors.new_empty(n)
+        lse_pos = anchors.new_zeros(n) if variant == "in" else anchors.new_empty(0)
+        for r0 in range(0, n, block):
+            r1 = min(r0 + block, n)
+            logits = _SupConTiled._logits(scaled, contrast, start, r0, r1)
+            if variant == "in":
+                pos = anchor_class[r0:r1, None] == inverse[None, :]
+                lse_pos[r0:r1] = logits.masked_fill(~pos, -math.inf).logsumexp(1)
+            lse[r0:r1] = logits.logsumexp(1)
+        n_pos_f = n_pos.clamp(min=1).to(anchors.dtype)
+        if variant == "out":
+            class_sum = anchors.new_zeros(counts.numel(), anchors.shape[1]).index_add_(0, inverse, contrast)
+            own = class_sum[anchor_class] - contrast[start : start + n]  # Σ_{p∈P_i} c_p
+            loss = lse - (anchors * own).sum(1) * inv_tau / n_pos_f
+        else:
+            lse_pos = torch.where(valid, lse_pos, torch.zeros_like(lse_pos))
+            loss = lse - lse_pos + n_pos_f.log()
+        ctx.save_for_backward(anchors, contrast, inverse, counts, lse, lse_pos)
+        ctx.start, ctx.inv_tau, ctx.variant, ctx.block = start, inv_tau, variant, block
+        return torch.where(valid, loss, torch.zeros_like(loss))
+
+    @staticmethod
+    def _logits(scaled: Tensor, contrast: Tensor, start: int, r0: int, r1: int) -> Tensor:
+        """(r1 − r0, M) logits of anchors r0:r1, each one's own contrast row set to −inf."""
+        logits = scaled[r0:r1] @ contrast.T
+        rows = torch.arange(r1 - r0, device=logits.device)
+        logits[rows, rows + (start + r0)] = -math.inf
+        return logits
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
+        with _no_autocast(grad):
+            return _SupConTiled._backward(ctx, grad)
+
+    @staticmethod
+    def _backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
+        anchors, contrast, inverse, counts, lse, lse_pos = ctx.saved_tensors
+        start, inv_tau, variant, block = ctx.start, ctx.inv_tau, ctx.variant, ctx.block
+        n = anchors.shape[0]
+        anchor_class = inverse[start : start + n]
+        n_pos = counts[anchor_class] - 1
+        g = torch.where(n_pos > 0, grad.to(anchors.dtype), torch.zeros_like(lse))
+        scaled = anchors * inv_tau
+        d_anchors = torch.empty_like(anchors)
+        d_contrast = torch.zeros_like(contrast)
+        for r0 in range(0, n, block):
+            r1 = min(r0 + block, n)
+            logits = _SupConTiled._logits(scaled, contrast, start, r0, r1)
+            positive = None
+            if variant == "in":
+                pos = anchor_class[r0:r1, None] == inverse[None, :]
+                positive = (logits - lse_pos[r0:r1, None]).exp_().masked_fill_(~pos, 0.0)
+            G = logits.sub_(lse[r0:r1, None]).exp_()  # softmax over j ≠ i, in place
+            if positive is not None:
+                G.sub_(positive)
+            G.mul_(g[r0:r1, None])
+            torch.mm(G, contrast, out=d_anchors[r0:r1])
+            d_contrast.addmm_(G.T, anchors[r0:r1])
+        if variant == "out":  # the positive term −(g_i/|P_i|) a_i·Σ_{p∈P_i} c_p / τ
+            w = (g / n_pos.clamp(min=1).to(g.dtype))[:, None]
+            classes = counts.numel()
+            class_sum = anchors.new_zeros(classes, anchors.shape[1]).index_add_(0, inverse, contrast)
+            d_anchors.sub_(w * (class_sum[anchor_class] - contrast[start : start + n]))
+            weighted = anchors.new_zeros(classes, anchors.shape[1]).index_add_(0, anchor_class, w * anchors)
+            d_contrast.sub_(weighted[inverse])
+            d_contrast[start : start + n] += w * anchors
+        return d_anchors.mul_(inv_tau), d_contrast.mul_(inv_tau), None, None, None, None, None
+
+
 def _supcon_rows(
     anchors: Tensor,
     anchor_labels: Tensor,
@@ -554,26 +674,19 @@ def _supcon_rows(
 ) -> Tensor:
     """(n,) SupCon losses of anchors = contrast rows ``[start, start + n)`` (features normalised).
 
-    Row-blocked with activation checkpointing when the (n × M) logits exceed the plain threshold (or
-    ``chunk_size`` is given), so autograd keeps ``O(chunk·M)`` at a time.
+    The plain autograd form for small logits; above the softmax CE's plain threshold (or when
+    ``chunk_size`` is given) the row-blocked kernel :class:`_SupConTiled`, O(chunk·M) memory.
     """
     n, m = anchors.shape[0], contrast.shape[0]
     inv_tau = 1.0 / temperature
-    self_index = torch.arange(start, start + n, device=anchors.device)
     elsize = anchors.element_size()
-    if chunk_size is None and n * m * elsize <= _SUPCON_PLAIN_MAX_BYTES:
+    limit = _PLAIN_MAX_BYTES.get(anchors.device.type, _PLAIN_MAX_BYTES_ACCEL)
+    if chunk_size is None and n * m * elsize <= limit:
+        self_index = torch.arange(start, start + n, device=anchors.device)
         return _supcon_block(anchors, anchor_labels, contrast, contrast_labels, self_index, inv_tau, variant)
     block = chunk_size if chunk_size is not None else max(1, _SUPCON_TILE_BYTES // (m * elsize))
-    use_ckpt = torch.is_grad_enabled() and (anchors.requires_grad or contrast.requires_grad)
-    parts = []
-    for r0 in range(0, n, block):
-        r1 = min(r0 + block, n)
-        args = (anchors[r0:r1], anchor_labels[r0:r1], contrast, contrast_labels, self_index[r0:r1])
-        if use_ckpt:
-            parts.append(checkpoint(_supcon_block, *args, inv_tau, variant, use_reentrant=False))
-        else:
-            parts.append(_supcon_block(*args, inv_tau, variant))
-    return torch.cat(parts)
+    with _no_autocast(anchors):
+        return _SupConTiled.apply(anchors, contrast, contrast_labels, start, inv_tau, variant, block)
 
 
 def _check_labels(labels: object, n: int) -> Tensor:
@@ -586,6 +699,7 @@ def _check_labels(labels: object, n: int) -> Tensor:
     return labels
 
 
+@one_device
 def supcon_loss(
     features: Tensor,
     labels: Tensor | None = None,
@@ -614,8 +728,9 @@ def supcon_loss(
         variant: "out" | "in".
         reduction: "mean" over anchors that have at least one positive (anchors without are excluded),
             "sum", or "none": per-anchor losses of shape (N,) or (N, V), 0 where an anchor has no positive.
-        chunk_size: anchors per block of the row-blocked (checkpointed) path; ``None`` blocks only when
-            the (N·V)² logits exceed 256 MiB (blocking recomputes the forward in the backward).
+        chunk_size: anchors per block of the row-blocked kernel (closed-form backward that recomputes
+            each block's logits once); ``None`` blocks when the (N·V)² logits exceed 8 MiB on the
+            CPU (256 MiB on accelerators), with blocks of about 16 MiB of logits.
 
     If no anchor has a positive (e.g. all labels distinct and V = 1) the loss is ``features.sum() * 0``
     (zero, still connected to the graph) and a ``UserWarning`` is issued; the result is never NaN.
@@ -649,7 +764,7 @@ def supcon_loss(
         return zero.expand(out_shape) if reduction == "none" else zero
 
     cdtype = compute_dtype(features)
-    flat = F.normalize(features.to(cdtype).reshape(n * views, -1), dim=1, eps=EPS)
+    flat = l2_normalize(features.to(cdtype).reshape(n * views, -1), dim=1)
     per_anchor = _supcon_rows(
         flat, flat_labels, flat, flat_labels, 0, float(temperature), variant, chunk_size
     )
@@ -660,3 +775,56 @@ def supcon_loss(
     else:
         out = per_anchor.reshape(out_shape)
     return out.to(features.dtype)
+
+
+@one_device
+def nt_xent_loss(
+    view1: Tensor,
+    view2: Tensor,
+    temperature: float = 0.1,
+    reduction: str = "mean",
+    *,
+    chunk_size: int | None = None,
+) -> Tensor:
+    """SimCLR's NT-Xent (normalised temperature-scaled cross-entropy) over all 2N views (Chen et al.
+    2020, eq. 1), as pytorch-metric-learning's ``SelfSupervisedLoss(NTXentLoss(τ))`` computes it.
+
+    The two views are stacked into 2N rows ``z = [view1; view2]``; each row ``i`` is an anchor whose
+    positive ``p(i)`` is the other view of the same sample, and whose denominator runs over the other
+    2N − 1 rows (the positive plus 2N − 2 negatives, same-view rows included). With ``s = cos / τ``::
+
+        ℓ_i = −log( exp(s_{i,p(i)}) / Σ_{a ≠ i} exp(s_{ia}) ),     L = (1/2N) Σ_i ℓ_i
+
+    This differs from :func:`info_nce` (query→key only, no same-side negatives; CLIP averages the two
+    directions). The formula is SupCon's with one class per sample, so this calls
+    :func:`supcon_loss` on ``stack([view1, view2], 1)``.
+
+    Args:
+        view1: (N, d) first views; normalised here.
+        view2: (N, d) second views, row ``i`` paired with ``view1[i]``.
+        temperature: τ > 0 (SimCLR: 0.5 on CIFAR-10, 0.1 on ImageNet).
+        reduction: "mean" | "sum" | "none" ((2N,) per anchor, rows of ``view1`` first).
+        chunk_size: anchors per block of the row-blocked path (see :func:`supcon_loss`).
+
+    Returns:
+        Scalar (or (2N,)) in the dtype of the inputs.
+
+    Time ``O(N²·d)``; memory ``O(N²)``, or ``O(chunk·N + N·d)`` row-blocked.
+
+    Example:
+        >>> z1, z2 = torch.randn(8, 16), torch.randn(8, 16)
+        >>> nt_xent_loss(z1, z2, temperature=0.5).shape
+        torch.Size([])
+    """
+    check_features(view1, "view1")
+    check_features(view2, "view2")
+    if view1.shape != view2.shape:
+        raise ValueError(
+            f"view1 and view2 must have the same shape, got {shape_str(view1)} and {shape_str(view2)}"
+        )
+    check_same_device(("view1", view1), ("view2", view2))
+    check_reduction(reduction)
+    dtype = torch.promote_types(view1.dtype, view2.dtype)
+    stacked = torch.stack([view1.to(dtype), view2.to(dtype)], 1)
+    out = supcon_loss(stacked, None, temperature, "out", reduction, chunk_size=chunk_size)
+    return out.T.reshape(-1) if reduction == "none" else out

@@ -15,15 +15,15 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from alignkit.functional._checks import (
-    EPS,
     check_features,
     check_positive,
     check_same_device,
     compute_dtype,
+    l2_normalize,
+    one_device,
     shape_str,
 )
 from alignkit.functional.neighbors import knn
@@ -36,6 +36,7 @@ def _rows_per_block(memory_rows: int) -> int:
     return max(1, _BLOCK_ELEMENTS // max(memory_rows, 1))
 
 
+@one_device
 def noise_injection(
     x: Tensor, variance: float = 0.016, generator: torch.Generator | None = None, normalize: bool = True
 ) -> Tensor:
@@ -57,7 +58,7 @@ def noise_injection(
     check_features(x, "x")
     check_positive(variance, "variance", allow_zero=True)
     dtype = compute_dtype(x)
-    base = F.normalize(x.to(dtype), dim=-1, eps=EPS) if normalize else x.to(dtype)
+    base = l2_normalize(x.to(dtype)) if normalize else x.to(dtype)
     if variance == 0:
         return base.to(x.dtype)
     device = base.device if generator is None else generator.device
@@ -65,6 +66,7 @@ def noise_injection(
     return (base + math.sqrt(variance) * noise.to(base.device)).to(x.dtype)
 
 
+@one_device
 def memory_projection(query: Tensor, memory: Tensor, temperature: float = 0.01) -> Tensor:
     """DeCap's projection of ``query`` onto the span of a text memory.
 
@@ -91,14 +93,15 @@ def memory_projection(query: Tensor, memory: Tensor, temperature: float = 0.01) 
         )
     check_positive(temperature, "temperature")
     dtype = compute_dtype(query, memory)
-    q = F.normalize(query.to(dtype), dim=-1, eps=EPS)
-    m = F.normalize(memory.to(dtype), dim=-1, eps=EPS)
+    q = l2_normalize(query.to(dtype))
+    m = l2_normalize(memory.to(dtype))
     parts = [
         torch.softmax(block @ m.T / temperature, dim=-1) @ m for block in q.split(_rows_per_block(m.shape[0]))
     ]
-    return F.normalize(torch.cat(parts), dim=-1, eps=EPS).to(query.dtype)
+    return l2_normalize(torch.cat(parts)).to(query.dtype)
 
 
+@one_device
 def nearest_candidates(query: Tensor, candidates: Tensor, groups: Tensor | None = None) -> Tensor:
     """Iterative decoding's choice: for each query, the candidate of highest cosine similarity.
 
@@ -140,8 +143,8 @@ def nearest_candidates(query: Tensor, candidates: Tensor, groups: Tensor | None 
         missing = int((owned == 0).nonzero()[0])
         raise ValueError(f"query {missing} has no candidate in groups")
     dtype = compute_dtype(query, candidates)
-    q = F.normalize(query.to(dtype), dim=-1, eps=EPS)
-    c = F.normalize(candidates.to(dtype), dim=-1, eps=EPS)
+    q = l2_normalize(query.to(dtype))
+    c = l2_normalize(candidates.to(dtype))
     sims = (q[groups] * c).sum(-1)  # (M,)
     best = torch.full((n,), -math.inf, dtype=dtype, device=query.device)
     best = best.scatter_reduce(0, groups, sims, reduce="amax")

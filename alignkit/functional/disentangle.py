@@ -21,6 +21,7 @@ from alignkit.functional._checks import (
     check_same_device,
     check_same_shape,
     compute_dtype,
+    one_device,
     shape_str,
 )
 from alignkit.functional.contrastive import info_nce, supcon_loss
@@ -28,6 +29,7 @@ from alignkit.functional.contrastive import info_nce, supcon_loss
 __all__ = ["decorrelation_loss", "split_subspaces", "subspace_contrastive_loss"]
 
 
+@one_device
 def split_subspaces(z: Tensor, num_subspaces: int | Sequence[int], name: str = "z") -> list[Tensor]:
     """Split (N, d) features into sub-spaces along dim -1.
 
@@ -51,6 +53,7 @@ def split_subspaces(z: Tensor, num_subspaces: int | Sequence[int], name: str = "
     return list(torch.split(z, widths, dim=-1))
 
 
+@one_device
 def subspace_contrastive_loss(
     z1: Tensor,
     z2: Tensor,
@@ -96,6 +99,7 @@ def subspace_contrastive_loss(
     return torch.stack(losses).mean()
 
 
+@one_device
 def decorrelation_loss(z: Tensor, num_subspaces: int | Sequence[int], penalty: str = "correlation") -> Tensor:
     """Dependence between sub-spaces: mean squared cross-sub-space (cross-)correlation.
 

@@ -40,6 +40,7 @@ from alignkit.functional._checks import (
     check_same_rows,
     check_same_shape,
     compute_dtype,
+    one_device,
     reduce,
     shape_str,
 )
@@ -118,6 +119,7 @@ def _graph_zero(x: Tensor, reduction: str, length: int) -> Tensor:
 # Cosine alignment of paired rows / tokens.
 
 
+@one_device
 def repa_loss(source: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
     """REPA token-wise alignment: ``−cos(source_n, target_n)``, averaged over every row / token.
 
@@ -149,6 +151,7 @@ def repa_loss(source: Tensor, target: Tensor, reduction: str = "mean") -> Tensor
     return reduce(-_cosine(s, t), reduction).to(_out_dtype(source, target))
 
 
+@one_device
 def marginal_cosine_loss(x: Tensor, y: Tensor, margin: float = 0.0, reduction: str = "mean") -> Tensor:
     """Marginal cosine similarity loss (mcos): ``mean ReLU(1 − margin − cos(x_n, y_n))``.
 
@@ -179,6 +182,7 @@ def marginal_cosine_loss(x: Tensor, y: Tensor, margin: float = 0.0, reduction: s
     return reduce(loss, reduction).to(_out_dtype(x, y))
 
 
+@one_device
 def byol_loss(prediction: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
     """BYOL regression loss ``2 − 2·cos(p, sg(t))`` (the squared distance of the L2-normalised vectors).
 
@@ -210,6 +214,7 @@ def _soft_nn_kl_block(xn: Tensor, yn: Tensor, start: int, stop: int, temperature
     return (log_p.exp() * (log_p - log_q)).sum(1)
 
 
+@one_device
 def soft_nn_kl_loss(
     x: Tensor,
     y: Tensor,
@@ -267,6 +272,7 @@ def soft_nn_kl_loss(
 # Distance-margin losses.
 
 
+@one_device
 def pair_contrastive_loss(
     x: Tensor,
     y: Tensor,
@@ -310,6 +316,7 @@ def pair_contrastive_loss(
     return reduce(loss, reduction).to(_out_dtype(x, y))
 
 
+@one_device
 def triplet_loss(
     anchor: Tensor,
     positive: Tensor,
@@ -373,6 +380,37 @@ def _mined_triplet_sums(
     return per_anchor, n_triplets
 
 
+# Batch-hard mining: rows of anchors per block, about this many bytes of float32 distances per block.
+_MINING_BLOCK_BYTES = 4 * 2**20
+
+
+@torch.no_grad()
+def _batch_hard_pairs(e: Tensor, labels: Tensor, distance: str) -> tuple[Tensor, Tensor]:
+    """(N,) indices of every anchor's farthest positive and nearest negative, mined without gradient
+    in row blocks (O(block·N) memory): distances ranked by ``‖e_j‖² − 2 e_i·e_j`` (the squared
+    distance less the row constant ``‖e_i‖²``) or ``−cos``. An anchor with no positive (negative)
+    gets an arbitrary index; the caller zeroes its loss. Ties are broken arbitrarily."""
+    n = e.shape[0]
+    if distance == "cosine":
+        e = _normalize(e)
+        col = None
+    else:
+        col = e.square().sum(1)
+    block = max(1, _MINING_BLOCK_BYTES // (4 * n))
+    far_pos = torch.empty(n, dtype=torch.long, device=e.device)
+    near_neg = torch.empty(n, dtype=torch.long, device=e.device)
+    for r0 in range(0, n, block):
+        r1 = min(r0 + block, n)
+        rank = torch.addmm(col, e[r0:r1], e.T, alpha=-2.0) if col is not None else e[r0:r1] @ e.T.neg()
+        same = labels[r0:r1, None] == labels[None, :]
+        near_neg[r0:r1] = rank.masked_fill(same, math.inf).argmin(1)
+        rows = torch.arange(r1 - r0, device=e.device)
+        rank.masked_fill_(~same, -math.inf)[rows, rows + r0] = -math.inf  # positives only, self out
+        far_pos[r0:r1] = rank.argmax(1)
+    return far_pos, near_neg
+
+
+@one_device
 def batch_triplet_loss(
     embeddings: Tensor,
     labels: Tensor,
@@ -395,10 +433,12 @@ def batch_triplet_loss(
       ``D(a, p) < D(a, n) < D(a, p) + margin``; the mean is over those triplets. A batch with valid
       triplets but none semi-hard (all easy, or all hard) gives a zero loss.
 
-    The N × N distance matrix is computed once. ``"all"`` and ``"semi-hard"`` sum over the triplets
+    ``"all"`` and ``"semi-hard"`` compute the N × N distance matrix once and sum over the triplets
     exactly without an (N, N, N) tensor: each anchor's negative distances are sorted and a binary
     search counts, for each positive, the negatives inside the margin (O(N²·(d + log N)) time, O(N²)
-    memory, forward and backward). ``"hard"`` is O(N²·d) time, O(N²) memory.
+    memory, forward and backward). ``"hard"`` mines without gradient in blocks of anchors (O(N²·d)
+    time, O(block·N) memory) and then recomputes only the 2N chosen distances with gradient (their
+    direct form ``‖a − p‖``), so autograd holds O(N·d).
 
     A batch with no valid triplet (every label distinct, or all equal) emits a ``UserWarning`` and
     returns a zero that keeps ``embeddings`` in the graph, never NaN.
@@ -431,10 +471,8 @@ def batch_triplet_loss(
     check_choice(mining, "mining", MINING)
     check_reduction(reduction)
 
-    same = labels[:, None] == labels[None, :]
-    pos = same & ~torch.eye(n, dtype=torch.bool, device=labels.device)
-    neg = ~same
-    has_triplet = pos.any(1) & neg.any(1)
+    _, inverse, counts = torch.unique(labels, return_inverse=True, return_counts=True)
+    has_triplet = (counts[inverse] > 1) & (counts[inverse] < n)  # a positive and a negative
     if not bool(has_triplet.any()):
         warnings.warn(
             f"batch_triplet_loss: no valid triplet in a batch of {n} with {labels.unique().numel()} "
@@ -445,14 +483,17 @@ def batch_triplet_loss(
         return _graph_zero(embeddings, reduction, n)
 
     (e,) = _upcast(embeddings)
-    dist = _pairwise_distance(e, e, distance, same=True)
     if mining == "hard":
-        low, high = dist.detach().min() - 1.0, dist.detach().max() + 1.0
-        hardest_pos = dist.masked_fill(~pos, low).amax(1)
-        hardest_neg = dist.masked_fill(~neg, high).amin(1)
-        per_anchor = torch.where(has_triplet, F.relu(hardest_pos - hardest_neg + margin), 0.0)
+        hardest_pos, hardest_neg = _batch_hard_pairs(e.detach(), labels, distance)
+        d_pos = _paired_distance(e, e[hardest_pos], distance)
+        d_neg = _paired_distance(e, e[hardest_neg], distance)
+        per_anchor = torch.where(has_triplet, F.relu(d_pos - d_neg + margin), 0.0)
         n_triplets = has_triplet.sum()
     else:
+        same = labels[:, None] == labels[None, :]
+        pos = same & ~torch.eye(n, dtype=torch.bool, device=labels.device)
+        neg = ~same
+        dist = _pairwise_distance(e, e, distance, same=True)
         per_anchor, n_triplets = _mined_triplet_sums(dist, pos, neg, margin, semi_hard=mining == "semi-hard")
 
     if reduction == "none":
@@ -499,6 +540,7 @@ def _check_noise_log_prob(noise_log_prob: object, n: int, m: int) -> float | Ten
     return float(noise_log_prob)
 
 
+@one_device
 def nce_loss(
     query: Tensor,
     positive: Tensor,

@@ -23,23 +23,33 @@ import math
 from typing import Any, NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from alignkit.functional._checks import (
-    EPS,
     check_choice,
     check_features,
     check_int,
     check_same_device,
     check_same_rows,
     compute_dtype,
+    l2_normalize,
+    one_device,
     shape_str,
 )
 
 __all__ = ["cknna", "csls", "csls_retrieve", "knn", "mutual_knn"]
 
-# Target size of one (rows × M) block of scores: chunk_size=None picks rows ≈ this / (M · element size).
+# The blocked search engine (``_blocked_topk`` here, ``_blocked_ranks`` in retrieval.py) forms scores in
+# (rows × cols) tiles of about ``_TILE_BYTES``: small enough to stay in the CPU's cache between the GEMM
+# that writes a tile and the pass (top-k, rank count) that reads it, large enough for the GEMM to run at
+# full rate. Every tile has the same shape (the last row block and column tile are shifted back to
+# overlap their neighbour instead of being narrower), so every score comes from the same GEMM kernel
+# path and equal vectors score bit-identically wherever they sit (exact ties). Accelerators get one
+# tile per row block (all columns): their kernels want large launches (threshold not measured here).
+_TILE_BYTES = 4 * 2**20
+_TILE_COLS = 1024
+# Full-width (rows × M) blocks where a pass needs a whole row at once (recall with several positives
+# sorts each row): about this many bytes of scores per block.
 _BLOCK_BYTES = 96 * 2**20
 # Elements of the (rows, k, k) comparison in mutual_knn per block.
 _OVERLAP_ELEMENTS = 2**24
@@ -71,10 +81,44 @@ def _check_width(x: Tensor, y: Tensor, name_x: str, name_y: str) -> None:
 
 
 def _default_block(columns: int, dtype: torch.dtype, per_element: int = 1) -> int:
-    """Rows per block so that a (rows, columns) block of ``dtype`` (times ``per_element``) is about
-    ``_BLOCK_BYTES``."""
+    """Rows per full-width block so that a (rows, columns) block of ``dtype`` (times ``per_element``)
+    is about ``_BLOCK_BYTES``."""
     size = torch.empty((), dtype=dtype).element_size() * per_element
     return max(1, _BLOCK_BYTES // (max(columns, 1) * size))
+
+
+def _balanced(total: int, step: int, align: int = 64) -> int:
+    """A span length near ``step`` that covers ``total`` in as few equal spans as ``step`` does, with
+    the least overlap: ``ceil(total / spans)`` rounded up to a multiple of ``align`` (at most total)."""
+    spans = math.ceil(total / max(step, 1))
+    return max(1, min(total, math.ceil(math.ceil(total / spans) / align) * align))
+
+
+def _tile_cols(columns: int, device: torch.device) -> int:
+    """Columns per tile of the blocked search: about ``_TILE_COLS`` on the CPU, all columns elsewhere."""
+    return _balanced(columns, _TILE_COLS) if device.type == "cpu" else max(1, columns)
+
+
+def _tile_rows(columns: int, dtype: torch.dtype, device: torch.device, rows: int | None = None) -> int:
+    """Default rows per block of the blocked search: a (rows, tile columns) tile of about
+    ``_TILE_BYTES`` on the CPU (balanced over ``rows`` when given); a full-width block of about
+    ``_BLOCK_BYTES`` elsewhere."""
+    if device.type != "cpu":
+        return _default_block(columns, dtype)
+    size = torch.empty((), dtype=dtype).element_size()
+    step = max(1, _TILE_BYTES // (_tile_cols(columns, device) * size))
+    return step if rows is None else _balanced(rows, step, align=16)
+
+
+def _spans(total: int, step: int) -> list[tuple[int, int, int]]:
+    """``(start, stop, first)`` spans of ``step`` covering ``range(total)``, all of length ``step``
+    (when ``total ≥ step``): the last one is shifted back to end at ``total``, and ``first`` is the
+    first index in it not covered by an earlier span."""
+    spans = []
+    for first in range(0, total, step):
+        start = min(first, max(0, total - step))
+        spans.append((start, min(start + step, total), first))
+    return spans
 
 
 # --------------------------------------------------------------------------------------------------
@@ -91,6 +135,47 @@ def _faiss() -> Any | None:
     return faiss
 
 
+def _merge(
+    best_v: Tensor | None, best_i: Tensor | None, cand_v: Tensor, cand_i: Tensor, k: int
+) -> tuple[Tensor, Tensor]:
+    """The (rows, ≤ k) best of a running top-k and (rows, c) candidates (unsorted)."""
+    if best_v is None or best_i is None:
+        return cand_v, cand_i
+    values, indices = torch.cat((best_v, cand_v), 1), torch.cat((best_i, cand_i), 1)
+    if values.shape[1] <= k:
+        return values, indices
+    values, pick = values.topk(k, dim=1, sorted=False)
+    return values, indices.gather(1, pick)
+
+
+def _merge_above(best_v: Tensor, best_i: Tensor, scores: Tensor, c0: int, k: int) -> None:
+    """Merge a tile's scores into a full running (rows, k) top-k, in place, touching only what beats it.
+
+    A full top-k of every tile costs several times the GEMM that made it (torch's CPU top-k is a
+    per-row partial sort). Here one vectorised pass finds the rows whose tile maximum beats their
+    running k-th best; of those rows only the entries above it (few, once a few tiles are seen) are
+    gathered, padded to the widest row with −inf, and merged by a narrow top-k. Exact: an entry not
+    above the running k-th best cannot enter the top-k (an equal one loses the tie, as it may).
+    """
+    threshold = best_v.amin(1, keepdim=True)
+    active = (scores.amax(1, keepdim=True) > threshold).squeeze(1).nonzero().squeeze(1)
+    if not active.numel():
+        return
+    sub = scores.index_select(0, active)
+    hit = sub > threshold.index_select(0, active)
+    rows, cols = hit.nonzero(as_tuple=True)
+    counts = torch.bincount(rows, minlength=active.numel())
+    width = int(counts.max())
+    slot = torch.arange(rows.numel(), device=rows.device) - (counts.cumsum(0) - counts)[rows]
+    cand_v = sub.new_full((active.numel(), width), -math.inf)
+    cand_i = torch.zeros(active.numel(), width, dtype=torch.long, device=rows.device)
+    cand_v[rows, slot] = sub[rows, cols]
+    cand_i[rows, slot] = cols + c0
+    new_v, new_i = _merge(best_v[active], best_i[active], cand_v, cand_i, k)
+    best_v[active] = new_v
+    best_i[active] = new_i
+
+
 def _blocked_topk(
     a: Tensor,
     b: Tensor,
@@ -100,29 +185,48 @@ def _blocked_topk(
     col_bias: Tensor | None = None,
     exclude_self: bool = False,
 ) -> tuple[Tensor, Tensor]:
-    """Top-k (largest) per row of ``scale · a bᵀ + col_bias``, in blocks of ``block`` rows.
+    """Top-k (largest) per row of ``scale · a bᵀ + col_bias``: the search engine of :func:`knn`.
 
-    ``exclude_self`` removes column i from row i. Returns (values (N, k), indices (N, k)), best first.
-    At most one (block, M) score matrix exists at a time.
+    Rows of ``a`` go in blocks of ``block``; each block meets ``b`` in column tiles (see
+    ``_TILE_BYTES``) whose scores are merged into a running (block, k) top-k while they are in cache
+    (the first tile by a top-k, the others by :func:`_merge_above`); at most one (block, tile) score
+    matrix exists.
+    ``scale`` must be a power of two (it is applied to ``a`` once, exactly). ``exclude_self`` removes
+    column i from row i. Returns (values (N, k), indices (N, k)), best first.
     """
+    if scale != 1.0:
+        if math.frexp(scale)[0] != 0.5:
+            raise AssertionError(f"scale must be a power of two, got {scale}")
+        a = a * scale
     n, m = a.shape[0], b.shape[0]
     values = a.new_empty(n, k)
     indices = torch.empty(n, k, dtype=torch.long, device=a.device)
-    bt = b.T
-    for start in range(0, n, block):
-        stop = min(start + block, n)
-        scores = a[start:stop] @ bt
-        if scale != 1.0:
-            scores.mul_(scale)
-        if col_bias is not None:
-            scores.add_(col_bias)
-        if exclude_self and start < m:
-            local = torch.arange(min(stop, m) - start, device=a.device)
-            scores[local, local + start] = -math.inf
-        top = scores.topk(k, dim=1, largest=True, sorted=True)
-        values[start:stop] = top.values
-        indices[start:stop] = top.indices
-        del scores, top
+    col_spans = _spans(m, _tile_cols(m, a.device))
+    for r0, r1, first_row in _spans(n, block):
+        rows = a[r0:r1]
+        best_v = best_i = None
+        for c0, c1, first_col in col_spans:
+            scores = rows @ b[c0:c1].T
+            if col_bias is not None:
+                scores.add_(col_bias[c0:c1])
+            if first_col > c0:  # columns already seen in the previous (overlapping) tile
+                scores[:, : first_col - c0] = -math.inf
+            if exclude_self:
+                lo, hi = max(r0, c0), min(r1, c1)
+                if lo < hi:
+                    local = torch.arange(lo, hi, device=a.device)
+                    scores[local - r0, local - c0] = -math.inf
+            if best_v is None or best_i is None or best_v.shape[1] < k:
+                top_v, top_i = scores.topk(min(k, c1 - c0), dim=1, sorted=False)
+                top_i += c0
+                best_v, best_i = _merge(best_v, best_i, top_v, top_i, k)
+            else:
+                _merge_above(best_v, best_i, scores, c0, k)
+        assert best_v is not None and best_i is not None
+        best_v, order = best_v.sort(dim=1, descending=True, stable=True)
+        skip = first_row - r0  # rows already written by the previous (overlapping) block
+        values[first_row:r1] = best_v[skip:]
+        indices[first_row:r1] = best_i.gather(1, order)[skip:]
     return values, indices
 
 
@@ -149,6 +253,7 @@ def _faiss_search(faiss: Any, a: Tensor, b: Tensor, k: int, metric: str, exclude
 
 
 @torch.no_grad()
+@one_device
 def knn(
     x: Tensor,
     k: int,
@@ -166,10 +271,12 @@ def knn(
     centring limits cancellation) and the k kept distances are then recomputed exactly as
     ``‖x_i − y_j‖``. Ties are broken arbitrarily (deterministically for a given backend and block).
 
-    The search runs over blocks of rows of x against all rows of y, so at most one
-    (chunk_size, M) score matrix exists at a time; the top-k of each block is exact, so the result
-    does not depend on ``chunk_size`` (up to ties). Runs under ``torch.no_grad``: to differentiate
-    through the neighbour similarities, recompute them from the returned indices.
+    The search runs over blocks of rows of x against column tiles of y (the blocked search engine
+    shared by every neighbour and retrieval measure: GEMM tiles that stay in cache, merged into a
+    running top-k), so at most one (chunk_size, tile) score matrix exists at a time; the top-k is
+    exact, so the result does not depend on ``chunk_size`` (up to ties). Runs under
+    ``torch.no_grad``: to differentiate through the neighbour similarities, recompute them from the
+    returned indices.
 
     Backends: ``"torch"`` is the blocked search above. ``"faiss"`` uses an exact flat faiss index
     (``IndexFlatIP`` / ``IndexFlatL2``) in float32 on the CPU, with its own blocking (``chunk_size`` is
@@ -184,16 +291,17 @@ def knn(
         metric: ``"cosine"`` | ``"dot"`` | ``"euclidean"``.
         exclude_self: drop column i from row i (row i's own sample). ``None``: True when ``y`` is
             None, else False. With ``y`` given it means "x_i and y_i are the same sample".
-        chunk_size: rows of x per block; ``None``: about 96 MiB of scores per block, i.e.
-            ``96 MiB / (M · 4 bytes)`` rows in float32.
+        chunk_size: rows of x per block; ``None``: cache-sized tiles on the CPU, about 4 MiB of
+            scores (≈ 1,024 rows × 1,024 columns in float32); on accelerators about 96 MiB of
+            full-width scores per block.
         backend: ``"auto"`` | ``"torch"`` | ``"faiss"``.
 
     Returns:
         :class:`Neighbors` ``(indices, values)``: (N, k) int64 indices into y, best first, and their
         similarities (cosine, dot) or distances (euclidean) in the promoted dtype of x and y.
 
-    Cost: O(N·M·d) time; O(chunk_size·M + N·k) memory (plus O(M·d) for a normalised / centred copy of
-    y). Half-precision input is computed in float32.
+    Cost: O(N·M·d) time; O(chunk_size·min(M, 1,087) + N·k) memory on the CPU (plus O(M·d) for a
+    normalised / centred copy of y). Half-precision input is computed in float32.
     """
     check_features(x, "x")
     searched_self = y is None
@@ -230,8 +338,8 @@ def knn(
 
     a, b = x.to(dtype), y.to(dtype)
     if metric == "cosine":
-        a = F.normalize(a, dim=-1, eps=EPS)
-        b = a if searched_self else F.normalize(b, dim=-1, eps=EPS)
+        a = l2_normalize(a)
+        b = a if searched_self else l2_normalize(b)
     elif metric == "euclidean":
         center = b.mean(0)
         a, b = a - center, (a - center if searched_self else b - center)
@@ -239,7 +347,7 @@ def knn(
         found = _faiss_search(faiss, a, b, k, metric, exclude)
         return Neighbors(found.indices.to(x.device), found.values.to(device=x.device, dtype=out))
 
-    block = chunk_size if chunk_size is not None else _default_block(m, dtype)
+    block = chunk_size if chunk_size is not None else _tile_rows(m, dtype, x.device, x.shape[0])
     if metric == "euclidean":
         neg_sq = b.square().sum(1).neg_()
         _, indices = _blocked_topk(a, b, k, block, scale=2.0, col_bias=neg_sq, exclude_self=exclude)
@@ -279,6 +387,26 @@ def _overlap(a: Tensor, b: Tensor) -> Tensor:
     return counts
 
 
+def _given_neighbors(neighbors: object, n: int, k: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Check precomputed ``(knn(x, k), knn(y, k))`` results: (indices_x, values_x, indices_y, values_y)."""
+    if not (isinstance(neighbors, tuple | list) and len(neighbors) == 2):
+        raise ValueError(
+            f"neighbors must be a pair (knn(x, k), knn(y, k)) of Neighbors, got {type(neighbors).__name__}"
+        )
+    out = []
+    for side, found in zip("xy", neighbors, strict=True):
+        if not isinstance(found, Neighbors):
+            raise ValueError(f"neighbors of {side} must be a Neighbors from knn, got {type(found).__name__}")
+        if tuple(found.indices.shape) != (n, k) or tuple(found.values.shape) != (n, k):
+            raise ValueError(
+                f"neighbors of {side} must hold ({n}, {k}) indices and values (N rows, k neighbours), "
+                f"got {shape_str(found.indices)}"
+            )
+        out += [found.indices, found.values]
+    return out[0], out[1], out[2], out[3]
+
+
+@one_device
 def mutual_knn(
     x: Tensor,
     y: Tensor,
@@ -286,6 +414,8 @@ def mutual_knn(
     metric: str = "cosine",
     chunk_size: int | None = None,
     backend: str = "auto",
+    *,
+    neighbors: tuple[Neighbors, Neighbors] | None = None,
 ) -> Tensor:
     """Mutual k-nearest-neighbour alignment ``(1/N) Σ_i |N_k^x(i) ∩ N_k^y(i)| / k``.
 
@@ -304,6 +434,8 @@ def mutual_knn(
         k: neighbours, 1 ≤ k ≤ N − 1 (the paper uses 10).
         metric: neighbourhood metric, ``"cosine"`` (the paper's) | ``"dot"`` | ``"euclidean"``.
         chunk_size, backend: passed to :func:`knn`.
+        neighbors: ``(knn(x, k, metric=metric), knn(y, k, metric=metric))`` computed already (e.g.
+            shared with :func:`cknna`, which searches the same cosine graphs); not searched again.
 
     Returns:
         Scalar tensor in [0, 1], in the promoted dtype of x and y.
@@ -314,8 +446,11 @@ def mutual_knn(
     x, y = _paired(x, y, min_rows=2)
     n = x.shape[0]
     check_int(k, "k", 1, n - 1, f" (N − 1 = {n - 1} for x of shape {shape_str(x)})")
-    nx = knn(x, k, metric=metric, chunk_size=chunk_size, backend=backend).indices
-    ny = knn(y, k, metric=metric, chunk_size=chunk_size, backend=backend).indices
+    if neighbors is not None:
+        nx, _, ny, _ = _given_neighbors(neighbors, n, k)
+    else:
+        nx = knn(x, k, metric=metric, chunk_size=chunk_size, backend=backend).indices
+        ny = knn(y, k, metric=metric, chunk_size=chunk_size, backend=backend).indices
     score = _overlap(nx, ny).sum(dtype=torch.float64) / (n * k)
     return score.to(torch.promote_types(x.dtype, y.dtype))
 
@@ -352,6 +487,7 @@ def _sparse_hsic(rows: Tensor, cols: Tensor, kv: Tensor, lv: Tensor, n: int, unb
     return trace - (col_l @ row_k + col_k @ row_l) / n + sum_k * sum_l / (n * n)
 
 
+@one_device
 def cknna(
     x: Tensor,
     y: Tensor,
@@ -359,6 +495,8 @@ def cknna(
     unbiased: bool = True,
     chunk_size: int | None = None,
     backend: str = "auto",
+    *,
+    neighbors: tuple[Neighbors, Neighbors] | None = None,
 ) -> Tensor:
     """CKNNA: CKA restricted to mutual nearest-neighbour pairs (Huh et al. 2024, "The Platonic
     Representation Hypothesis", appendix; platonic-rep ``metrics.py::AlignmentMetrics.cknna``).
@@ -388,6 +526,8 @@ def cknna(
         unbiased: unbiased HSIC with self excluded from the neighbours (the authors' default), or
             the biased HSIC with self included.
         chunk_size, backend: passed to :func:`knn`.
+        neighbors: ``(knn(x, k, exclude_self=unbiased), knn(y, k, exclude_self=unbiased))`` (cosine)
+            computed already, e.g. shared with :func:`mutual_knn`; not searched again.
 
     Returns:
         Scalar tensor (at most 1 in practice; 1 for y = x), in the promoted dtype of x and y.
@@ -403,8 +543,11 @@ def cknna(
     high = n - 1 if unbiased else n
     check_int(k, "k", 1, high, f" (N{' − 1' if unbiased else ''} = {high} for x of shape {shape_str(x)})")
     opts: dict[str, Any] = {"metric": "cosine", "exclude_self": unbiased, "chunk_size": chunk_size}
-    ix, vx = knn(x, k, backend=backend, **opts)
-    iy, vy = knn(y, k, backend=backend, **opts)
+    if neighbors is not None:
+        ix, vx, iy, vy = _given_neighbors(neighbors, n, k)
+    else:
+        ix, vx = knn(x, k, backend=backend, **opts)
+        iy, vy = knn(y, k, backend=backend, **opts)
     rows = torch.arange(n, device=x.device).repeat_interleave(k)
     cols_x, cols_y = ix.reshape(-1), iy.reshape(-1)
     vx, vy = vx.reshape(-1).to(torch.float64), vy.reshape(-1).to(torch.float64)
@@ -442,8 +585,8 @@ def _csls_radii(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Normalised x, y in the compute dtype; r_y(x_i) (N,) and r_x(y_j) (M,)."""
     dtype = compute_dtype(x, y)
-    xh = F.normalize(x.to(dtype), dim=-1, eps=EPS)
-    yh = F.normalize(y.to(dtype), dim=-1, eps=EPS)
+    xh = l2_normalize(x.to(dtype))
+    yh = l2_normalize(y.to(dtype))
     opts: dict[str, Any] = {"metric": "dot", "exclude_self": False, "chunk_size": chunk_size}
     r_src = knn(xh, k, y=yh, backend=backend, **opts).values.mean(1)
     r_tgt = knn(yh, k, y=xh, backend=backend, **opts).values.mean(1)
@@ -451,6 +594,7 @@ def _csls_radii(
 
 
 @torch.no_grad()
+@one_device
 def csls(x: Tensor, y: Tensor, k: int = 10, chunk_size: int | None = None, backend: str = "auto") -> Tensor:
     """Cross-domain similarity local scaling matrix ``CSLS(x_i, y_j) = 2cos(x_i, y_j) − r_y(x_i) − r_x(y_j)``.
 
@@ -481,6 +625,7 @@ def csls(x: Tensor, y: Tensor, k: int = 10, chunk_size: int | None = None, backe
 
 
 @torch.no_grad()
+@one_device
 def csls_retrieve(
     x: Tensor,
     y: Tensor,
@@ -501,8 +646,7 @@ def csls_retrieve(
         y: (M, d) candidates.
         k: neighbourhood size of the radii r, 1 ≤ k ≤ min(N, M).
         topk: candidates returned per query, 1 ≤ topk ≤ M.
-        chunk_size: rows of x per block (also used for the radii); ``None``: about 96 MiB of scores
-            per block.
+        chunk_size: rows of x per block (also used for the radii); ``None``: as in :func:`knn`.
         backend: passed to :func:`knn` for the radii.
 
     Returns:
@@ -518,6 +662,6 @@ def csls_retrieve(
     if chunk_size is not None:
         check_int(chunk_size, "chunk_size", 1)
     xh, yh, r_src, r_tgt = _csls_radii(x, y, k, chunk_size, backend)
-    block = chunk_size if chunk_size is not None else _default_block(m, xh.dtype)
+    block = chunk_size if chunk_size is not None else _tile_rows(m, xh.dtype, x.device, x.shape[0])
     values, indices = _blocked_topk(xh, yh, topk, block, scale=2.0, col_bias=-r_tgt)
     return Neighbors(indices, (values - r_src[:, None]).to(torch.promote_types(x.dtype, y.dtype)))

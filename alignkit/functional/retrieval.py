@@ -26,7 +26,6 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from alignkit.functional._checks import (
-    EPS,
     check_choice,
     check_features,
     check_int,
@@ -34,13 +33,18 @@ from alignkit.functional._checks import (
     check_same_device,
     check_same_shape,
     compute_dtype,
+    l2_normalize,
+    one_device,
     shape_str,
 )
-from alignkit.functional.neighbors import _check_width, _default_block
+from alignkit.functional.neighbors import _check_width, _default_block, _spans, _tile_cols, _tile_rows
 
 __all__ = ["alignment_uniformity", "linear_probe", "recall_at_k"]
 
 _METRICS = ("cosine", "dot", "euclidean")
+# A block of queries whose positives fall in more column tiles than this is ranked full-width instead
+# (the tiles holding positives are kept until every positive score of the block is known).
+_MAX_KEPT_TILES = 4
 # Pairs per block in the streaming uniformity (forward and backward): 64 MiB of float32 scores.
 _UNIFORMITY_BLOCK_PAIRS = 2**24
 
@@ -124,7 +128,60 @@ def _as_positive_lists(positives: object, n: int, m: int, device: torch.device) 
 def _ranks_single(scores: Tensor, positive: Tensor) -> Tensor:
     """1-based rank of the only positive of each row, ties counted against: #{j : s_j ≥ s_pos}."""
     pos_score = scores.gather(1, positive[:, None])
-    return (scores >= pos_score).sum(1)
+    return (scores >= pos_score).sum(1, dtype=torch.int32)
+
+
+def _blocked_ranks(q: Tensor, g: Tensor, positive: Tensor, col_bias: Tensor | None, block: int) -> Tensor:
+    """(N,) int64 rank ``#{j : s_ij ≥ s_i,positive[i]}`` of ``s = q gᵀ + col_bias``: the rank engine.
+
+    Same tiles as :func:`alignkit.functional.neighbors._blocked_topk` (every tile one shape, so equal
+    gallery rows score bit-identically): per block of ``block`` queries, the tiles that hold the
+    block's positives are computed first and kept, the positive scores read from them, then every
+    tile is counted while it is in cache: the comparison is written as 0/1 floats over the tile
+    itself and summed (vectorised, and exact: integer partial sums below 2²⁴) into int32 counts. A
+    block whose positives spread over more than ``_MAX_KEPT_TILES`` tiles is ranked full-width (rows
+    of about ``_BLOCK_BYTES``) instead.
+    """
+    n, m = q.shape[0], g.shape[0]
+    cols = _tile_cols(m, q.device)
+    col_spans = _spans(m, cols)
+    first = torch.empty(n, dtype=torch.long, device=q.device)
+
+    def tile(rows: Tensor, c0: int, c1: int) -> Tensor:
+        scores = rows @ g[c0:c1].T
+        return scores.add_(col_bias[c0:c1]) if col_bias is not None else scores
+
+    wide = _default_block(m, q.dtype)
+    for r0, r1, first_row in _spans(n, block):
+        rows, pos = q[r0:r1], positive[r0:r1]
+        # tile t covers columns [first_t, next first) as its own (earlier tiles overlap the last one)
+        owner = torch.div(pos, cols, rounding_mode="floor").clamp_max_(len(col_spans) - 1)
+        needed = owner.unique().tolist()
+        if len(needed) > _MAX_KEPT_TILES:
+            count = torch.empty(r1 - r0, dtype=torch.int32, device=q.device)
+            for w0 in range(0, r1 - r0, wide):
+                w1 = min(w0 + wide, r1 - r0)
+                count[w0:w1] = _ranks_single(tile(rows[w0:w1], 0, m), pos[w0:w1])
+        else:
+            kept = {}
+            pos_score = rows.new_empty(r1 - r0)
+            for t in needed:
+                c0, c1, _ = col_spans[t]
+                kept[t] = tile(rows, c0, c1)
+                hit = (owner == t).nonzero().squeeze(1)
+                pos_score[hit] = kept[t][hit, pos[hit] - c0]
+            pos_score = pos_score[:, None]
+            count = torch.zeros(r1 - r0, dtype=torch.int32, device=q.device)
+            for t, (c0, c1, first_col) in enumerate(col_spans):
+                scores = kept.pop(t) if t in kept else tile(rows, c0, c1)
+                fresh = scores[:, first_col - c0 :]
+                if fresh.shape[1] < 2**24:  # 1.0 where s ≥ s_pos, in place; an exact float sum
+                    count += torch.ge(fresh, pos_score, out=fresh).sum(1).to(torch.int32)
+                else:
+                    count += (fresh >= pos_score).sum(1, dtype=torch.int32)
+        skip = first_row - r0
+        first[first_row:r1] = count[skip:]
+    return first
 
 
 def _ranks_multi(scores: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
@@ -145,6 +202,7 @@ def _ranks_multi(scores: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
 
 
 @torch.no_grad()
+@one_device
 def recall_at_k(
     query: Tensor,
     gallery: Tensor,
@@ -170,9 +228,9 @@ def recall_at_k(
     Ties count against the query (pessimistic): a negative scoring exactly as much as a positive is
     ranked before it, so a constant embedding gets the worst ranks, not the best; among tied
     positives the order is immaterial. Ranks are exact: with one positive per query
-    ``rank = #{j : s_j ≥ s_pos}`` (one comparison per gallery item), with several the rows are sorted.
-    Scores are compared as computed within one block (the positive's score is read from the same
-    block), so ties between bit-identical scores are exact.
+    ``rank = #{j : s_j ≥ s_pos}`` (one comparison per gallery item, counted in int32 over cache-sized
+    score tiles that all have one shape, the positive's score read from its own tile), with several
+    the rows are sorted. Equal gallery rows therefore score bit-identically and their ties are exact.
 
     Args:
         query: (N, d) queries (e.g. caption embeddings).
@@ -184,14 +242,16 @@ def recall_at_k(
             an (N, M) bool tensor; or a list of N lists of gallery indices (e.g. all 5 captions of
             an image for image→text retrieval). Every query needs at least one positive.
         metric: ``"cosine"`` | ``"dot"`` | ``"euclidean"``.
-        chunk_size: queries per block; ``None``: about 96 MiB of scores per block (a twelfth of
-            that many rows when queries have several positives, for the sort's work arrays).
+        chunk_size: queries per block; ``None``: one positive per query — blocks of cache-sized
+            (queries × ~1,024 gallery items) tiles of about 4 MiB on the CPU; several positives —
+            about 8 MiB of full-width scores per block (the sort's work arrays take 12× that).
 
     Returns:
         ``{"recall@K": …, …, "median_rank": …, "mean_rank": …, "map": …}`` as Python floats.
 
     Cost: O(N·M·d) time (plus O(N·M·log M) to sort when queries have several positives);
-    O(chunk_size·M + N + nnz(positives)) memory.
+    O(chunk_size·min(M, 4,096) + N + nnz(positives)) memory with one positive per query,
+    O(chunk_size·M + N + nnz(positives)) with several.
     """
     check_features(query, "query")
     check_features(gallery, "gallery")
@@ -214,33 +274,31 @@ def recall_at_k(
     q, g = query.to(dtype), gallery.to(dtype)
     col_bias = None
     if metric == "cosine":
-        q, g = F.normalize(q, dim=-1, eps=EPS), F.normalize(g, dim=-1, eps=EPS)
+        q, g = l2_normalize(q), l2_normalize(g)
     elif metric == "euclidean":  # −‖q − g‖² + ‖q‖² = 2q·g − ‖g‖², on centred features
         center = g.mean(0)
         q, g = 2 * (q - center), g - center
         col_bias = g.square().sum(1).neg_()
-    block = (
-        chunk_size if chunk_size is not None else _default_block(m, dtype, per_element=1 if single else 12)
-    )
-
-    first = torch.empty(n, dtype=torch.long, device=query.device)
-    average_precision = torch.empty(n, dtype=torch.float64, device=query.device)
-    gt = g.T
-    for start in range(0, n, block):
-        stop = min(start + block, n)
-        scores = q[start:stop] @ gt
-        if col_bias is not None:
-            scores.add_(col_bias)
-        if single:
-            first[start:stop] = _ranks_single(scores, cols[start:stop])
-            average_precision[start:stop] = first[start:stop].to(torch.float64).reciprocal()
-        else:
+    if single:
+        block = chunk_size if chunk_size is not None else _tile_rows(m, dtype, query.device, n)
+        first = _blocked_ranks(q, g, cols, col_bias, block)
+        average_precision = first.to(torch.float64).reciprocal()
+    else:
+        block = chunk_size if chunk_size is not None else _default_block(m, dtype, per_element=12)
+        first = torch.empty(n, dtype=torch.long, device=query.device)
+        average_precision = torch.empty(n, dtype=torch.float64, device=query.device)
+        gt = g.T
+        for start in range(0, n, block):
+            stop = min(start + block, n)
+            scores = q[start:stop] @ gt
+            if col_bias is not None:
+                scores.add_(col_bias)
             lo, hi = int(offsets[start]), int(offsets[stop])
             rows = torch.arange(stop - start, device=query.device).repeat_interleave(counts[start:stop])
             mask = torch.zeros(scores.shape, dtype=torch.bool, device=query.device)
             mask[rows, cols[lo:hi]] = True
             first[start:stop], average_precision[start:stop] = _ranks_multi(scores, mask)
-        del scores
+            del scores
 
     ranks = first.to(torch.float64)
     ordered = ranks.sort().values
@@ -304,6 +362,7 @@ def _uniformity(zh: Tensor, t: float, block: int) -> Tensor:
     return _StreamingUniformity.apply(zh, float(t), block) - math.log(n * (n - 1))
 
 
+@one_device
 def alignment_uniformity(
     x: Tensor, y: Tensor, alpha: float = 2.0, t: float = 2.0, chunk_size: int | None = None
 ) -> dict[str, Tensor]:
@@ -350,8 +409,8 @@ def alignment_uniformity(
     n = x.shape[0]
     dtype = compute_dtype(x, y)
     out = torch.promote_types(x.dtype, y.dtype)
-    xh = F.normalize(x.to(dtype), dim=-1, eps=EPS)
-    yh = F.normalize(y.to(dtype), dim=-1, eps=EPS)
+    xh = l2_normalize(x.to(dtype))
+    yh = l2_normalize(y.to(dtype))
     sq = (xh - yh).square().sum(1)
     if alpha == 2:
         alignment = sq.mean()
@@ -416,6 +475,7 @@ def _fit_logistic(
     return weight.detach(), bias.detach()
 
 
+@one_device
 def linear_probe(
     train_x: Tensor,
     train_y: Tensor,

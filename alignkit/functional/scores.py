@@ -27,16 +27,16 @@ from __future__ import annotations
 from functools import reduce as _fold
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from alignkit.functional._checks import (
-    EPS,
     check_choice,
     check_features,
     check_finite,
     check_same_device,
     compute_dtype,
+    l2_normalize,
+    one_device,
     shape_str,
 )
 
@@ -69,8 +69,8 @@ def _safe_sqrt(squared: Tensor) -> Tensor:
 
 
 def _normalize(x: Tensor) -> Tensor:
-    """Rows scaled to unit L2 norm; a zero row stays zero (norm clamped at ``EPS``)."""
-    return F.normalize(x, dim=-1, eps=EPS)
+    """Rows scaled to unit L2 norm (exact at any magnitude); a zero row stays zero."""
+    return l2_normalize(x)
 
 
 def _cosine(x: Tensor, y: Tensor) -> Tensor:
@@ -152,6 +152,7 @@ def _check_weight(weight: object, q: Tensor, k: Tensor, kind: str) -> Tensor | N
 # Public functions.
 
 
+@one_device
 def pairwise_distance(x: Tensor, y: Tensor | None = None, metric: str = "euclidean") -> Tensor:
     """All-pairs distance matrix ``D[i, j] = D(x_i, y_j)``.
 
@@ -190,6 +191,7 @@ def pairwise_distance(x: Tensor, y: Tensor | None = None, metric: str = "euclide
     return _pairwise_distance(x.to(dtype), y.to(dtype), metric, same=same).to(_out_dtype(x, y))
 
 
+@one_device
 def paired_distance(x: Tensor, y: Tensor, metric: str = "euclidean") -> Tensor:
     """Row-wise distance ``D(x_i, y_i)`` of two (N, d) tensors → (N,).
 
@@ -211,6 +213,7 @@ def paired_distance(x: Tensor, y: Tensor, metric: str = "euclidean") -> Tensor:
     return _paired_distance(x.to(dtype), y.to(dtype), metric).to(_out_dtype(x, y))
 
 
+@one_device
 def score(q: Tensor, k: Tensor, kind: str = "dot", weight: Tensor | None = None) -> Tensor:
     """Paired score ``s(q_i, k_i)`` over the last dim (higher = more aligned).
 

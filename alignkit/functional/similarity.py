@@ -38,13 +38,14 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from alignkit.functional._checks import (
-    EPS,
     check_choice,
     check_features,
     check_positive,
     check_same_device,
     check_same_rows,
     compute_dtype,
+    l2_normalize,
+    one_device,
     shape_str,
 )
 
@@ -147,6 +148,7 @@ def _safe_ratio(num: Tensor, den_a: Tensor, den_b: Tensor) -> Tensor:
 # CKA
 
 
+@one_device
 def cka_from_cross_covariance(
     cov_xx: Tensor,
     cov_yy: Tensor,
@@ -466,6 +468,7 @@ def _gram_cka(x: Tensor, y: Tensor, kernel: str, unbiased: bool, threshold: floa
     return value.clamp(-1, 1) if unbiased else value.clamp(0, 1)
 
 
+@one_device
 def hsic_from_kernel_sums(sum_kl: Tensor, row_k: Tensor, row_l: Tensor, n: int, unbiased: bool) -> Tensor:
     """HSIC from the sums of two n×n kernel matrices, never the matrices themselves.
 
@@ -490,6 +493,7 @@ def hsic_from_kernel_sums(sum_kl: Tensor, row_k: Tensor, row_l: Tensor, n: int, 
     return total / ((n - 1) ** 2)
 
 
+@one_device
 def cka(
     x: Tensor, y: Tensor, kernel: str = "linear", unbiased: bool = False, threshold: float = 1.0
 ) -> Tensor:
@@ -585,6 +589,7 @@ def _check_eps(eps: float) -> None:
     check_positive(eps, "eps", allow_zero=True)
 
 
+@one_device
 def canonical_correlations(x: Tensor, y: Tensor, eps: float = 0.0) -> Tensor:
     """Canonical correlations between x and y, largest first.
 
@@ -633,6 +638,7 @@ def _n_keep(s: Tensor, keep: float) -> int:
     return min(int((frac < keep).sum()) + 1, s.numel())
 
 
+@one_device
 def svcca(x: Tensor, y: Tensor, keep: float = 0.99) -> Tensor:
     """Singular vector CCA: mean canonical correlation after an SVD reduction of each side.
 
@@ -668,6 +674,7 @@ def svcca(x: Tensor, y: Tensor, keep: float = 0.99) -> Tensor:
     return rho.mean().to(out)
 
 
+@one_device
 def pwcca(x: Tensor, y: Tensor, eps: float = 0.0) -> Tensor:
     """Projection-weighted CCA: canonical correlations weighted by how much of x each variate explains.
 
@@ -725,6 +732,7 @@ def _sq_norm(a: Tensor) -> Tensor:
     return total
 
 
+@one_device
 def procrustes_distance(x: Tensor, y: Tensor) -> Tensor:
     """Orthogonal Procrustes distance between centred, unit-Frobenius-norm representations.
 
@@ -765,7 +773,7 @@ def _rdm_upper(x: Tensor, metric: str) -> Tensor:
     if metric == "correlation":
         with torch.no_grad():
             varying = (x.amax(1) != x.amin(1)).to(x.dtype)
-        z = F.normalize((x - x.mean(1, keepdim=True)) * varying[:, None], dim=1, eps=EPS)
+        z = l2_normalize((x - x.mean(1, keepdim=True)) * varying[:, None], dim=1)
     else:
         z = x
     rows = max(1, _BLOCK_ELEMENTS // n)
@@ -796,6 +804,7 @@ def _pearson(a: Tensor, b: Tensor) -> Tensor:
     return _safe_ratio((a * b).sum(), a.square().sum(), b.square().sum()).clamp(-1, 1)
 
 
+@one_device
 def rsa(x: Tensor, y: Tensor, metric: str = "correlation", method: str = "spearman") -> Tensor:
     """Representational similarity analysis: correlation between the two dissimilarity matrices.
 

@@ -26,7 +26,6 @@ import math
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
@@ -39,6 +38,8 @@ from alignkit.functional._checks import (
     check_reduction,
     check_same_device,
     compute_dtype,
+    l2_normalize,
+    one_device,
     reduce,
     shape_str,
 )
@@ -79,7 +80,7 @@ def _normalized_pair(x: Tensor, y: Tensor, normalize: bool = True) -> tuple[Tens
     out = torch.promote_types(x.dtype, y.dtype)
     xh, yh = x.to(dtype), y.to(dtype)
     if normalize:
-        xh, yh = F.normalize(xh, dim=-1, eps=EPS), F.normalize(yh, dim=-1, eps=EPS)
+        xh, yh = l2_normalize(xh), l2_normalize(yh)
     if x.dim() == 2:
         xh, yh = xh.unsqueeze(0), yh.unsqueeze(0)
     return xh, yh, out
@@ -90,17 +91,22 @@ def _normalized_pair(x: Tensor, y: Tensor, normalize: bool = True) -> tuple[Tens
 
 
 def _unit_rows(x: Tensor) -> tuple[Tensor, Tensor]:
-    """``x / max(‖x‖, EPS)`` per row and the reciprocal norms (B, N, 1)."""
-    inv = torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min_(EPS).reciprocal_()
-    return x * inv, inv
+    """``x / ‖x‖`` per row (as :func:`l2_normalize`: scaled by the row's max first, so exact for any
+    finite magnitude; a zero row stays zero) and the reciprocal norms ``1/‖x‖`` (B, N, 1), ``1/EPS``
+    for a zero row (the gradient ``F.normalize`` gives there)."""
+    scale = x.abs().amax(-1, keepdim=True)
+    zero = scale == 0
+    scaled = x / torch.where(zero, torch.ones_like(scale), scale)
+    norm = torch.linalg.vector_norm(scaled, dim=-1, keepdim=True)  # in [1, √d], or 0 for a zero row
+    unit = scaled / norm.clamp_min(1.0)
+    inv = torch.where(zero, torch.full_like(scale, 1 / EPS), norm.clamp_min(1.0).reciprocal() / scale)
+    return unit, inv
 
 
 def _unit_rows_backward(grad: Tensor, unit: Tensor, inv: Tensor) -> Tensor:
-    """Gradient through ``_unit_rows``: ``(g − x̂·⟨g, x̂⟩)/‖x‖`` (the projection vanishes for rows
-    whose norm was clamped to EPS, where x̂·⟨g, x̂⟩ is negligible: ‖x̂‖ ≤ 1)."""
-    clamped = inv >= 1 / EPS
+    """Gradient through ``_unit_rows``: ``(g − x̂·⟨g, x̂⟩)/‖x‖`` (for a zero row x̂ = 0: ``g/EPS``)."""
     radial = unit * (grad * unit).sum(-1, keepdim=True)
-    return grad.sub_(radial.masked_fill_(clamped, 0)).mul_(inv)
+    return grad.sub_(radial).mul_(inv)
 
 
 class _GramStructure(torch.autograd.Function):
@@ -146,6 +152,7 @@ class _GramStructure(torch.autograd.Function):
         return grad_x, grad_y
 
 
+@one_device
 def structure_loss(x: Tensor, y: Tensor) -> Tensor:
     """Manifold-similarity loss ``‖S_x − S_y‖_F² / N²`` between within-side cosine similarities.
 
@@ -188,7 +195,7 @@ def structure_loss(x: Tensor, y: Tensor) -> Tensor:
     xc, yc, out = _normalized_pair(x, y, normalize=False)
     n, dx, dy = xc.shape[1], xc.shape[-1], yc.shape[-1]
     if n * (dx + dy) <= dx * dx + dy * dy + dx * dy:
-        xh, yh = F.normalize(xc, dim=-1, eps=EPS), F.normalize(yc, dim=-1, eps=EPS)
+        xh, yh = l2_normalize(xc), l2_normalize(yc)
         diff = xh @ xh.mT - yh @ yh.mT
         sums = diff.square().sum((-2, -1), dtype=torch.float64)
     else:
@@ -250,6 +257,7 @@ class _BlockMDMS(torch.autograd.Function):
         )
 
 
+@one_device
 def mdms_loss(x: Tensor, y: Tensor, margin: float = 0.0, chunk_size: int | None = None) -> Tensor:
     """Marginal distance-matrix similarity ``(1/N²) Σ_ij ReLU(|cos(x_i,x_j) − cos(y_i,y_j)| − m)``.
 
@@ -351,6 +359,7 @@ def _check_adjacency(adjacency: object, n: int, x: Tensor, dtype: torch.dtype, s
     return adjacency
 
 
+@one_device
 def laplacian_loss(
     x: Tensor, adjacency: Tensor, normalization: str | None = None, reduction: str = "mean"
 ) -> Tensor:
@@ -432,6 +441,7 @@ def _symmetrize_max(rows: Tensor, cols: Tensor, values: Tensor, n: int) -> tuple
 
 
 @torch.no_grad()
+@one_device
 def knn_graph(
     z: Tensor,
     k: int = 10,

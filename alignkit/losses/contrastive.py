@@ -25,20 +25,23 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from alignkit.distributed import gather_with_grad, rank, world_size
-from alignkit.functional._checks import EPS, check_features, check_positive, compute_dtype
+from alignkit.functional._checks import EPS, check_features, check_positive, check_same_device, compute_dtype
 from alignkit.functional.contrastive import (
+    _check_chunk,
     _check_labels,
     _check_pair,
+    _clip_loss,
     _softmax_ce,
     _supcon_rows,
     _supcon_valid,
     clip_loss,
     info_nce,
+    nt_xent_loss,
     supcon_loss,
 )
 from alignkit.losses.registry import register
 
-__all__ = ["CLIPLoss", "InfoNCELoss", "LearnableTemperature", "SigLIPLoss", "SupConLoss"]
+__all__ = ["CLIPLoss", "InfoNCELoss", "LearnableTemperature", "NTXentLoss", "SigLIPLoss", "SupConLoss"]
 
 
 class LearnableTemperature(nn.Module):
@@ -83,7 +86,7 @@ class LearnableTemperature(nn.Module):
         return f"temperature={self.temperature:.4g}, max_scale={self.max_scale:g}"
 
 
-@register("info_nce", "infonce", "ntxent")
+@register("info_nce", "infonce")
 class InfoNCELoss(nn.Module):
     """InfoNCE over in-batch (and optional explicit) negatives; see :func:`alignkit.functional.info_nce`.
 
@@ -204,6 +207,7 @@ class CLIPLoss(nn.Module):
             )
         else:
             self.register_parameter("logit_bias", None)
+        _check_chunk(chunk_size)
         self.chunk_size = chunk_size
         self.process_group = process_group
         self.local_loss = local_loss
@@ -228,13 +232,14 @@ class CLIPLoss(nn.Module):
         check_features(a, "a")
         check_features(b, "b")
         _check_pair(a, b, "a", "b")
+        check_same_device(("a", a), ("b", b))
         scale = self.temperature()
         bias = self.logit_bias
         a = F.normalize(a, dim=-1, eps=self.eps)
         b = F.normalize(b, dim=-1, eps=self.eps)
         group = self.process_group
-        if world_size(group) == 1:
-            loss = clip_loss(a, b, scale, bias, self.chunk_size)
+        if world_size(group) == 1:  # checked above: not scanned again for finiteness
+            loss = _clip_loss(a, b, scale, bias, self.chunk_size, 0)
         elif not self.local_loss:
             loss = clip_loss(
                 gather_with_grad(a, group), gather_with_grad(b, group), scale, bias, self.chunk_size
@@ -358,3 +363,36 @@ class SupConLoss(nn.Module):
 
     def extra_repr(self) -> str:
         return f"temperature={self.temperature}, variant={self.variant!r}"
+
+
+@register("ntxent", "nt_xent")
+class NTXentLoss(SupConLoss):
+    """SimCLR's NT-Xent over all 2N views (Chen et al. 2020); see :func:`alignkit.functional.nt_xent_loss`.
+
+    ``forward(view1 (n,d), view2 (n,d)) → scalar``: every one of the 2n rows is an anchor, its positive
+    the other view of its sample, its negatives the other 2n − 2 rows (same-view rows included) — as
+    pytorch-metric-learning's ``SelfSupervisedLoss(NTXentLoss(τ))``. Not :class:`InfoNCELoss`, which
+    contrasts queries with keys only. Distributed: the views of every rank are gathered as in
+    :class:`SupConLoss` (the mean over ranks is the global-batch loss).
+
+    Args:
+        temperature: τ > 0 (SimCLR: 0.5 on CIFAR-10, 0.1 on ImageNet).
+        process_group: the ``torch.distributed`` group to gather over (``None``: the default group).
+    """
+
+    def __init__(self, temperature: float = 0.1, process_group: object | None = None) -> None:
+        super().__init__(temperature=temperature, variant="out", process_group=process_group)
+
+    def forward(self, view1: Tensor, view2: Tensor) -> Tensor:  # type: ignore[override]
+        if world_size(self.process_group) == 1:
+            return nt_xent_loss(view1, view2, self.temperature)
+        check_features(view1, "view1")
+        check_features(view2, "view2")
+        if view1.shape != view2.shape:
+            raise ValueError(
+                f"view1 and view2 must have the same shape, got {tuple(view1.shape)} and {tuple(view2.shape)}"
+            )
+        return super().forward(torch.stack([view1, view2], 1))
+
+    def extra_repr(self) -> str:
+        return f"temperature={self.temperature}"

@@ -18,6 +18,8 @@
 * :class:`MinibatchCKA` — unbiased HSIC averaged over minibatches (Nguyen, Raghu & Kornblith 2021),
   linear or RBF kernel.
 * :class:`RetrievalMetric` — Recall@K / ranks / mAP of paired rows gathered from every process.
+* :class:`GenerationJudge` — FD, class accuracy and precision/recall of generated digits in the
+  features of a cached digit classifier (see :mod:`alignkit.metrics.generation`).
 * :func:`corpus_bleu`, :func:`sentence_bleu` — BLEU of generated captions (Papineni et al. 2002),
   plain functions of strings or token lists.
 
@@ -28,10 +30,11 @@ O(chunk_size·N + N·k) memory besides the inputs — call them once on the coll
 (which, unlike CKA's state, must fit in memory: neighbourhoods need every row).
 """
 
-from alignkit.metrics import base, bleu, cka, retrieval
+from alignkit.metrics import base, bleu, cka, generation, retrieval
 from alignkit.metrics.base import *  # noqa: F403
 from alignkit.metrics.bleu import *  # noqa: F403
 from alignkit.metrics.cka import *  # noqa: F403
+from alignkit.metrics.generation import *  # noqa: F403
 from alignkit.metrics.retrieval import *  # noqa: F403
 
-__all__ = [*base.__all__, *bleu.__all__, *cka.__all__, *retrieval.__all__]
+__all__ = [*base.__all__, *bleu.__all__, *cka.__all__, *generation.__all__, *retrieval.__all__]

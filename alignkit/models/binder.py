@@ -59,6 +59,10 @@ class Binder(nn.Module):
         hidden_dim: hidden width of ``"mlp"`` projections.
         frozen: modalities whose encoder is locked (``requires_grad=False`` and kept in eval mode by
             :meth:`train`, run without gradients), e.g. ImageBind's frozen CLIP image and text towers.
+            Listing the anchor *fixes* the anchor space: its projection head is locked too, so
+            modalities bound one after another all target the same embedding (ImageBind keeps the
+            anchor embedding fixed); a non-anchor modality keeps a trainable head (LiT-style).
+            :meth:`freeze` does the same after construction, e.g. between two binding stages.
 
     Cost: the encoders plus O(N²·embed_dim) per (anchor, m) pair for the loss (tiled for large N).
     """
@@ -113,8 +117,7 @@ class Binder(nn.Module):
         self.frozen: set[str] = set()
         for name in frozen:
             self._check_modality(name, "frozen")
-            self.frozen.add(name)
-            _set_frozen(self.encoders[name], True, self.training)
+        self.freeze(*frozen)
 
     @property
     def modalities(self) -> tuple[str, ...]:
@@ -126,11 +129,34 @@ class Binder(nn.Module):
             raise ValueError(f"{name} must be one of the modalities {list(self.dims)}, got {modality!r}")
         return modality  # type: ignore[return-value]
 
+    @property
+    def anchor_fixed(self) -> bool:
+        """Whether the anchor's encoder and projection head are both locked."""
+        return self.anchor in self.frozen
+
+    def freeze(self, *modalities: str) -> Binder:
+        """Lock the encoders of ``modalities`` (and, for the anchor, its projection head as well).
+
+        Typical sequential binding: train (anchor, text) pairs, ``freeze(anchor)``, then train
+        (anchor, audio) pairs; text ↔ anchor retrieval is then unchanged by the second stage. Parameters
+        already in an optimiser simply stop receiving gradients (``requires_grad=False``).
+        """
+        for name in modalities:
+            self._check_modality(name, "modalities")
+        for name in modalities:
+            self.frozen.add(name)
+            _set_frozen(self.encoders[name], True, self.training)
+            if name == self.anchor:
+                _set_frozen(self.heads[name], True, self.training)
+        return self
+
     def train(self, mode: bool = True) -> Binder:
-        """As ``nn.Module.train``, but frozen encoders stay in eval mode."""
+        """As ``nn.Module.train``, but frozen encoders (and a fixed anchor's head) stay in eval mode."""
         super().train(mode)
         for name in self.frozen:
             self.encoders[name].eval()
+            if name == self.anchor:
+                self.heads[name].eval()
         return self
 
     def embed(self, modality: str, x: Any, mask: Tensor | None = None) -> Tensor:
@@ -141,7 +167,9 @@ class Binder(nn.Module):
             feats = _tower_features(
                 self.encoders[modality], x, f"encoders[{modality!r}] output", self.dims[modality], mask
             )
-        return _normalize(self.heads[modality](feats))
+        fixed = modality == self.anchor and self.anchor_fixed
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not fixed):
+            return _normalize(self.heads[modality](feats))
 
     def forward(self, batch: Mapping[str, Any], masks: Mapping[str, Tensor] | None = None) -> dict[str, Any]:
         """Loss of one batch ``{anchor: x, m1: x1, …}`` (rows paired across modalities).

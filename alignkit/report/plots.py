@@ -5,6 +5,8 @@
 * :func:`image_text_similarity` — cosine similarities of a digit-sorted, class-stratified sample.
 * :func:`embedding_projection` — both modalities in one 2-D PCA plane (:func:`pca_project`).
 * :func:`cka_heatmap` — linear CKA between named representations (:func:`cka_matrix`).
+* :func:`comparison_bars` — the metrics of ``compare.json`` side by side, best bars highlighted.
+* :func:`image_png` — one small grey-scale image (a digit) as PNG bytes for the page.
 
 Every function takes ``path=`` to write the figure atomically (temporary file + ``os.replace``).
 """
@@ -27,9 +29,12 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 __all__ = [
+    "best_index",
     "cka_heatmap",
     "cka_matrix",
+    "comparison_bars",
     "embedding_projection",
+    "image_png",
     "image_text_similarity",
     "loss_curves",
     "pca_project",
@@ -150,6 +155,11 @@ def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def _epoch_series(epochs: Sequence[Mapping[str, Any]], key: str) -> tuple[list[Any], list[Any]]:
+    points = [(r["epoch"], r[key]) for r in epochs if _is_number(r.get(key))]
+    return [e for e, _ in points], [v for _, v in points]
+
+
 def loss_curves(
     records: Sequence[Mapping[str, Any]] | str | os.PathLike[str],
     *,
@@ -157,28 +167,35 @@ def loss_curves(
     title: str | None = None,
     dpi: int = 150,
 ) -> Figure:
-    """Training curves from the :class:`alignkit.train.Trainer` log: loss per step, metrics per epoch.
+    """Training curves from the :class:`alignkit.train.Trainer` log, one panel per kind of number.
 
-    Left panel: the ``"loss"`` of every step record (``{"type": "step", "step", "loss", …}``, the mean
-    over the logging window) against the optimiser step, and each epoch's ``train_loss`` as a marker
-    at the epoch's last step. Right panel: every other numeric entry of the epoch records
-    (``{"type": "epoch", "epoch", "step", "train_*", <evaluation metrics>, "monitor", "best"}``,
-    e.g. ``val_loss``, ``val_zero_shot_accuracy``) against the epoch; the best epoch is starred.
-    ``None`` values (non-finite numbers in the log) are left out.
+    * **training loss** (always): the ``"loss"`` of every step record (``{"type": "step", "step",
+      "loss", …}``, the mean over the logging window) against the optimiser step, and each epoch's
+      ``train_loss`` as a marker at the epoch's last step;
+    * **validation loss** (when logged): every epoch-record entry whose name contains ``loss`` (and
+      does not start with ``train_``), e.g. ``val_loss``, against the epoch;
+    * **validation scores** (when logged): every other numeric epoch entry (``val_recall@1``,
+      ``val_zero_shot_accuracy`` …) against the epoch, on an axis scaled to them.
+
+    Losses and scores never share an axis (a loss of 2–4.5 would flatten a recall of 0–0.3). The
+    epochs the Trainer marked ``best`` for its ``monitor`` are starred on the monitored curve, and
+    the star is in that panel's legend. ``None`` values (non-finite numbers in the log) are left out.
 
     Args:
         records: the parsed records (:func:`alignkit.train.read_metrics`) or the path of a
             ``metrics.jsonl`` file.
         path: where to save the figure (atomic), or ``None``.
-        title: a title over both panels.
+        title: a title over the panels.
         dpi: resolution of the saved image.
 
     Returns:
-        The Figure (two axes). Cost: O(#records).
+        The Figure (one to three axes, training loss first). Cost: O(#records).
 
     Raises:
         ValueError: no step record with a loss and no epoch record.
     """
+    from matplotlib.ticker import MaxNLocator
+
     dpi = _check_dpi(dpi)
     if isinstance(records, (str, os.PathLike)):
         from alignkit.train.trainer import read_metrics
@@ -195,19 +212,6 @@ def loss_curves(
         raise ValueError(
             f"records hold no step record with a 'loss' and no epoch record ({len(records)} record(s))"
         )
-    fig, (left, right) = _new_figure((10.0, 4.0), ncols=2)
-    if steps:
-        left.plot([r["step"] for r in steps], [r["loss"] for r in steps], lw=1.2, label="loss (per step)")
-    ends = [r for r in epochs if _is_number(r.get("train_loss")) and _is_number(r.get("step"))]
-    if ends:
-        left.plot(
-            [r["step"] for r in ends], [r["train_loss"] for r in ends], "o", ms=4, label="train_loss (epoch)"
-        )
-    left.set_xlabel("step")
-    left.set_ylabel("training loss")
-    left.grid(alpha=0.3)
-    if steps or ends:
-        left.legend(fontsize=8)
     keys = sorted(
         {
             k
@@ -216,22 +220,61 @@ def loss_curves(
             if k not in _EPOCH_META and not k.startswith("train_") and _is_number(v)
         }
     )
-    for key in keys:
-        points = [(r["epoch"], r[key]) for r in epochs if _is_number(r.get(key))]
-        right.plot([e for e, _ in points], [v for _, v in points], "o-", ms=3, lw=1.2, label=key)
-        best = [(r["epoch"], r[key]) for r in epochs if r.get("best") and r.get("monitor") == key]
-        if best:
-            right.plot([e for e, _ in best], [v for _, v in best], "*", ms=11, color="gold", mec="black")
-    if keys:
-        right.legend(fontsize=7, loc="best")
+    loss_keys = [k for k in keys if "loss" in k]
+    score_keys = [k for k in keys if "loss" not in k]
+    panels = 1 + bool(loss_keys) + bool(score_keys)
+    fig, axes = _new_figure((4.6 * panels, 4.0), ncols=panels)
+    left = axes[0]
+    if steps:
+        left.plot(
+            [r["step"] for r in steps], [r["loss"] for r in steps], lw=1.2, label="loss (mean per log step)"
+        )
+    ends = [r for r in epochs if _is_number(r.get("train_loss")) and _is_number(r.get("step"))]
+    if ends:
+        left.plot(
+            [r["step"] for r in ends],
+            [r["train_loss"] for r in ends],
+            "o",
+            ms=4,
+            label="train_loss (epoch mean, at its last step)",
+        )
+    left.set_title("training loss", fontsize=10)
+    left.set_xlabel("optimiser step")
+    left.set_ylabel("loss")
+    left.grid(alpha=0.3)
+    if steps or ends:
+        left.legend(fontsize=7)
     else:
-        right.text(0.5, 0.5, "no evaluation metrics", ha="center", va="center", transform=right.transAxes)
-    from matplotlib.ticker import MaxNLocator
-
-    right.xaxis.set_major_locator(MaxNLocator(integer=True))
-    right.set_xlabel("epoch")
-    right.set_ylabel("evaluation metric")
-    right.grid(alpha=0.3)
+        left.text(0.5, 0.5, "no step losses", ha="center", va="center", transform=left.transAxes)
+    rest = iter(axes[1:])
+    for group, panel_title, ylabel in (
+        (loss_keys, "validation loss", "loss"),
+        (score_keys, "validation scores", "score"),
+    ):
+        if not group:
+            continue
+        ax = next(rest)
+        for key in group:
+            xs, ys = _epoch_series(epochs, key)
+            ax.plot(xs, ys, "o-", ms=3, lw=1.2, label=key)
+            best = [(r["epoch"], r[key]) for r in epochs if r.get("best") and r.get("monitor") == key]
+            if best:
+                ax.plot(
+                    [e for e, _ in best],
+                    [v for _, v in best],
+                    "*",
+                    ms=11,
+                    color="gold",
+                    mec="black",
+                    label=f"new best {key} (best.json saved)",
+                    zorder=5,
+                )
+        ax.legend(fontsize=7, loc="best")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_title(panel_title, fontsize=10)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
     if title:
         fig.suptitle(title)
     if path is not None:
@@ -299,13 +342,14 @@ def image_text_similarity(
 
     ``samples`` rows are drawn class-stratified (round-robin over the digits, a seeded permutation
     inside each) and sorted by digit, so a good alignment shows a bright diagonal (instance level)
-    inside bright diagonal blocks (class level)::
+    inside bright diagonal blocks (class level). The axes carry one tick per digit block, at its
+    centre, and thin lines between blocks, so the labels stay legible at any sample size::
 
         S_ij = ⟨a_i, b_j⟩ / (‖a_i‖·‖b_j‖),   i, j ∈ sample
 
     Args:
         image, text: (N, E) joint-space embeddings; row i of each is the same item.
-        labels: (N,) integer class of each row (the tick labels).
+        labels: (N,) integer class of each row (the block ticks).
         samples: how many items to show (≥ 2; all N when N is smaller).
         seed: seed of the sampling.
         path, title, dpi: as :func:`similarity_heatmap`.
@@ -320,16 +364,17 @@ def image_text_similarity(
     index = _stratified_sample(labels, samples, seed)
     a = torch.nn.functional.normalize(image[index], dim=-1, eps=EPS)
     b = torch.nn.functional.normalize(text[index], dim=-1, eps=EPS)
-    names = [str(v) for v in labels[index].tolist()]
-    side = min(12.0, max(4.5, 0.2 * len(names) + 2.0))
-    return similarity_heatmap(
+    shown = labels[index].tolist()
+    names = [str(v) for v in shown]
+    side = min(9.0, max(4.5, 0.12 * len(names) + 3.0))
+    fig = similarity_heatmap(
         a @ b.T,
         names,
         names,
-        path=path,
+        path=None,
         title=title,
-        row_axis="image (digit)",
-        col_axis="caption (digit)",
+        row_axis="image (digit block)",
+        col_axis="caption (digit block)",
         colorbar_label="cosine similarity",
         annotate=False,
         vmin=None,
@@ -338,6 +383,20 @@ def image_text_similarity(
         dpi=dpi,
         figsize=(side + 1.2, side),
     )
+    # one tick per digit block (at its centre) and a thin line between blocks: legible at any size
+    ax = fig.axes[0]
+    starts = [i for i in range(len(shown)) if i == 0 or shown[i] != shown[i - 1]]
+    ends = [*starts[1:], len(shown)]
+    centres = [(s + e - 1) / 2 for s, e in zip(starts, ends, strict=True)]
+    block_names = [names[s] for s in starts]
+    ax.set_xticks(centres, block_names, rotation=0, ha="center")
+    ax.set_yticks(centres, block_names)
+    for boundary in starts[1:]:
+        ax.axhline(boundary - 0.5, color="white", lw=0.6)
+        ax.axvline(boundary - 0.5, color="white", lw=0.6)
+    if path is not None:
+        _save_atomic(fig, Path(path), _check_dpi(dpi))
+    return fig
 
 
 def pca_project(x: Tensor, dim: int = 2) -> Tensor:
@@ -379,58 +438,79 @@ def embedding_projection(
     labels: Tensor,
     *,
     pairs: int = 8,
+    max_points: int = 200,
+    seed: int = 0,
     path: str | os.PathLike[str] | None = None,
     title: str | None = "joint space, 2-D PCA of both modalities",
     dpi: int = 150,
 ) -> Figure:
-    """Both modalities in one 2-D PCA plane, coloured by class: images ``o``, captions ``x``.
+    """Both modalities in one 2-D PCA plane, coloured by class: images as filled dots ``●``,
+    captions as crosses ``×``.
 
-    The PCA (:func:`pca_project`) is fitted on the 2N rows ``[image; text]`` together, so distances
-    between the modalities are meaningful (a modality gap shows as two separated clouds). Grey lines
-    join ``pairs`` image–caption pairs, picked evenly over the rows.
+    The PCA (:func:`pca_project`) is fitted on all 2N rows ``[image; text]`` together, so distances
+    between the modalities are meaningful (a modality gap shows as two separated clouds); the axis
+    labels give each component's share of the variance. At most ``max_points`` items are drawn
+    (class-stratified, seeded; the same items for both modalities) so the cloud stays readable.
+    Grey segments join ``pairs`` drawn images to their own captions. The legend names every mark:
+    the digit colours, the two modality markers and the pair segment.
 
     Args:
         image, text: (N, E) joint-space embeddings, row i of each the same item.
         labels: (N,) integer class of each row (colour; tab10 palette, cycled beyond 10).
-        pairs: how many pairs to join (0 ≤ pairs; at most N are drawn).
+        pairs: how many pairs to join (0 ≤ pairs; at most the drawn items).
+        max_points: at most this many items drawn per modality (≥ 1; all N when N is smaller, in
+            row order).
+        seed: seed of the subsample.
         path, title, dpi: as :func:`similarity_heatmap`.
 
     Returns:
         The Figure. Cost: O(N·E²) time (PCA), O(N·E) memory.
     """
+    from matplotlib import colormaps
     from matplotlib.lines import Line2D
 
     image, text, labels = _check_pair(image, text, labels)
     check_int(pairs, "pairs", 0)
+    check_int(max_points, "max_points", 1)
+    check_int(seed, "seed", 0)
     dpi = _check_dpi(dpi)
     n = image.shape[0]
-    z = pca_project(torch.cat([image, text]), 2).numpy() if image.shape[1] >= 2 else None
-    if z is None:  # a 1-D joint space: plot the value against 0
-        z = np.stack([torch.cat([image, text])[:, 0].numpy(), np.zeros(2 * n)], axis=1)
-    zi, zt = z[:n], z[n:]
-    fig, (ax,) = _new_figure((6.5, 5.5))
-    from matplotlib import colormaps
-
+    both = torch.cat([image, text])
+    if image.shape[1] >= 2:
+        z = pca_project(both, 2).numpy()
+        total = float(((both - both.mean(0)) ** 2).sum(1).mean())
+        shares = [float((z[:, k] ** 2).mean()) / total if total > 0 else 0.0 for k in range(2)]
+    else:  # a 1-D joint space: plot the value against 0
+        z = np.stack([both[:, 0].numpy(), np.zeros(2 * n)], axis=1)
+        shares = [1.0, 0.0]
+    keep = np.arange(n) if n <= max_points else np.sort(_stratified_sample(labels, max_points, seed).numpy())
+    zi, zt, kept = z[:n][keep], z[n:][keep], labels[keep]
+    fig, (ax,) = _new_figure((7.2, 5.5))
     palette = colormaps["tab10"]
-    colours = [palette(int(c) % 10) for c in labels.tolist()]
-    for i in np.linspace(0, n - 1, num=min(pairs, n), dtype=int) if pairs else []:
-        ax.plot([zi[i, 0], zt[i, 0]], [zi[i, 1], zt[i, 1]], color="0.4", lw=0.8, alpha=0.8, zorder=1)
-    ax.scatter(zi[:, 0], zi[:, 1], c=colours, marker="o", s=14, alpha=0.7, linewidths=0, zorder=2)
-    ax.scatter(zt[:, 0], zt[:, 1], c=colours, marker="x", s=18, alpha=0.8, linewidths=1.0, zorder=3)
-    classes = sorted(set(labels.tolist()))
+    colours = [palette(int(c) % 10) for c in kept.tolist()]
+    m = len(keep)
+    for i in np.linspace(0, m - 1, num=min(pairs, m), dtype=int) if pairs else []:
+        ax.plot([zi[i, 0], zt[i, 0]], [zi[i, 1], zt[i, 1]], color="0.35", lw=0.8, alpha=0.8, zorder=1)
+    ax.scatter(zi[:, 0], zi[:, 1], c=colours, marker="o", s=16, alpha=0.75, linewidths=0, zorder=2)
+    ax.scatter(zt[:, 0], zt[:, 1], c=colours, marker="x", s=20, alpha=0.85, linewidths=1.0, zorder=3)
+    classes = sorted(set(kept.tolist()))
     handles = [
-        Line2D([], [], ls="", marker="s", color=palette(int(c) % 10), label=str(c)) for c in classes[:20]
+        Line2D([], [], ls="", marker="s", color=palette(int(c) % 10), label=f"digit {c}")
+        for c in classes[:20]
     ]
     handles += [
-        Line2D([], [], ls="", marker="o", color="0.3", label="image"),
-        Line2D([], [], ls="", marker="x", color="0.3", label="text"),
+        Line2D([], [], ls="", marker="o", color="0.3", mec="none", label="image (●)"),
+        Line2D([], [], ls="", marker="x", color="0.3", label="caption (×)"),
     ]
+    if pairs and m:
+        handles.append(Line2D([], [], color="0.35", lw=0.8, label="image — its caption"))
     ax.legend(handles=handles, fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
-    ax.set_xlabel("PC 1")
-    ax.set_ylabel("PC 2")
+    ax.set_xlabel(f"PC 1 ({100 * shares[0]:.0f}% of variance)")
+    ax.set_ylabel(f"PC 2 ({100 * shares[1]:.0f}% of variance)")
     ax.grid(alpha=0.3)
     if title:
-        ax.set_title(title)
+        suffix = f" — {m} of {n} items" if m < n else ""
+        ax.set_title(title + suffix, fontsize=10)
     if path is not None:
         _save_atomic(fig, Path(path), dpi)
     return fig
@@ -502,6 +582,115 @@ def cka_heatmap(
         dpi=dpi,
         figsize=(side + 1.3, side),
     )
+
+
+def best_index(values: Sequence[float | None], better: str) -> set[int]:
+    """Indices of the best finite value(s) of ``values`` (ties all count) when ``better`` is
+    ``"higher"`` or ``"lower"``; the empty set for ``""`` or when no value is finite."""
+    finite = [(i, float(v)) for i, v in enumerate(values) if _is_number(v) and np.isfinite(float(v))]
+    if better not in ("higher", "lower") or not finite:
+        return set()
+    pick = max if better == "higher" else min
+    target = pick(v for _, v in finite)
+    return {i for i, v in finite if v == target}
+
+
+def comparison_bars(
+    table: Mapping[str, Any],
+    *,
+    chance: Mapping[str, float] | None = None,
+    path: str | os.PathLike[str] | None = None,
+    title: str | None = "recipes compared on the test split",
+    dpi: int = 150,
+) -> Figure:
+    """The metrics of a comparison (a ``compare.json`` object) side by side: one small panel per
+    metric column, one horizontal bar per recipe, the best bar(s) of each panel highlighted, the
+    chance level dashed where one is given; the panel titles carry ↑ / ↓ (higher / lower is better)
+    from :mod:`alignkit.report.labels`, and one legend names every mark.
+
+    Args:
+        table: ``{"columns": [{"key", "title"}…], "rows": [{"recipe", <key>: float | None …}…]}``.
+        chance: metric key → chance level (e.g. from :func:`alignkit.report.labels.chance_level`).
+        path, title, dpi: as :func:`similarity_heatmap`.
+
+    Returns:
+        The Figure. Cost: O(#recipes · #metrics).
+
+    Raises:
+        ValueError: ``table`` has no ``rows`` / ``columns`` lists or no numeric column.
+    """
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    from alignkit.report.labels import METRIC_INFO
+
+    dpi = _check_dpi(dpi)
+    rows, columns = table.get("rows"), table.get("columns")
+    if not isinstance(rows, list) or not isinstance(columns, list) or not rows:
+        raise ValueError("table must be a compare.json object with non-empty 'columns' and 'rows' lists")
+    keys = [c["key"] if isinstance(c, Mapping) else str(c) for c in columns]
+    keys = [k for k in keys if any(_is_number(r.get(k)) for r in rows)]
+    if not keys:
+        raise ValueError("table has no numeric metric column to plot")
+    names = [str(r.get("recipe")) for r in rows]
+    ncols = min(5, len(keys))
+    nrows = -(-len(keys) // ncols)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    height = 0.25 * len(names) + 1.2
+    fig = Figure(figsize=(2.6 * ncols, height * nrows + 0.9), layout="constrained")
+    FigureCanvasAgg(fig)
+    chance = dict(chance or {})
+    drew_chance = False
+    for n, key in enumerate(keys):
+        ax = fig.add_subplot(nrows, ncols, n + 1)
+        info = METRIC_INFO.get(key)
+        values = [r.get(key) if _is_number(r.get(key)) else None for r in rows]
+        best = best_index(values, info.better if info else "")
+        colours = ["#e6a700" if i in best else "#5b7fbf" for i in range(len(rows))]
+        ys = np.arange(len(rows))
+        ax.barh(ys, [0.0 if v is None else float(v) for v in values], color=colours)
+        ax.set_yticks(ys, names if n % ncols == 0 else [""] * len(names), fontsize=8)
+        ax.invert_yaxis()
+        for y, v in zip(ys, values, strict=True):
+            if v is None:
+                ax.text(0, y, " n/a", va="center", fontsize=7, color="0.4")
+        if key in chance and chance[key] is not None:
+            ax.axvline(float(chance[key]), color="0.2", ls="--", lw=1.0)
+            drew_chance = True
+        label = info.short if info else key
+        arrow = f" {info.arrow}" if info and info.arrow else ""
+        ax.set_title(label + arrow, fontsize=9)
+        ax.tick_params(axis="x", labelsize=7)
+        ax.grid(axis="x", alpha=0.3)
+    handles = [
+        Patch(color="#e6a700", label="best of the panel"),
+        Patch(color="#5b7fbf", label="other recipes"),
+    ]
+    if drew_chance:
+        handles.append(Line2D([], [], color="0.2", ls="--", lw=1.0, label="chance level"))
+    fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize=8, frameon=False)
+    if title:
+        fig.suptitle(f"{title}  (↑ higher is better, ↓ lower is better)", fontsize=10)
+    if path is not None:
+        _save_atomic(fig, Path(path), dpi)
+    return fig
+
+
+def image_png(pixels: np.ndarray | Tensor, *, vmax: float = 1.0) -> bytes:
+    """A grey-scale (H, W) image (0 = white paper, ``vmax`` = black ink) as PNG bytes, one pixel per
+    value (scale it up in the page with ``image-rendering: pixelated``). Cost O(H·W)."""
+    import io
+
+    from matplotlib.image import imsave
+
+    array = pixels.detach().cpu().numpy() if isinstance(pixels, Tensor) else np.asarray(pixels)
+    if array.ndim != 2 or array.size == 0:
+        raise ValueError(f"pixels must be a non-empty (H, W) array, got shape {tuple(array.shape)}")
+    buffer = io.BytesIO()
+    imsave(buffer, array.astype(np.float64), cmap="gray_r", vmin=0.0, vmax=vmax, format="png")
+    return buffer.getvalue()
 
 
 def _save_atomic(fig: Figure, path: Path, dpi: int) -> None:

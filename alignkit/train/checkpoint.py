@@ -25,7 +25,6 @@ inside the state are stored in the ``state`` safetensors file and referenced by 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
 import os
@@ -41,7 +40,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-__all__ = ["Checkpoint", "load_checkpoint", "remove_checkpoint", "save_checkpoint"]
+from alignkit.io import sha256_file as _sha256
+
+__all__ = ["Checkpoint", "checkpoint_digest", "load_checkpoint", "remove_checkpoint", "save_checkpoint"]
 
 FORMAT = "alignkit-checkpoint"
 VERSION = 1
@@ -162,14 +163,6 @@ def _fsync_dir(directory: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _temp_path(final: Path) -> Path:
@@ -401,3 +394,23 @@ def _read_tensor_file(manifest: Path, kind: str, entry: Any, verify: bool) -> di
         raise ValueError(
             f"checkpoint {str(manifest)!r}: cannot read {kind} file {str(file)!r}: {err}"
         ) from err
+
+
+def checkpoint_digest(path: str | os.PathLike[str]) -> str:
+    """The SHA-256 of a checkpoint's model weights, as its manifest records it (no file is re-hashed).
+
+    What a derived artefact (a caption decoder, a report) records to say which weights it was derived
+    from: retraining a run changes it unless the new weights are bit-identical.
+
+    Raises:
+        ValueError: the manifest is missing, unreadable or records no model digest.
+    """
+    manifest = Path(path)
+    try:
+        entry = json.loads(manifest.read_text(encoding="utf-8"))["files"]["model"]
+        digest = entry["sha256"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{manifest}: no model digest in the checkpoint manifest ({err})") from None
+    if not isinstance(digest, str) or not re.fullmatch(r"[0-9a-f]{64}", digest):
+        raise ValueError(f"{manifest}: the model digest {digest!r} is not a SHA-256 hex string")
+    return digest
