@@ -115,6 +115,8 @@ def case(args: argparse.Namespace) -> dict:
         seconds = time.perf_counter() - start
         return {"rows": n, "seconds": seconds, "base": base, "peak": _peak()}
 
+    if args.case == "train-alignkit":
+        return _alignkit_train(args)
     heads, log_scale, optimiser = _model(args.dim, args.width)
     base = _rss()  # after the imports and the model, before the data
     if args.case == "train-ours":
@@ -154,6 +156,38 @@ def case(args: argparse.Namespace) -> dict:
         "peak": _peak(),
         "loss": float(loss),
     }
+
+
+def _alignkit_train(args: argparse.Namespace) -> dict:
+    """``run_recipe`` (what ``alignkit train`` runs) on the pair: clip recipe, linear projection to
+    ``--width``, learnable temperature, no dropout; ``--steps`` batches of training rows (plus the
+    5 warm-up batches of the other cases), then its validation and test evaluation on 1 % of the rows
+    each. samples/s: the Trainer's own logged rate, median over its windows after the first."""
+    from alignkit.recipes import load_config, run_recipe
+
+    overrides = [
+        "recipe=clip",
+        "data.source=embeddings",
+        f"data.a={args.a}",
+        f"data.b={args.b}",
+        "data.val_fraction=0.01",
+        "data.test_fraction=0.01",
+        f"data.train_subset={(args.steps + 5) * args.batch}",
+        f"model.embed_dim={args.width}",
+        "model.projection=linear",
+        "model.dropout=0",
+        "train.epochs=1",
+        f"train.batch_size={args.batch}",
+        f"train.threads={args.threads}",
+        "train.log_every=5",
+    ]
+    base = _rss()
+    with tempfile.TemporaryDirectory(prefix="alignkit-bench-run-") as out:
+        run_recipe(load_config(None, overrides), out, progress=False)
+        with open(Path(out) / "metrics.jsonl") as f:
+            records = [json.loads(line) for line in f]
+    rates = [r["samples_per_s"] for r in records if r.get("type") == "step"][1:]
+    return {"rows": float(np.median(rates)), "seconds": 1.0, "base": base, "peak": _peak()}
 
 
 def run_case(name: str, a: Path, b: Path, n: int, opts: argparse.Namespace) -> dict:
@@ -234,8 +268,10 @@ def main() -> None:
                 "scan-mmap-norelease",
                 "train-hand",
                 "train-ours",
+                "train-alignkit",
                 "train-hand2",
                 "train-ours2",
+                "train-alignkit2",
             )
             for name in names:
                 results[name] = run_case(name.rstrip("2"), a, b, n, opts)
@@ -248,6 +284,7 @@ def main() -> None:
                 "scan-mmap-norelease": "scan, plain mmap",
                 "train-hand": "train, hand loop",
                 "train-ours": "train, FeatureRows",
+                "train-alignkit": "alignkit train (recipe)",
             }
             for key, label in labels.items():
                 r = results[key]
