@@ -18,6 +18,10 @@ Cases:
 * ``train, hand loop`` — the same model, optimiser and loss written out by hand (``F.cross_entropy``
   both ways) on the same data loaded into memory as float16 tensors (``torch.from_numpy(np.load(…))``,
   rows widened to float32 per batch), the loop a user would write.
+* ``alignkit train (recipe)`` — :func:`alignkit.recipes.run_recipe` (what ``alignkit train`` runs) on
+  the same files: clip recipe, linear projection, no dropout, the same batch size and number of
+  steps; its rate is the Trainer's logged ``samples_per_s``; its peak RSS includes the validation and
+  test evaluation (1 % of the rows each) and the report.
 
 Prints peak RSS, the part of it beyond the process's RSS before any data was opened (after the
 imports and the model: the hand loop's in-memory data counts), and samples/s with the ratio to the
