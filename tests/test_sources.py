@@ -237,6 +237,16 @@ def test_feature_rows_reads_rows_of_an_npy_file(tmp_path, mode: str) -> None:
         FeatureRows(path, mode="fast")
 
 
+def test_feature_rows_to_tensor_respects_the_memory_budget(tmp_path, monkeypatch) -> None:
+    np.save(tmp_path / "a.npy", np.ones((100, 8), dtype=np.float16))
+    rows = FeatureRows(tmp_path / "a.npy")
+    assert rows.to_tensor().shape == (100, 8)
+    monkeypatch.setenv("ALIGNKIT_MAX_BYTES", "1000")
+    with pytest.raises(ValueError, match="memory budget"):
+        rows.to_tensor()
+    assert rows[torch.arange(10)].shape == (10, 8)  # batches still work
+
+
 def test_feature_rows_truncated_file(tmp_path) -> None:
     path = tmp_path / "cut.npy"
     np.save(path, np.ones((50, 8), dtype=np.float32))

@@ -39,7 +39,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from alignkit.data.splits import factorize, group_split, read_split_file, splits_from_labels
-from alignkit.io import _LOADERS, LOADABLE_EXTENSIONS, load_embeddings
+from alignkit.io import _LOADERS, LOADABLE_EXTENSIONS, check_budget, load_embeddings
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -357,7 +357,9 @@ class FeatureRows(Dataset):
         return torch.from_numpy(self._read(rows).astype(np.float32, copy=False))
 
     def to_tensor(self) -> Tensor:
-        """All N rows as one (N, d) float32 tensor in memory (O(N·d·4) bytes)."""
+        """All N rows as one (N, d) float32 tensor in memory (O(N·d·4) bytes; refused above
+        :func:`alignkit.io.memory_budget`)."""
+        check_budget(len(self) * self._shape[1] * 4, self.path, f"all {len(self)} rows as float32")
         return self[slice(None)]
 
     def __repr__(self) -> str:
@@ -680,6 +682,9 @@ def _load_images(
 ) -> ImageRows:
     root_real = os.path.realpath(root)
     channels = 3 if mode == "RGB" else 1
+    check_budget(
+        len(values) * channels * size[0] * size[1], file, f"{len(values)} images of column {column!r}"
+    )
     pixels = torch.empty((len(values), channels, *size), dtype=torch.uint8)
     paths = []
     for i, value in enumerate(values):
