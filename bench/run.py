@@ -124,6 +124,43 @@ def _triplet_views(n: int, d: int, device: str) -> tuple[torch.Tensor, torch.Ten
     return feats[:, 0].detach().requires_grad_(), labels
 
 
+def _triplet_step(x: torch.Tensor, fn: Callable[[], torch.Tensor]) -> Callable[[], float]:
+    def step() -> float:
+        x.grad = None
+        loss = fn()
+        loss.backward()
+        return loss.item()
+
+    return step
+
+
+def triplet_all(n: int, d: int, device: str, mining: str = "all") -> Callable[[], float]:
+    x, labels = _triplet_views(n, d, device)
+    return _triplet_step(x, lambda: AF.batch_triplet_loss(x, labels, margin=0.2, mining=mining))
+
+
+def triplet_semi(n: int, d: int, device: str) -> Callable[[], float]:
+    return triplet_all(n, d, device, mining="semi-hard")
+
+
+def triplet_all_pml(n: int, d: int, device: str, semi_hard: bool = False) -> Callable[[], float]:
+    """PML on raw features (alignkit's euclidean distance does not normalise); MeanReducer averages
+    over every mined triplet, zero-loss ones included, as alignkit does."""
+    from pytorch_metric_learning import distances, losses, miners, reducers
+
+    x, labels = _triplet_views(n, d, device)
+    distance = distances.LpDistance(normalize_embeddings=False)
+    loss = losses.TripletMarginLoss(margin=0.2, distance=distance, reducer=reducers.MeanReducer())
+    if not semi_hard:
+        return _triplet_step(x, lambda: loss(x, labels))
+    miner = miners.TripletMarginMiner(margin=0.2, distance=distance, type_of_triplets="semihard")
+    return _triplet_step(x, lambda: loss(x, labels, miner(x, labels)))
+
+
+def triplet_semi_pml(n: int, d: int, device: str) -> Callable[[], float]:
+    return triplet_all_pml(n, d, device, semi_hard=True)
+
+
 def module_clip(n: int, d: int, device: str, name: str = "clip") -> Callable[[], float]:
     a, b = bl._pair(n, d, device)
     module = L.build(name).to(device)
@@ -218,9 +255,18 @@ ROWS = [
     Row("batch-hard triplet, N={n:,}, d={d}", ("alignkit batch_triplet_loss", bl.triplet_ours),
         ("pytorch-metric-learning BatchHardMiner + TripletMarginLoss", bl.triplet_pml),
         {"n": 8192, "d": 128}, {"n": 4096, "d": 128}, lambda k: 2 * _sq(k), "1 GEMM of 2N²d"),
+    Row("triplet, every valid triplet, N={n:,}, d={d}", ("alignkit batch_triplet_loss", triplet_all),
+        ("pytorch-metric-learning TripletMarginLoss (all triplets)", triplet_all_pml),
+        {"n": 2048, "d": 128}, {"n": 1024, "d": 128}, lambda k: 2 * _sq(k), "1 GEMM of 2N²d"),
+    Row("triplet, semi-hard, N={n:,}, d={d}", ("alignkit batch_triplet_loss", triplet_semi),
+        ("pytorch-metric-learning TripletMarginMiner(semihard) + TripletMarginLoss", triplet_semi_pml),
+        {"n": 2048, "d": 128}, {"n": 1024, "d": 128}, lambda k: 2 * _sq(k), "1 GEMM of 2N²d"),
     Row("linear CKA, N={n:,}, d={d}", ("alignkit cka (feature space)", bm.cka_ours),
         ("Gram form (N×N)", bm.cka_gram), {"n": 20000, "d": 256}, {"n": 8000, "d": 256},
         lambda k: 3 * 2 * k["n"] * k["d"] ** 2, "3 d×d products of 2Nd²"),
+    Row("streaming linear CKA, N={n:,}, d={d}, chunks of {chunk:,}", ("StreamingLinearCKA", bm.stream_ours),
+        None, {"n": 1_000_000, "d": 768, "chunk": 10_000}, None, lambda k: 6 * k["n"] * k["d"] ** 2,
+        "3 d×d products of 2Nd²"),
     Row("retrieval R@1/5/10 + ranks, {n:,} × {n:,}, d={d}", ("alignkit recall_at_k", recall_ours),
         ("exact faiss top-10 search (R@K only)", recall_faiss), {"n": 50000, "d": 256},
         {"n": 10000, "d": 256}, lambda k: 2 * _sq(k), "1 GEMM of 2N²d", needs="faiss"),
