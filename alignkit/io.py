@@ -21,6 +21,15 @@ values: float32 and float64 are kept, float16 / bfloat16 are widened to float32,
 arrays are converted to float32. Every problem — missing file, unknown extension, a file that does
 not hold an array, object / string / complex dtype, a 1-D or 3-D array, no rows, NaN or Inf — raises
 ``ValueError`` with one line that names the file and says what to do.
+
+Hostile files are checked before they are trusted: sizes declared in ``.npy`` / ``.npz`` /
+safetensors / parquet headers are compared with the file's size and with :func:`memory_budget`
+(``$ALIGNKIT_MAX_BYTES``, default half the RAM) *before* anything is allocated; ``.pt`` files holding
+meta, nested, quantized or invalid sparse tensors are refused; symlink loops are named. The module also
+holds the project's other guards: :func:`load_safetensors` (checked header), :func:`load_yaml_bounded`
+(no anchors / aliases, bounded depth and size), :func:`directory_lock` (one writer per run directory),
+:func:`same_file` / :func:`check_not_input` (outputs never overwrite inputs, links included) and the
+SHA-256 helpers (:func:`sha256_file`, :func:`sha256_tensors`, :func:`sha256_json`).
 """
 
 from __future__ import annotations
