@@ -386,7 +386,11 @@ def _write_md(r: dict[str, Any], path: Path, stem: str) -> None:
                 f"| {form} | {_fmt(r['vavae']['reconstruction_fd'][form])} | {_fmt(f['fd'])} | "
                 f"{_fmt(f['accuracy'], 3)} | {_fmt(f['precision'], 3)} | {_fmt(f['recall'], 3)} |"
             )
-    path.write_text("\n".join(lines) + "\n")
+    text = "\n".join(lines) + "\n"
+    marker = "\n## Reading it"
+    if path.is_file() and marker in path.read_text():  # keep the hand-written analysis below the marker
+        text += path.read_text()[path.read_text().index(marker) :]
+    path.write_text(text)
 
 
 if __name__ == "__main__":
