@@ -40,14 +40,17 @@ from alignkit.functional._checks import (
 __all__ = ["cknna", "csls", "csls_retrieve", "knn", "mutual_knn"]
 
 # The blocked search engine (``_blocked_topk`` here, ``_blocked_ranks`` in retrieval.py) forms scores in
-# (rows × cols) tiles of about ``_TILE_BYTES``: small enough to stay in the CPU's cache between the GEMM
-# that writes a tile and the pass (top-k, rank count) that reads it, large enough for the GEMM to run at
-# full rate. Every tile has the same shape (the last row block and column tile are shifted back to
-# overlap their neighbour instead of being narrower), so every score comes from the same GEMM kernel
-# path and equal vectors score bit-identically wherever they sit (exact ties). Accelerators get one
-# tile per row block (all columns): their kernels want large launches (threshold not measured here).
-_TILE_BYTES = 4 * 2**20
-_TILE_COLS = 1024
+# (rows × cols) tiles of about ``_TILE_BYTES`` (≈ 1,024 × 8,192 in float32, inside a 32 MiB L3): small
+# enough to stay in cache between the GEMM that writes a tile and the pass (top-k, rank count) that
+# reads it, large enough for the GEMM to run at full rate and for the per-tile passes to be few —
+# on the shared 2-core CI machine, 4 MiB tiles (1,024 × 1,024) were 2–6× slower than 32 MiB ones,
+# every small parallel region paying for threads descheduled by the machine's other load. Every tile
+# has the same shape (the last row block and column tile are shifted back to overlap their neighbour
+# instead of being narrower), so every score comes from the same GEMM kernel path and equal vectors
+# score bit-identically wherever they sit (exact ties). Accelerators get one tile per row block (all
+# columns): their kernels want large launches (threshold not measured here).
+_TILE_BYTES = 32 * 2**20
+_TILE_COLS = 8192
 # Full-width (rows × M) blocks where a pass needs a whole row at once (recall with several positives
 # sorts each row): about this many bytes of scores per block.
 _BLOCK_BYTES = 96 * 2**20
@@ -291,8 +294,8 @@ def knn(
         metric: ``"cosine"`` | ``"dot"`` | ``"euclidean"``.
         exclude_self: drop column i from row i (row i's own sample). ``None``: True when ``y`` is
             None, else False. With ``y`` given it means "x_i and y_i are the same sample".
-        chunk_size: rows of x per block; ``None``: cache-sized tiles on the CPU, about 4 MiB of
-            scores (≈ 1,024 rows × 1,024 columns in float32); on accelerators about 96 MiB of
+        chunk_size: rows of x per block; ``None``: cache-sized tiles on the CPU, about 32 MiB of
+            scores (≈ 1,024 rows × 8,192 columns in float32); on accelerators about 96 MiB of
             full-width scores per block.
         backend: ``"auto"`` | ``"torch"`` | ``"faiss"``.
 
@@ -300,7 +303,7 @@ def knn(
         :class:`Neighbors` ``(indices, values)``: (N, k) int64 indices into y, best first, and their
         similarities (cosine, dot) or distances (euclidean) in the promoted dtype of x and y.
 
-    Cost: O(N·M·d) time; O(chunk_size·min(M, 1,087) + N·k) memory on the CPU (plus O(M·d) for a
+    Cost: O(N·M·d) time; O(chunk_size·min(M, 8,255) + N·k) memory on the CPU (plus O(M·d) for a
     normalised / centred copy of y). Half-precision input is computed in float32.
     """
     check_features(x, "x")

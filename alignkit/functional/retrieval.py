@@ -44,7 +44,7 @@ __all__ = ["alignment_uniformity", "linear_probe", "recall_at_k"]
 _METRICS = ("cosine", "dot", "euclidean")
 # A block of queries whose positives fall in more column tiles than this is ranked full-width instead
 # (the tiles holding positives are kept until every positive score of the block is known).
-_MAX_KEPT_TILES = 4
+_MAX_KEPT_TILES = 2
 # Pairs per block in the streaming uniformity (forward and backward): 64 MiB of float32 scores.
 _UNIFORMITY_BLOCK_PAIRS = 2**24
 
@@ -243,14 +243,14 @@ def recall_at_k(
             an image for image→text retrieval). Every query needs at least one positive.
         metric: ``"cosine"`` | ``"dot"`` | ``"euclidean"``.
         chunk_size: queries per block; ``None``: one positive per query — blocks of cache-sized
-            (queries × ~1,024 gallery items) tiles of about 4 MiB on the CPU; several positives —
+            (queries × ~8,192 gallery items) tiles of about 32 MiB on the CPU; several positives —
             about 8 MiB of full-width scores per block (the sort's work arrays take 12× that).
 
     Returns:
         ``{"recall@K": …, …, "median_rank": …, "mean_rank": …, "map": …}`` as Python floats.
 
     Cost: O(N·M·d) time (plus O(N·M·log M) to sort when queries have several positives);
-    O(chunk_size·min(M, 4,096) + N + nnz(positives)) memory with one positive per query,
+    O(chunk_size·min(M, 2 · 8,255) + N + nnz(positives)) memory with one positive per query,
     O(chunk_size·M + N + nnz(positives)) with several.
     """
     check_features(query, "query")
