@@ -294,7 +294,7 @@ def test_cli_captions_images_and_the_test_split(
         (["--checkpoint", "/nonexistent/run"], "is not a run directory"),
         (["--checkpoint", "{run}", "--images", "{tmp}/missing.npy"], "no such file"),
         (["--checkpoint", "{run}", "--method", "gpt"], "invalid choice"),
-        (["--checkpoint", "{run}", "--beam-size", "0"], r"--beam-size must be in \[1, 256\]"),
+        (["--checkpoint", "{run}", "--beam-size", "0"], "--beam-size must be in [1, 256]"),
         (["--checkpoint", "{run}", "--set", "epochs=3"], "--set only applies with --fit"),
         (["--checkpoint", "{run}", "--fit", "--methods", "clipcap,gpt"], "unknown method 'gpt'"),
         (["--checkpoint", "{run}", "--fit", "--set", "mapping=lstm"], "settings.mapping must be one of"),
