@@ -5,7 +5,7 @@ embed a few thousand documents with both models, fit a map old → new on those 
 the rest of the old index::
 
     from alignkit.adapters import Adapter, fit_adapter
-    adapter, report = fit_adapter(old_vectors, new_vectors, method="procrustes")
+    adapter, report = fit_adapter(old_vectors, new_vectors)   # linear, ridge chosen by GCV
     print(report.format_table())   # new-model queries searching the held-out mapped rows: R@1/10, MRR,
                                    # overlap with native top-10, hubness; keep-old / before / after / native
     adapter.save("adapter.safetensors")
@@ -673,7 +673,7 @@ def _mutual_pairs(mapped: Tensor, target: Tensor, k: int) -> tuple[Tensor, Tenso
 def fit_adapter(
     source: Tensor,
     target: Tensor,
-    method: str = "procrustes",
+    method: str = "linear",
     objective: str = "mse",
     *,
     test_fraction: float = 0.2,
@@ -708,7 +708,9 @@ def fit_adapter(
     * training: everything else. Closed forms (procrustes, linear + mse) use *every* training pair
       and choose ``ridge="auto"`` by generalised cross-validation on them (:func:`ridge_gcv`).
 
-    Methods:
+    Methods (the default, ``"linear"`` + ``"mse"`` with ``ridge="auto"``, won
+    ``experiments/migration.py``: real models, n = 100 … 5000 pairs; gradient fits were within the
+    noise of it at many times the cost, Procrustes behind it):
 
     * ``"procrustes"`` (objective ``"mse"`` or ``"cosine"``): with centred training rows Xᶜ, Yᶜ and the
       SVD ``XᶜᵀYᶜ = UΣVᵀ``, ``R = UVᵀ`` (d_s × d_t) and ``c = tr Σ / ‖Xᶜ‖_F²`` (``scale=True``, else 1)::
@@ -747,7 +749,7 @@ def fit_adapter(
     Args:
         source: (N, d_s) source (old-model) embeddings.
         target: (N, d_t) target (new-model) embeddings of the same N items; d_t may differ.
-        method: ``"procrustes"`` | ``"linear"`` | ``"mlp"``.
+        method: ``"linear"`` (default) | ``"procrustes"`` | ``"mlp"``.
         objective: ``"mse"`` | ``"cosine"`` | ``"clip"`` | ``"info_nce"`` (procrustes: mse or cosine).
         test_fraction: held-out fraction in [0, 1); 0 measures on the training rows (flagged).
         val_fraction: validation fraction of the training rows for iterative fits, in [0, 1);

@@ -26,7 +26,7 @@ right document, top-10 overlap with the natively re-embedded index, and hubness;
 queries on new documents) is the upper bound, "keep old" (old queries on old documents) the
 do-nothing reference. The refinement rows add the held-out old index itself and the unpaired new
 rows as unpaired data (what a user migrating an index has). Iterative fits (mlp; linear with a non-mse
-objective) run at most 40 epochs, stopping after 5 without improvement on a 10% validation split of
+objective) run at most 20 epochs, stopping after 3 without improvement on a 10% validation split of
 the n pairs (the compute budget of a shared 2-core machine). R@1 intervals: 95% Wilson over 2,000
 queries (about ±0.022 at 0.5).
 
@@ -84,8 +84,8 @@ METHODS: list[tuple[str, str, str, dict]] = [
     ("procrustes / cosine + refinement", "procrustes", "cosine", {"refine": True}),
     ("linear / mse, GCV + refinement", "linear", "mse", {"refine": True}),
 ]
-# Iterative fits: at most 40 epochs, stopping after 5 without validation improvement (compute budget).
-GRADIENT = {"epochs": 40, "patience": 5}
+# Iterative fits: at most 20 epochs, stopping after 3 without validation improvement (compute budget).
+GRADIENT = {"epochs": 20, "patience": 3}
 QUICK = {"procrustes / cosine", "linear / mse, ridge auto (GCV)", "linear / info_nce", "mlp / mse"}
 
 
@@ -214,54 +214,89 @@ def check_new_model(work: Path, arrays: dict[str, np.ndarray]) -> float:
 
 
 def run(
-    arrays: dict[str, np.ndarray], sizes: tuple[int, ...], methods: list, old_models: list[str]
+    arrays: dict[str, np.ndarray], sizes: tuple[int, ...], methods: list, old_models: list[str], store: Path
 ) -> list[dict]:
+    """Every (old model, method, n); each result is appended to ``store`` (JSON) as it is measured, and
+    a rerun skips what ``store`` already holds."""
+    done: list[dict] = json.loads(store.read_text()) if store.is_file() else []
+
+    def have(old: str, label: str, n: int) -> dict | None:
+        return next((r for r in done if (r["old"], r["method"], r["n"]) == (old, label, n)), None)
+
+    def keep(row: dict) -> None:
+        done.append(row)
+        store.write_text(json.dumps(done, indent=1, default=float))
+
     order = np.arange(int(arrays["n_items"]))  # prepare() already shuffled (seed 0) and cut the corpus
     pool, held, unpaired = order[:POOL], order[POOL : POOL + HELD_OUT], order[POOL + HELD_OUT :]
     t = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items() if v.ndim == 2}
     new_doc, new_query = t["doc_L6"], t["query_L6"]
     held_t = torch.from_numpy(held)
     results = []
+    refs: dict[str, dict] = {}
     for old in old_models:
         old_doc, old_query = t[f"doc_{old}"], t[f"query_{old}"]
-        references = evaluate_migration(
-            old_doc[held_t], new_doc[held_t], new_doc[held_t], new_queries=new_query[held_t],
-            old_queries=old_query[held_t],
+        row = have(old, "(references)", 0)
+        if row is None:
+            references = evaluate_migration(
+                old_doc[held_t], new_doc[held_t], new_doc[held_t], new_queries=new_query[held_t],
+                old_queries=old_query[held_t],
+            )  # fmt: skip
+            row = {"old": old, "method": "(references)", "n": 0, "columns": references, "seconds": 0.0}
+            keep(row)
+        results.append(row)
+        refs[old] = row["columns"]
+        print(f"{old}: keep old R@1 {refs[old]['keep_old']['recall@1']:.3f}, native "
+              f"{refs[old]['native']['recall@1']:.3f}", file=sys.stderr, flush=True)  # fmt: skip
+    def closed(spec: tuple) -> bool:
+        return spec[1] == "procrustes" or (spec[1] == "linear" and spec[2] == "mse")
+
+    # smallest n first; within an n the closed forms of both old models before the iterative fits
+    schedule = [
+        (n, old, spec)
+        for n in sizes
+        for phase in (True, False)
+        for old in old_models
+        for spec in methods
+        if closed(spec) == phase
+    ]
+    for n, old, (label, method, objective, extra) in schedule:
+        rows = torch.from_numpy(pool[:n])
+        old_doc = t[f"doc_{old}"]
+        row = have(old, label, n)
+        if row is not None:
+            results.append(row)
+            continue
+        options = dict(extra)
+        refine = options.pop("refine", False)
+        if method == "mlp" or objective != "mse":
+            options = {**GRADIENT, **options}
+        if refine:
+            options["unpaired_source"] = old_doc[held_t]
+            options["unpaired_target"] = new_doc[torch.from_numpy(unpaired)]
+        start = time.perf_counter()
+        adapter, report = fit_adapter(
+            old_doc[rows], new_doc[rows], method=method, objective=objective, test_fraction=0.0,
+            seed=0, progress=False, **options,
         )  # fmt: skip
-        results.append({"old": old, "method": "(references)", "n": 0, "columns": references, "seconds": 0.0})
-        print(f"{old}: keep old R@1 {references['keep_old']['recall@1']:.3f}, native "
-              f"{references['native']['recall@1']:.3f}", file=sys.stderr, flush=True)  # fmt: skip
-        for n in sizes:
-            rows = torch.from_numpy(pool[:n])
-            for label, method, objective, extra in methods:
-                options = dict(extra)
-                refine = options.pop("refine", False)
-                if method == "mlp" or objective != "mse":
-                    options = {**GRADIENT, **options}
-                if refine:
-                    options["unpaired_source"] = old_doc[held_t]
-                    options["unpaired_target"] = new_doc[torch.from_numpy(unpaired)]
-                start = time.perf_counter()
-                adapter, report = fit_adapter(
-                    old_doc[rows], new_doc[rows], method=method, objective=objective, test_fraction=0.0,
-                    seed=0, progress=False, **options,
-                )  # fmt: skip
-                seconds = time.perf_counter() - start
-                mapped = adapter.transform(old_doc[held_t])
-                cols = evaluate_migration(
-                    old_doc[held_t], new_doc[held_t], mapped, new_queries=new_query[held_t]
-                )
-                csls = evaluate_migration(
-                    old_doc[held_t], new_doc[held_t], mapped, new_queries=new_query[held_t], csls_k=10
-                )
-                results.append({
-                    "old": old, "method": label, "n": n, "columns": {"after": cols["after"]},
-                    "csls_after": csls["after"], "seconds": seconds, "ridge": report.ridge,
-                    "epochs": report.epochs, "best_epoch": report.best_epoch, "refined": report.refined_pairs,
-                })  # fmt: skip
-                print(f"{old} n={n:5d} {label:40s} R@1 {cols['after']['recall@1']:.3f} "
-                      f"(CSLS {csls['after']['recall@1']:.3f}) hub {cols['after']['hub_share']:.3f} "
-                      f"{seconds:6.1f} s", file=sys.stderr, flush=True)  # fmt: skip
+        seconds = time.perf_counter() - start
+        mapped = adapter.transform(old_doc[held_t])
+        cols = evaluate_migration(
+            old_doc[held_t], new_doc[held_t], mapped, new_queries=new_query[held_t]
+        )
+        csls = evaluate_migration(
+            old_doc[held_t], new_doc[held_t], mapped, new_queries=new_query[held_t], csls_k=10
+        )
+        row = {
+            "old": old, "method": label, "n": n, "columns": {"after": cols["after"]},
+            "csls_after": csls["after"], "seconds": seconds, "ridge": report.ridge,
+            "epochs": report.epochs, "best_epoch": report.best_epoch, "refined": report.refined_pairs,
+        }  # fmt: skip
+        keep(row)
+        results.append(row)
+        print(f"{old} n={n:5d} {label:40s} R@1 {cols['after']['recall@1']:.3f} "
+              f"(CSLS {csls['after']['recall@1']:.3f}) hub {cols['after']['hub_share']:.3f} "
+              f"{seconds:6.1f} s", file=sys.stderr, flush=True)  # fmt: skip
     return results
 
 
@@ -279,7 +314,8 @@ def tables(results: list[dict], sizes: tuple[int, ...], old_models: list[str]) -
     for old in old_models:
         ref = next(r for r in results if r["old"] == old and r["n"] == 0)["columns"]
         mine = [r for r in results if r["old"] == old and r["n"] > 0]
-        labels = list(dict.fromkeys(r["method"] for r in mine))
+        present = {r["method"] for r in mine}
+        labels = [m[0] for m in METHODS if m[0] in present]
         out.append(f"### Old model {old} → new model MiniLM-L6 (2,000-document held-out index)\n")
         out.append(
             f"References: keep the old model R@1 **{ref['keep_old']['recall@1']:.3f}** "
@@ -338,8 +374,9 @@ def plot(results: list[dict], sizes: tuple[int, ...], old_models: list[str], pat
     for ax, old in zip(axes[0], old_models, strict=True):
         ref = next(r for r in results if r["old"] == old and r["n"] == 0)["columns"]
         mine = [r for r in results if r["old"] == old and r["n"] > 0]
-        for label in dict.fromkeys(r["method"] for r in mine):
-            points = [(r["n"], r["columns"]["after"]["recall@1"]) for r in mine if r["method"] == label]
+        present = {r["method"] for r in mine}
+        for label in [m[0] for m in METHODS if m[0] in present]:
+            points = sorted((r["n"], r["columns"]["after"]["recall@1"]) for r in mine if r["method"] == label)
             ax.plot(*zip(*points, strict=True), marker="o", label=label, linewidth=1)
         ax.axhline(ref["native"]["recall@1"], color="k", linestyle="--", label="native (re-embed)")
         ax.axhline(ref["keep_old"]["recall@1"], color="grey", linestyle=":", label="keep old model")
@@ -361,10 +398,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--prepare-only", action="store_true", help="build the corpus and embeddings, then stop"
     )
+    parser.add_argument(
+        "--report-only", action="store_true", help="write the tables from the stored results, fit nothing"
+    )
     parser.add_argument("--out", type=Path, default=Path(__file__).with_suffix(".md"))
     args = parser.parse_args(argv)
     torch.manual_seed(0)
-    start = time.perf_counter()
     arrays = prepare(args.work)
     if args.prepare_only:
         return 0
@@ -373,9 +412,13 @@ def main(argv: list[str] | None = None) -> int:
     sizes = (100, 500) if args.quick else SIZES
     methods = [m for m in METHODS if m[0] in QUICK] if args.quick else METHODS
     old_models = ["L3", "LSA"]
-    results = run(arrays, sizes, methods, old_models)
+    store = args.work / ("results-quick.json" if args.quick else "results.json")
+    if args.report_only:
+        stored = json.loads(store.read_text()) if store.is_file() else []
+        results = [r for r in stored if r["old"] in old_models]
+    else:
+        results = run(arrays, sizes, methods, old_models, store)
     text, best = tables(results, sizes, old_models)
-    (args.work / "results.json").write_text(json.dumps(results, indent=1, default=float))
     png = args.out.with_name(args.out.stem + "_r1.png")
     plot(results, sizes, old_models, png)
     versions = ", ".join(f"{p} {importlib.metadata.version(DISTRIBUTIONS.get(p, p))}" for p in PACKAGES)
@@ -385,7 +428,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
         "Generated by `python experiments/migration.py` (seed 0; "
         f"{int(arrays['n_items'])} of {int(arrays['corpus_size'])} corpus items; "
-        f"{time.perf_counter() - start:.0f} s on the shared 2-core CPU). "
+        f"all fits together {sum(r['seconds'] for r in results):.0f} s on the shared 2-core CPU). "
         f"Corpus from: {versions}. Layer-6 pooling vs `alignkit.embed`: max |diff| {difference:.1e}.",
         "",
         "```text",

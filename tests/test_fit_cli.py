@@ -165,7 +165,10 @@ def test_transform_writes_the_expected_array(
         (["fit", "{x}", "{z}", "--out", "{out}"], "has 300 rows and TARGET .* has 100"),
         (["fit", "{x}", "{y}", "--out", "{out}", "--method", "pca"], "--method must be one of"),
         (["fit", "{x}", "{y}", "--out", "{out}", "--objective", "l1"], "--objective must be one of"),
-        (["fit", "{x}", "{y}", "--out", "{out}", "--objective", "clip"], "for method='procrustes'"),
+        (
+            ["fit", "{x}", "{y}", "--out", "{out}", "--method", "procrustes", "--objective", "clip"],
+            "for method=.procrustes.",
+        ),
         (["fit", "{x}", "{y}", "--out", "{out}", "--epochs", "abc"], r"--epochs must be an integer in \["),
         (
             ["fit", "{x}", "{y}", "--out", "{out}", "--val-fraction", "1.5"],

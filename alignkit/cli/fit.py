@@ -1,6 +1,6 @@
 """``alignkit fit`` and ``alignkit transform``: learn a map between two embedding spaces from files.
 
-    alignkit fit old.npy new.npy --method procrustes --objective mse --out adapter.safetensors
+    alignkit fit old.npy new.npy --out adapter.safetensors          # linear, ridge by GCV
     alignkit transform adapter.safetensors old_index.npy -o migrated_index.npy
 
 :func:`add_commands` adds both sub-commands to the ``alignkit`` parser (:mod:`alignkit.cli`). Each
@@ -141,7 +141,11 @@ def add_command(subparsers: Any) -> None:
     )
     fit.add_argument("source", nargs="?", help="source embeddings (N × d_s)")
     fit.add_argument("target", nargs="?", help="target embeddings of the same N items (N × d_t)")
-    fit.add_argument("--method", default="procrustes", help="procrustes (default) | linear | mlp")
+    fit.add_argument(
+        "--method",
+        default="linear",
+        help="linear (default: ridge regression, ridge by GCV) | procrustes | mlp",
+    )
     fit.add_argument(
         "--objective",
         default="mse",
