@@ -61,11 +61,12 @@ def _emb_args(root: Path) -> list[str]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("recipe", ["clip", "supcon", "joint", "byol"])
+@pytest.mark.parametrize("recipe", ["clip", "siglip", "supcon", "joint", "byol"])
 def test_embeddings_source_trains_every_recipe(tmp_path: Path, embeddings: Path, recipe: str) -> None:
-    metrics = _train(tmp_path, recipe, f"recipe={recipe}", *_emb_args(embeddings))
+    choice = ["recipe=clip", "loss.contrastive=siglip"] if recipe == "siglip" else [f"recipe={recipe}"]
+    metrics = _train(tmp_path, recipe, *choice, *_emb_args(embeddings))
     n = 60  # 20 % of 300 rows, whole groups
-    assert metrics["recipe"] == recipe
+    assert metrics["recipe"] == choice[0].removeprefix("recipe=")
     assert "zero_shot_accuracy" not in metrics  # labels but no class prompts: no zero-shot
     assert metrics["i2t_recall@10_grouped"] >= metrics["i2t_recall@10"]  # 3 correct rows per query
     assert metrics["i2t_recall@10"] > 1.5 * 10 / n  # above chance (10 / n) after 3 epochs

@@ -263,7 +263,11 @@ _CLIP_TEMPERATURE = {
 }
 
 _RECIPE_FIELDS: dict[str, dict[str, _Field]] = {
-    "clip": {**_PROJECTION, **_CLIP_TEMPERATURE},
+    "clip": {
+        **_PROJECTION,
+        **_CLIP_TEMPERATURE,
+        "loss.contrastive": _choice("clip", ("clip", "siglip")),
+    },
     "byol": {
         "model.text_width": _int(256, low=1, high=MAX_WIDTH, unit="features"),
         "model.hidden_dim": _int(512, low=1, high=MAX_WIDTH, unit="features"),
