@@ -161,6 +161,45 @@ def text_cache_path(
     return root / "text" / f"{slug}-{digest.hexdigest()}.safetensors"
 
 
+def _encode_with_progress(encoder: Any, items: list[str], batch_size: int, model: str) -> Tensor:
+    """Encode in chunks, saying so on stderr: a bar in a terminal, else one line per chunk (a cold
+    MiniLM pass over the digits' captions takes ≈ 20 s on two cores)."""
+    import sys
+    import time
+
+    chunk = max(batch_size, 512)
+    starts = range(0, len(items), chunk)
+    tty = sys.stderr.isatty()
+    bar = None
+    if tty and len(starts) > 1:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(items), desc=f"embedding with {model}", unit="text", leave=False)
+    elif len(starts) > 1:
+        print(f"embedding {len(items):,} texts with {model} (once; then cached)", file=sys.stderr, flush=True)
+    parts, start = [], time.perf_counter()
+    with torch.no_grad():
+        for i in starts:
+            block = items[i : i + chunk]
+            out = encoder.encode(
+                block,
+                batch_size=batch_size,
+                convert_to_tensor=True,
+                show_progress_bar=False,
+                normalize_embeddings=False,
+            )
+            parts.append(out.detach().to(device="cpu", dtype=torch.float32))
+            done = min(i + chunk, len(items))
+            if bar is not None:
+                bar.update(len(block))
+            elif len(starts) > 1:
+                line = f"  embedded {done:,}/{len(items):,} texts ({time.perf_counter() - start:.1f} s)"
+                print(line, file=sys.stderr, flush=True)
+    if bar is not None:
+        bar.close()
+    return torch.cat(parts).contiguous()
+
+
 def encode_texts(
     texts: Sequence[str],
     model: str = DEFAULT_TEXT_MODEL,
@@ -205,15 +244,7 @@ def encode_texts(
         if cached is not None and cached.shape[0] == len(items) and cached.dtype == torch.float32:
             return cached
     encoder = load_text_model(model, device)
-    with torch.no_grad():
-        out = encoder.encode(
-            items,
-            batch_size=batch_size,
-            convert_to_tensor=True,
-            show_progress_bar=False,
-            normalize_embeddings=False,
-        )
-    embeddings = out.detach().to(device="cpu", dtype=torch.float32).contiguous()
+    embeddings = _encode_with_progress(encoder, items, batch_size, model)
     if path is not None:
         try:  # best effort: a full disk or a read-only cache must not lose the encoding just done
             path.parent.mkdir(parents=True, exist_ok=True)
