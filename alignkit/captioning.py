@@ -59,7 +59,7 @@ from alignkit.data.digits import (
 )
 from alignkit.data.tokenizer import WordTokenizer
 from alignkit.functional._checks import check_dropout
-from alignkit.io import atomic_write
+from alignkit.io import atomic_write, sha256_json
 from alignkit.models.captioning import MAPPINGS, SEARCHES, CoCa, PrefixCaptioner
 
 __all__ = [
@@ -85,6 +85,23 @@ TRAINED = {
     "coca": "coca",
 }
 CAPTIONS_DIR = "captions"
+MAX_BEAMS = 256  # beams of a beam search (beam_size, candidates); more is refused before decoding
+
+
+# Upper bounds of the integer settings (checked before any model is built), with their units.
+_SETTING_BOUNDS = {
+    "epochs": (100_000, "epochs"),
+    "coca_epochs": (100_000, "epochs"),
+    "batch_size": (1 << 20, "samples"),
+    "dim": (65_536, "features"),
+    "depth": (256, "layers"),
+    "num_heads": (1024, "heads"),
+    "prefix_length": (1024, "tokens"),
+    "beam_size": (MAX_BEAMS, "beams"),
+    "candidates": (MAX_BEAMS, "beams"),
+    "max_length": (4096, "tokens"),
+}
+
 #: what ``RUN/captions/`` was derived from: ``{"checkpoint": "checkpoints/best.json", "digest": sha256}``
 SOURCE_FILE = "source.json"
 #: the derived files that go stale with the run's weights (tokenizer.json and settings.json do not)
@@ -131,21 +148,10 @@ class CaptionSettings:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in (
-            "epochs",
-            "coca_epochs",
-            "batch_size",
-            "dim",
-            "depth",
-            "num_heads",
-            "prefix_length",
-            "beam_size",
-            "candidates",
-            "max_length",
-        ):
+        for name, (high, unit) in _SETTING_BOUNDS.items():
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"settings.{name} must be an integer ≥ 1, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= high:
+                raise ValueError(f"settings.{name} must be an integer in [1, {high}] ({unit}), got {value!r}")
         if self.dim % self.num_heads:
             raise ValueError(
                 f"settings.dim ({self.dim}) must be divisible by settings.num_heads ({self.num_heads})"
@@ -250,7 +256,7 @@ def load_run(run_dir: str | os.PathLike[str], checkpoint: str = "best") -> Align
         manifest = run / "checkpoints" / "last.json"
     if not manifest.is_file():
         raise ValueError(
-            f"{run} has no checkpoints/{checkpoint}.json: train it first (alignkit train --out {run})"
+            f"{run} has no checkpoints/{checkpoint}.json: train it first (alignkit train -o {run})"
         )
     config = load_config(run / "config.yaml")
     data = load_data(config["data"]["seed"], config["data"]["text_model"])
@@ -390,10 +396,14 @@ def _tokenizer(run: AlignedRun) -> WordTokenizer:
     """The vocabulary of every caption template of the training images (saved once per run)."""
     path = _captions_dir(run) / "tokenizer.json"
     if path.is_file():
-        return WordTokenizer.from_dict(json.loads(path.read_text(encoding="utf-8")))
+        payload = _read_decoder_json(path)
+        try:
+            return WordTokenizer.from_dict(payload)
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}") from None
     train = run.digits.splits["train"]
     tokenizer = WordTokenizer.fit([c for i in train for c in run.digits.all_captions[int(i)]])
-    _write_json(path, tokenizer.to_dict())
+    _write_decoder_json(path, tokenizer.to_dict())
     return tokenizer
 
 
@@ -402,6 +412,33 @@ def _write_json(path: Path, payload: Any) -> None:
     with atomic_write(path, "w") as out:
         json.dump(payload, out, indent=2, allow_nan=True)
         out.write("\n")
+
+
+_DIGEST_KEY = "sha256"
+
+
+def _write_decoder_json(path: Path, payload: dict[str, Any]) -> None:
+    """``tokenizer.json`` / ``settings.json``, which shape and drive the decoders, with the SHA-256 of
+    their content (:func:`alignkit.io.sha256_json`) beside it; the decoders' weights are checkpoints,
+    digested by :mod:`alignkit.train.checkpoint`."""
+    _write_json(path, {**payload, _DIGEST_KEY: sha256_json(payload)})
+
+
+def _read_decoder_json(path: Path) -> dict[str, Any]:
+    """A file written by :func:`_write_decoder_json`, its digest checked (files written before digests
+    were stored have none and are read as they are)."""
+    try:
+        payload = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+        raise ValueError(f"{path}: not readable JSON ({' '.join(str(err).split())[:200]})") from None
+    if not isinstance(payload, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(payload).__name__}")
+    digest = payload.pop(_DIGEST_KEY, None)
+    if digest is not None and digest != sha256_json(payload):
+        raise ValueError(
+            f"{path}: corrupt (SHA-256 mismatch of its content); delete {path.parent} to retrain the decoders"
+        )
+    return payload
 
 
 def _conditions(run: AlignedRun, method: str, rows: Tensor) -> Tensor:
@@ -457,7 +494,7 @@ def _fit_one(
         monitor="val_loss" if val is not None else "train_loss",
         seed=settings.seed,
         log_every=10,
-        progress=progress,
+        progress=f"alignkit caption: {method} decoder " if progress else False,
         resume=resume,
         device="cpu",
     )
@@ -471,7 +508,11 @@ def _read_settings(run: AlignedRun) -> CaptionSettings | None:
     path = _captions_dir(run) / "settings.json"
     if not path.is_file():
         return None
-    return CaptionSettings.from_dict(json.loads(path.read_text(encoding="utf-8")))
+    try:
+        return CaptionSettings.from_dict(_read_decoder_json(path))
+    except (TypeError, ValueError) as err:
+        message = str(err)
+        raise ValueError(message if message.startswith(str(path)) else f"{path}: {message}") from None
 
 
 def _settings_for(run: AlignedRun, settings: CaptionSettings | None) -> CaptionSettings:
@@ -569,6 +610,10 @@ def caption_images(
     images = _check_images(images)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an integer ≥ 1, got {batch_size!r}")
+    if beam_size is not None and (
+        isinstance(beam_size, bool) or not isinstance(beam_size, int) or not 1 <= beam_size <= MAX_BEAMS
+    ):
+        raise ValueError(f"beam_size must be an integer in [1, {MAX_BEAMS}] (beams), got {beam_size!r}")
     if method == "iterative-memory":
         train = run.rows("train", (_read_settings(run) or CaptionSettings()).descriptive_only)
         memory = run.text_embeddings(run.data.text[train])
@@ -719,7 +764,7 @@ def fit_captioners(
         _say(progress, f"{stale}; retraining the decoders")
         _clear_stale(run)
     settings = _settings_for(run, settings)
-    _write_json(_captions_dir(run) / "settings.json", dataclasses.asdict(settings))
+    _write_decoder_json(_captions_dir(run) / "settings.json", dataclasses.asdict(settings))
     _write_json(_captions_dir(run) / SOURCE_FILE, _source(run))
     tokenizer = _tokenizer(run)
     decoders: dict[str, tuple[nn.Module, WordTokenizer, CaptionSettings]] = {}

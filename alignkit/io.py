@@ -21,6 +21,15 @@ values: float32 and float64 are kept, float16 / bfloat16 are widened to float32,
 arrays are converted to float32. Every problem — missing file, unknown extension, a file that does
 not hold an array, object / string / complex dtype, a 1-D or 3-D array, no rows, NaN or Inf — raises
 ``ValueError`` with one line that names the file and says what to do.
+
+Hostile files are checked before they are trusted: sizes declared in ``.npy`` / ``.npz`` /
+safetensors / parquet headers are compared with the file's size and with :func:`memory_budget`
+(``$ALIGNKIT_MAX_BYTES``, default half the RAM) *before* anything is allocated; ``.pt`` files holding
+meta, nested, quantized or invalid sparse tensors are refused; symlink loops are named. The module also
+holds the project's other guards: :func:`load_safetensors` (checked header), :func:`load_yaml_bounded`
+(no anchors / aliases, bounded depth and size), :func:`directory_lock` (one writer per run directory),
+:func:`same_file` / :func:`check_not_input` (outputs never overwrite inputs, links included) and the
+SHA-256 helpers (:func:`sha256_file`, :func:`sha256_tensors`, :func:`sha256_json`).
 """
 
 from __future__ import annotations
@@ -44,19 +53,24 @@ from torch import Tensor
 
 __all__ = [
     "LOADABLE_EXTENSIONS",
+    "LOCK_NAME",
     "MAX_BYTES_ENV",
     "SAVABLE_EXTENSIONS",
     "atomic_write",
     "check_budget",
     "check_input_file",
     "check_not_input",
+    "directory_lock",
     "load_embeddings",
     "load_safetensors",
     "load_yaml_bounded",
     "memory_budget",
     "read_npy",
+    "same_file",
     "save_embeddings",
     "sha256_file",
+    "sha256_json",
+    "sha256_tensors",
 ]
 
 
@@ -88,10 +102,24 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[
             os.fsync(out.fileno())
         os.chmod(tmp_name, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual mode
         os.replace(tmp_name, file)
-    except BaseException:
+    except BaseException as err:
         with contextlib.suppress(OSError):
             os.unlink(tmp_name)
+        if isinstance(err, OSError) and err.filename is None:  # e.g. ENOSPC from write(): name the file
+            code = err.errno
+            if code is None and _disk_full(directory):  # numpy's tofile reports a short write without errno
+                code = errno.ENOSPC
+            reason = os.strerror(code) if code is not None else (err.strerror or str(err))
+            raise OSError(code, reason, str(file)) from err
         raise
+
+
+def _disk_full(directory: Path) -> bool:
+    try:
+        stats = os.statvfs(directory)
+    except (OSError, AttributeError):
+        return False
+    return stats.f_bavail * stats.f_frsize < (1 << 20)
 
 
 LOADABLE_EXTENSIONS = (".npy", ".npz", ".pt", ".pth", ".safetensors", ".parquet")
@@ -190,6 +218,17 @@ def check_input_file(path: str | os.PathLike[str], what: str = "file") -> Path:
     return file
 
 
+def same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
+    """Whether ``a`` and ``b`` name one file: the same resolved path (``..``, symlinks), or — when both
+    exist — the same inode (a hard link counts too)."""
+    try:
+        if Path(a).resolve() == Path(b).resolve():
+            return True
+        return Path(a).exists() and Path(b).exists() and os.path.samefile(a, b)
+    except (OSError, RuntimeError):  # RuntimeError: a symlink loop (Python < 3.13)
+        return False
+
+
 def check_not_input(
     out: str | os.PathLike[str], *inputs: str | os.PathLike[str], flag: str = "output"
 ) -> None:
@@ -197,14 +236,9 @@ def check_not_input(
 
     Raises ``ValueError`` naming both paths.
     """
-    target = Path(out)
     for source in inputs:
-        src = Path(source)
-        same = False
-        with contextlib.suppress(OSError):
-            same = target.exists() and src.exists() and os.path.samefile(target, src)
-        if same or target.resolve() == src.resolve():
-            raise ValueError(f"{flag} {target} is the input file {src}; write to another path")
+        if same_file(out, source):
+            raise ValueError(f"{flag} {out} is the input file {source}; write to another path")
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
@@ -213,6 +247,30 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
+    return digest.hexdigest()
+
+
+def sha256_json(payload: Any) -> str:
+    """SHA-256 of ``payload``'s canonical JSON (sorted keys, no spaces): the digest of a JSON file's
+    content that survives re-indentation (used by captioning's ``tokenizer.json`` / ``settings.json``)."""
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), allow_nan=True)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def sha256_tensors(tensors: Mapping[str, Tensor], header: bytes = b"") -> str:
+    """SHA-256 over ``header`` then, by sorted name, each tensor's name, dtype, shape and raw bytes.
+
+    The digest that adapters carry in their metadata (a file cannot hold its own file digest):
+    a flipped byte in any weight, a renamed or reshaped tensor, or a changed ``header`` (the
+    adapter's configuration) changes it. Cost: one read of every tensor (CPU).
+    """
+    digest = hashlib.sha256()
+    digest.update(len(header).to_bytes(8, "little") + header)
+    for name in sorted(tensors):
+        t = tensors[name].detach().to("cpu").contiguous()
+        meta = json.dumps([name, str(t.dtype), list(t.shape)]).encode()
+        digest.update(len(meta).to_bytes(8, "little") + meta)
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
 
@@ -283,21 +341,22 @@ def load_safetensors(
             size = os.fstat(f.fileno()).st_size
             head = f.read(8)
             if len(head) < 8:
-                raise ValueError(f"{file}: not a {what} (only {len(head)} bytes)")
+                raise ValueError(f"{file}: not a readable {what} (only {len(head)} bytes)")
             length = int.from_bytes(head, "little")
             if length > min(size - 8, _MAX_SAFETENSORS_HEADER):
                 raise ValueError(
-                    f"{file}: not a {what} (its header claims {_human(length)}, the file has {_human(size)})"
+                    f"{file}: not a readable {what} "
+                    f"(its header claims {_human(length)}, the file has {_human(size)})"
                 )
             header = json.loads(f.read(length))
     except ValueError as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         if str(err).startswith(f"{file}:"):
             raise
-        raise ValueError(f"{file}: not a {what} (header: {_one_line(err)})") from None
+        raise ValueError(f"{file}: not a readable {what} (header: {_one_line(err)})") from None
     except (OSError, RecursionError) as err:
-        raise ValueError(f"{file}: not a {what} ({_one_line(err)})") from None
+        raise ValueError(f"{file}: not a readable {what} ({_one_line(err)})") from None
     if not isinstance(header, dict):
-        raise ValueError(f"{file}: not a {what} (header is not a JSON object)")
+        raise ValueError(f"{file}: not a readable {what} (header is not a JSON object)")
     data = size - 8 - length
     total = 0
     for name, entry in header.items():
@@ -310,7 +369,9 @@ def load_safetensors(
             or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
             or not 0 <= offsets[0] <= offsets[1] <= data
         ):
-            raise ValueError(f"{file}: not a {what} (tensor {name!r:.60} lies outside the file's data)")
+            raise ValueError(
+                f"{file}: not a readable {what} (tensor {name!r:.60} lies outside the file's data)"
+            )
         total += offsets[1] - offsets[0]
     check_budget(total, file, what)
     from safetensors import safe_open
@@ -322,6 +383,97 @@ def load_safetensors(
     except Exception as err:
         raise ValueError(f"{file}: not a readable {what} ({_one_line(err)})") from None
     return tensors, metadata
+
+
+# ---------------------------------------------------------------------------------- run-directory lock
+
+LOCK_NAME = ".alignkit.lock"
+_HELD_LOCKS: dict[str, list[int]] = {}  # resolved directory → [fd, depth]: re-entrant within a process
+
+
+def _pid_in(fd: int) -> int | None:
+    with contextlib.suppress(OSError, ValueError):
+        os.lseek(fd, 0, os.SEEK_SET)
+        text = os.read(fd, 64).decode("ascii", "replace").strip()
+        return int(text.split()[0]) if text else None
+    return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    except OSError:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def directory_lock(directory: str | os.PathLike[str], flag: str = "--out") -> Iterator[Path]:
+    """Hold ``directory/.alignkit.lock`` while writing into ``directory`` (created if missing).
+
+    An exclusive ``flock`` on the lock file, which holds the holder's pid. A second process is
+    refused at once with a one-line ``ValueError`` naming the holder's pid; the kernel drops the
+    lock when its holder dies (even by SIGKILL), so a stale lock file of a dead process is simply
+    taken over (and said so on stderr). Re-entrant within one process. The lock file stays (empty)
+    after release: unlinking it would let two processes lock two different files.
+
+    Raises:
+        ValueError: the directory is in use, or cannot be created / written (the message names it).
+    """
+    import fcntl
+    import sys
+
+    path = Path(directory)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{flag} {path} exists and is not a directory")
+    try:
+        key = str(path.resolve())
+    except (OSError, RuntimeError):  # Python < 3.13 raises RuntimeError for a symlink loop
+        raise ValueError(f"{flag} {path}: symlink loop (too many levels of symbolic links)") from None
+    if key in _HELD_LOCKS:
+        _HELD_LOCKS[key][1] += 1
+        try:
+            yield path / LOCK_NAME
+        finally:
+            _HELD_LOCKS[key][1] -= 1
+        return
+    lock = path / LOCK_NAME
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as err:
+        reason = err.strerror or _one_line(err)
+        raise ValueError(f"{flag} {path}: cannot create the run-directory lock ({reason})") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = _pid_in(fd)
+        os.close(fd)
+        who = f"pid {holder}" if holder is not None else "another process"
+        raise ValueError(
+            f"{flag} {path} is in use by another alignkit process ({who}, lock {lock}); "
+            "wait for it to finish or choose another directory"
+        ) from None
+    previous = _pid_in(fd)
+    if previous is not None and previous != os.getpid() and not _alive(previous):
+        print(
+            f"alignkit: taking over the stale lock of pid {previous} (not running) in {path}", file=sys.stderr
+        )
+    os.ftruncate(fd, 0)
+    os.lseek(fd, 0, os.SEEK_SET)
+    os.write(fd, f"{os.getpid()}\n".encode("ascii"))
+    _HELD_LOCKS[key] = [fd, 1]
+    try:
+        yield lock
+    finally:
+        del _HELD_LOCKS[key]
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+        os.close(fd)  # releases the flock
 
 
 # ------------------------------------------------------------------------------------------ bounded YAML
@@ -338,8 +490,8 @@ def load_yaml_bounded(
     max_depth: int = _YAML_MAX_DEPTH,
     max_nodes: int = _YAML_MAX_NODES,
 ) -> Any:
-    """Parse YAML safely and boundedly: a path (``Path`` or a str naming an existing ``.yaml``/``.yml``
-    file) or the YAML text itself.
+    """Parse YAML safely and boundedly: a file (an ``os.PathLike`` such as ``Path``) or YAML text (a
+    ``str``).
 
     Safe-loader types only (no Python objects); anchors and aliases (``&a`` / ``*a``, the means of
     "billion laughs" bombs and recursive documents) are refused; at most ``max_bytes`` of text
@@ -350,9 +502,7 @@ def load_yaml_bounded(
     """
     import yaml
 
-    if isinstance(source, os.PathLike) or (
-        isinstance(source, str) and "\n" not in source and source.lower().endswith((".yaml", ".yml"))
-    ):
+    if isinstance(source, os.PathLike):
         file = check_input_file(source, "YAML file")
         size = file.stat().st_size
         if size > max_bytes:

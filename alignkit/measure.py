@@ -17,6 +17,7 @@ import json
 import math
 import os
 import re
+import sys
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextvars import ContextVar
@@ -213,9 +214,10 @@ _KEY_NOTES = {
 LOWER_IS_ALIGNED = frozenset({"procrustes", "median_rank", "mean_rank", "alignment"})
 # keys that do not depend on which row of y is paired with which row of x: no null
 _PAIRING_FREE = frozenset({"uniformity_x", "uniformity_y", "uniformity"})
-# ``alignkit measure`` runs this many permutations by default when N ≤ _AUTO_NULL_MAX_N, none above
+# ``alignkit measure`` runs this many permutations by default when N·(d_x + d_y) ≤ _AUTO_NULL_MAX_SIZE
+# (e.g. 1000 × (64 + 64); each permutation costs one more ``measure``), none above
 _AUTO_PERMUTATIONS = 100
-_AUTO_NULL_MAX_N = 1000
+_AUTO_NULL_MAX_SIZE = 2**17
 
 
 def _metric_names(metrics: str | Iterable[str], allowed: Iterable[str] | None = None) -> list[str]:
@@ -490,22 +492,29 @@ def measure_files(
 ) -> dict[str, Any]:
     """Load two embedding files (:func:`alignkit.io.load_embeddings`) and :func:`measure` them.
 
+    A metric that does not apply to this pair (e.g. ``cosine`` on files of different widths, k too
+    large for N) is skipped with its reason when several were asked for; the others are still
+    computed. Messages name the files, not ``x`` / ``y``.
+
     Biased linear CKA is never reported alone: when ``"cka"`` is asked for and N ≥ 4, ``"unbiased_cka"``
     is added right after it (the biased value of independent data is about d/(N + d), not 0).
 
     Args:
         permutations: K for :func:`null_baselines` (chance level, permutation null and p-value of every
-            value); 0 for none; ``None`` for the default of ``alignkit measure``: 100 when N ≤ 1000,
-            none above (each permutation costs one more :func:`measure`).
+            value); 0 for none; ``None`` for the default of ``alignkit measure``: 100 when
+            N·(d_a + d_b) ≤ 2¹⁷ (e.g. 1000 × (64 + 64)), none above (each permutation costs one more
+            :func:`measure`).
         seed: seed of the permutations.
 
     Returns:
-        ``{"a": str, "b": str, "n": N, "d_a": d_a, "d_b": d_b, "k": k, "metrics": {key: float}}``, and
+        ``{"a": str, "b": str, "n": N, "d_a": d_a, "d_b": d_b, "k": k, "metrics": {key: float},
+        "skipped": {metric: reason}}``, and
         with K > 0 also ``"permutations": K, "seed": seed, "nulls": {key: {chance, null_mean, null_sd,
         p_value}}``; with ``permutations=None`` skipped for a large N, ``"permutations": 0``.
 
     Raises:
-        ValueError: one line for every problem with the files (see :mod:`alignkit.io`) or the pair.
+        ValueError: one line for every problem with the files (see :mod:`alignkit.io`) or the pair,
+            or when no requested metric applies.
 
     Cost: reading both files, O(N·(d_a + d_b)) memory, plus the metrics' cost (see :func:`measure`)
     times K + 1.
@@ -515,8 +524,13 @@ def measure_files(
     names = _metric_names(metrics)  # an unknown metric is reported before any file is read
     if permutations is not None:
         _check_permutations(permutations)
-    x = load_embeddings(path_a, key=key_a)
-    y = load_embeddings(path_b, key=key_b)
+    loaded = []
+    for path, key, flag in ((path_a, key_a, "--key-a"), (path_b, key_b, "--key-b")):
+        try:
+            loaded.append(load_embeddings(path, key=key))
+        except ValueError as err:  # the CLI spells the key option --key-a / --key-b
+            raise ValueError(str(err).replace("key=", f"{flag} ")) from None
+    x, y = loaded
     if x.shape[0] != y.shape[0]:
         raise ValueError(
             f"{path_a} and {path_b} must hold the same N samples row by row, got N = {x.shape[0]} "
@@ -525,7 +539,24 @@ def measure_files(
     n = x.shape[0]
     if "cka" in names and "unbiased_cka" not in names and n >= 4:
         names.insert(names.index("cka") + 1, "unbiased_cka")
-    results = measure(x, y, names, k=k)
+
+    def named(message: str) -> str:
+        message = re.sub(r"\bx \(", f"{path_a} (", message)
+        message = re.sub(r"\by \(", f"{path_b} (", message)
+        return message.replace("d_x == d_y", "the same width").replace("x and y", "both files")
+
+    results: dict[str, float] = {}
+    skipped: dict[str, str] = {}
+    for name in names:
+        try:
+            results.update(measure(x, y, [name], k=k))
+        except ValueError as err:
+            if len(names) == 1:
+                raise ValueError(named(str(err))) from None
+            skipped[name] = named(str(err))
+    if not results:
+        raise ValueError("no requested metric applies: " + "; ".join(skipped.values()))
+    names = [name for name in names if name not in skipped]
     report: dict[str, Any] = {
         "a": str(path_a),
         "b": str(path_b),
@@ -534,9 +565,11 @@ def measure_files(
         "d_b": y.shape[1],
         "k": k,
         "metrics": results,
+        "skipped": skipped,
     }
     if permutations is None:
-        permutations = _AUTO_PERMUTATIONS if n <= _AUTO_NULL_MAX_N else 0
+        size = n * (x.shape[1] + y.shape[1])
+        permutations = _AUTO_PERMUTATIONS if size <= _AUTO_NULL_MAX_SIZE else 0
     report["permutations"] = permutations
     if permutations > 0:
         report["seed"] = seed
@@ -856,7 +889,7 @@ def run_command(
     """``alignkit measure`` (see :mod:`alignkit.cli`): prints the results, returns the exit code.
 
     ``permutations``: K of the permutation null printed beside every value (``None``: 100 when
-    N ≤ 1000, none above; 0: none); ``seed`` seeds the permutations.
+    N·(d_a + d_b) ≤ 2¹⁷, none above; 0: none); ``seed`` seeds the permutations.
     Every problem is raised as a one-line ``ValueError`` (the CLI prints it and exits with 2).
     """
     try:
@@ -955,11 +988,14 @@ def _run_command(
         permutations=perms,
         seed=seed_value,
     )
+    for name, reason in report["skipped"].items():
+        print(f"alignkit measure: skipped {name}: {reason}", file=sys.stderr)
     if as_json:
         results = report.pop("metrics")
         nulls = report.pop("nulls", None)
         print(format_json(results, nulls, **report))
     else:
+        report.pop("skipped")
         n = report["n"]
         title = f"{report['a']} ({n} × {report['d_a']})  vs  {report['b']} ({n} × {report['d_b']})"
         print(format_table(report["metrics"], title=title, nulls=report.get("nulls")))
@@ -971,6 +1007,7 @@ def _run_command(
                 "chance: closed form where one exists"
             )
         else:
-            reason = f"N = {n} > {_AUTO_NULL_MAX_N}" if perms is None else "--permutations 0"
+            size = f"N·(d_a + d_b) = {n * (report['d_a'] + report['d_b'])} > {_AUTO_NULL_MAX_SIZE}"
+            reason = size if perms is None else "--permutations 0"
             print(f"no permutation null ({reason}); --permutations K prints one beside every value")
     return 0

@@ -36,7 +36,14 @@ from torch import Tensor
 import alignkit.functional as AF
 from alignkit.functional._checks import EPS, check_features, check_int, check_same_device, shape_str
 
-__all__ = ["SearchResult", "csls_radii", "evaluate_migration", "format_migration_table", "search"]
+__all__ = [
+    "SearchResult",
+    "csls_index",
+    "csls_radii",
+    "evaluate_migration",
+    "format_migration_table",
+    "search",
+]
 
 
 @dataclass
@@ -86,6 +93,22 @@ def csls_radii(index: Tensor, reference: Tensor, k: int = 10, chunk_size: int | 
     opts: dict[str, Any] = {"metric": "dot", "exclude_self": False, "chunk_size": chunk_size}
     found = AF.knn(_unit(index), k, y=_unit(reference), **opts)
     return found.values.mean(1)
+
+
+def csls_index(index: Tensor, reference: Tensor, k: int = 10, chunk_size: int | None = None) -> Tensor:
+    """Index rows that carry their CSLS hub penalty, for any inner-product vector store.
+
+    Returns ``[ĝ_j, −r(g_j)/2]`` (M, d + 1): unit rows with one extra column, ``r`` from
+    :func:`csls_radii` against ``reference`` (a sample of the queries the index will serve). A query
+    ``q`` searches it as ``[q̂, 1]`` by inner product: ``q̂·ĝ_j − r(g_j)/2 = (CSLS(q, g_j) + r(q))/2``,
+    the CSLS ranking (Conneau et al. 2018), with no change to the search engine. Searching with the
+    plain ``[q̂, 0]`` gives back cosine.
+
+    Cost: one blocked search of M rows against R reference rows, O(M·R·d); output O(M·d).
+    """
+    radius = csls_radii(index, reference, k, chunk_size)
+    unit = _unit(index).to(radius.dtype)
+    return torch.cat([unit, -0.5 * radius[:, None]], 1).to(torch.promote_types(index.dtype, radius.dtype))
 
 
 def _check_ids(ids: object, n: int, m: int) -> Tensor:

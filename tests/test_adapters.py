@@ -88,7 +88,9 @@ def test_procrustes_matches_scipy_on_noisy_data() -> None:
     rng = np.random.default_rng(3)
     x = rng.standard_normal((150, 8))
     y = 0.7 * x @ _orthogonal(8, 4) + 0.3 * rng.standard_normal((150, 8)) + 1.0
-    adapter, _ = fit_adapter(torch.from_numpy(x), torch.from_numpy(y), test_fraction=0.2, seed=5)
+    adapter, _ = fit_adapter(
+        torch.from_numpy(x), torch.from_numpy(y), method="procrustes", test_fraction=0.2, seed=5
+    )
     train, _ = split_rows(150, 0.2, 5)
     xc = x[train.numpy()] - x[train.numpy()].mean(0)
     yc = y[train.numpy()] - y[train.numpy()].mean(0)
@@ -106,7 +108,7 @@ def test_procrustes_is_semi_orthogonal_between_different_widths(d_s: int, d_t: i
     embed = _orthogonal(10, 7)[:6]  # (6, 10), orthonormal rows: an isometric embedding of R^6 in R^10
     wide = low @ embed + 0.5
     x, y = (low, wide) if d_s == 6 else (wide, low)
-    adapter, report = fit_adapter(torch.from_numpy(x), torch.from_numpy(y), scale=False)
+    adapter, report = fit_adapter(torch.from_numpy(x), torch.from_numpy(y), method="procrustes", scale=False)
     r = adapter.linear.weight.detach().numpy().T  # (d_s, d_t)
     assert r.shape == (d_s, d_t)
     gram = r @ r.T if d_s <= d_t else r.T @ r
@@ -124,13 +126,13 @@ def test_procrustes_cosine_objective_ignores_row_norms() -> None:
     row_scale = np.exp(rng.uniform(-2, 2, size=(200, 1)))  # target rows of wildly different norms
     y = row_scale * (x @ q)
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
-    cos_adapter, cos_report = fit_adapter(xt, yt, objective="cosine")
+    cos_adapter, cos_report = fit_adapter(xt, yt, objective="cosine", method="procrustes")
     # normalised rows satisfy y/‖y‖ = (x/‖x‖) Q exactly, so the map is exact on them
     unit = y / np.linalg.norm(y, axis=1, keepdims=True)
     np.testing.assert_allclose(cos_adapter(xt).detach().numpy(), unit, atol=1e-10)
     assert cos_adapter.normalize_input
     assert cos_report.objective_test == pytest.approx(0.0, abs=1e-12)
-    mse_adapter, _ = fit_adapter(xt, yt, objective="mse")
+    mse_adapter, _ = fit_adapter(xt, yt, objective="mse", method="procrustes")
     mapped = mse_adapter(xt).detach().numpy()
     cos = np.sum(mapped * unit, 1) / np.linalg.norm(mapped, axis=1)
     assert cos.min() < 0.99  # the norms disturb the least-squares fit
@@ -309,7 +311,7 @@ def test_report_metrics_match_references() -> None:
 
 def test_report_to_dict_is_json_and_table_lists_before_and_after() -> None:
     x, y, _ = _rotation_pair(60, 4)
-    _, report = fit_adapter(x, y)
+    _, report = fit_adapter(x, y, method="procrustes")
     payload = json.loads(json.dumps(report.to_dict(), allow_nan=False))
     assert payload["method"] == "procrustes" and payload["recall_at_1_after"] == 1.0
     assert set(payload) == set(FitReport.__dataclass_fields__)
@@ -428,8 +430,8 @@ def test_half_precision_input_is_computed_in_float32(dtype: torch.dtype) -> None
 
 def test_float64_input_gives_a_float64_adapter_and_float32_a_float32_one() -> None:
     x, y, _ = _rotation_pair(40, 3)
-    a64, _ = fit_adapter(x, y)
-    a32, _ = fit_adapter(x.float(), y.float())
+    a64, _ = fit_adapter(x, y, method="procrustes")
+    a32, _ = fit_adapter(x.float(), y.float(), method="procrustes")
     assert a64.linear.weight.dtype == torch.float64 and a64(x).dtype == torch.float64
     assert a32.linear.weight.dtype == torch.float32 and a32(x.float()).dtype == torch.float32
 
@@ -450,7 +452,7 @@ def test_batches_of_one_and_two_rows() -> None:
     adapter, report = fit_adapter(x, y, method="linear", objective="clip", epochs=2, progress=False)
     assert (report.n_train, report.n_val, report.n_test) == (1, 0, 1)
     assert bool(torch.isfinite(adapter(x[:1])).all())
-    adapter, report = fit_adapter(x[:1], y[:1], test_fraction=0.0)
+    adapter, report = fit_adapter(x[:1], y[:1], test_fraction=0.0, method="procrustes")
     assert report.n_train == 1 and bool(torch.isfinite(adapter(x)).all())
     adapter, report = fit_adapter(
         x, y, method="mlp", test_fraction=0.0, val_fraction=0.0, epochs=2, progress=False
@@ -519,8 +521,8 @@ def test_public_names() -> None:
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_fit_on_cuda_matches_cpu() -> None:
     x, y, _ = _rotation_pair(100, 6)
-    cpu, _ = fit_adapter(x, y)
-    gpu, report = fit_adapter(x.cuda(), y.cuda())
+    cpu, _ = fit_adapter(x, y, method="procrustes")
+    gpu, report = fit_adapter(x.cuda(), y.cuda(), method="procrustes")
     assert gpu.linear.weight.is_cuda and report.recall_at_1_after == 1.0
     torch.testing.assert_close(gpu.linear.weight.cpu(), cpu.linear.weight, atol=1e-9, rtol=0)
     mlp, _ = fit_adapter(x.cuda().float(), y.cuda().float(), method="mlp", epochs=3, progress=False)
@@ -638,9 +640,9 @@ def test_refinement_with_unpaired_rows_improves_a_few_pair_fit() -> None:
     held = torch.arange(1000, n)
     unpaired_source = xt[pairs:1000][torch.from_numpy(rng.permutation(1000 - pairs))]
     unpaired_target = yt[pairs:1000][torch.from_numpy(rng.permutation(1000 - pairs))]
-    plain, _ = fit_adapter(xt[:pairs], yt[:pairs], test_fraction=0.0)
+    plain, _ = fit_adapter(xt[:pairs], yt[:pairs], test_fraction=0.0, method="procrustes")
     unpaired = {"unpaired_source": unpaired_source, "unpaired_target": unpaired_target}
-    refined, report = fit_adapter(xt[:pairs], yt[:pairs], test_fraction=0.0, **unpaired)
+    refined, report = fit_adapter(xt[:pairs], yt[:pairs], method="procrustes", test_fraction=0.0, **unpaired)
     assert len(report.refined_pairs) == 3 and report.refined_pairs[-1] > 900
     before = _ref_recall_at_1(y[held.numpy()], plain.transform(xt[held]).numpy())
     after = _ref_recall_at_1(y[held.numpy()], refined.transform(xt[held]).numpy())
@@ -652,8 +654,8 @@ def test_report_can_score_with_csls() -> None:
     from alignkit.search import search
 
     y = y + 0.3 * torch.randn(y.shape, generator=torch.Generator().manual_seed(1))  # not perfectly mappable
-    _, plain = fit_adapter(x, y, objective="cosine")
-    adapter, corrected = fit_adapter(x, y, objective="cosine", csls_k=10)
+    _, plain = fit_adapter(x, y, objective="cosine", method="procrustes")
+    adapter, corrected = fit_adapter(x, y, objective="cosine", csls_k=10, method="procrustes")
     assert corrected.csls_k == 10 and "CSLS k=10" in corrected.format_table()
     assert corrected.retrieval["native"] == plain.retrieval["native"]  # native search stays plain cosine
     _, test = split_rows(len(x), 0.2, 0)

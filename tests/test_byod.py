@@ -46,6 +46,7 @@ def embeddings(tmp_path_factory: pytest.TempPathFactory) -> Path:
     np.save(root / "b.npy", b.astype(np.float16))  # float16 on disk, read memory-mapped
     np.save(root / "labels.npy", (z[:, 0] > 0).astype(np.int64))
     np.save(root / "groups.npy", np.arange(300) // 3)
+    np.save(root / "c.npy", (a[:, :8] + 0.1 * rng.standard_normal((300, 8))).astype(np.float32))
     return root
 
 
@@ -60,11 +61,12 @@ def _emb_args(root: Path) -> list[str]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("recipe", ["clip", "supcon", "joint", "byol"])
+@pytest.mark.parametrize("recipe", ["clip", "siglip", "supcon", "joint", "byol"])
 def test_embeddings_source_trains_every_recipe(tmp_path: Path, embeddings: Path, recipe: str) -> None:
-    metrics = _train(tmp_path, recipe, f"recipe={recipe}", *_emb_args(embeddings))
+    choice = ["recipe=clip", "loss.contrastive=siglip"] if recipe == "siglip" else [f"recipe={recipe}"]
+    metrics = _train(tmp_path, recipe, *choice, *_emb_args(embeddings))
     n = 60  # 20 % of 300 rows, whole groups
-    assert metrics["recipe"] == recipe
+    assert metrics["recipe"] == choice[0].removeprefix("recipe=")
     assert "zero_shot_accuracy" not in metrics  # labels but no class prompts: no zero-shot
     assert metrics["i2t_recall@10_grouped"] >= metrics["i2t_recall@10"]  # 3 correct rows per query
     assert metrics["i2t_recall@10"] > 1.5 * 10 / n  # above chance (10 / n) after 3 epochs
@@ -93,12 +95,12 @@ def image_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "img").mkdir()
     digits = load_digits()
     words = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
-    rows = ["file,caption,label"]
+    rows = ["file,caption,label,ink"]
     for i in range(120):
         pixels = (digits.images[i] / 16 * 255).astype(np.uint8)
         Image.fromarray(pixels, mode="L").resize((16, 16)).save(root / "img" / f"{i}.png")
-        label = int(digits.target[i])
-        rows.append(f"img/{i}.png,a handwritten {words[label]},{words[label]}")
+        label, ink = int(digits.target[i]), "heavy" if digits.images[i].sum() > 300 else "light"
+        rows.append(f"img/{i}.png,a {ink} handwritten {words[label]},{words[label]},{ink}")
     (root / "captions.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
     return root
 
@@ -123,6 +125,29 @@ def test_image_folder_with_captions(tmp_path: Path, image_folder: Path, tower: s
     assert "i2t_recall@1_grouped" in metrics  # identical captions form groups
     report = tmp_path / tower
     assert (report / "embeddings_test.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_binder_with_a_third_modality_file(tmp_path: Path, embeddings: Path) -> None:
+    extra = f"data.extras={{c: {embeddings / 'c.npy'}}}"
+    metrics = _train(tmp_path, "binder", "recipe=binder", *_emb_args(embeddings), extra)
+    assert metrics["image_to_profile_recall@10"] > 10 / 60  # bound to the anchor: above chance
+    assert 0.0 <= metrics["text_to_profile_recall@1"] <= 1.0  # emergent, never trained
+
+
+@pytest.mark.slow
+def test_disentangled_with_a_factor_column(tmp_path: Path, image_folder: Path) -> None:
+    metrics = _train(
+        tmp_path,
+        "dis",
+        "recipe=disentangled",
+        *_pairs_args(image_folder),
+        "data.extra_columns=[ink]",
+        "data.extra_types={ink: label}",
+        "data.attribute=ink",
+        "train.probe_iterations=20",
+    )
+    assert {"probe_digit_from_digit", "probe_ink_from_ink"} <= set(metrics)
 
 
 def test_pairs_bad_input(tmp_path: Path, image_folder: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -135,9 +135,10 @@ def test_an_interrupted_decoder_is_finished_not_reused(clip_run: Path, tmp_path:
     settings = CaptionSettings(epochs=1, dim=32, depth=1, num_heads=2)
     fit_captioners(run, ["decap"], settings, progress=False, searches=("greedy",))
     # pretend the run asked for 3 epochs and was killed after the first
-    (run / "captions" / "settings.json").write_text(
-        json.dumps({**json.loads((run / "captions" / "settings.json").read_text()), "epochs": 3})
-    )
+    from alignkit.captioning import _read_decoder_json, _write_decoder_json
+
+    settings_file = run / "captions" / "settings.json"
+    _write_decoder_json(settings_file, {**_read_decoder_json(settings_file), "epochs": 3})
     with pytest.raises(ValueError, match="stopped after 1 of 3 epochs"):
         load_captioner(load_run(run), "decap")
     three = CaptionSettings(epochs=3, dim=32, depth=1, num_heads=2)
@@ -260,7 +261,7 @@ def test_cli_captions_images_and_the_test_split(
     images = tmp_path / "digits.npy"
     np.save(images, digits.images[:3])
     assert (
-        main(["caption", "--checkpoint", str(run), "--images", str(images), "--method", "iterative-memory"])
+        main(["caption", str(run), "--images", str(images), "--method", "iterative-memory"])
         == 0
     )
     lines = capsys.readouterr().out.strip().splitlines()
@@ -269,7 +270,6 @@ def test_cli_captions_images_and_the_test_split(
         main(
             [
                 "caption",
-                "--checkpoint",
                 str(run),
                 "--method",
                 "coca",
@@ -290,19 +290,19 @@ def test_cli_captions_images_and_the_test_split(
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--checkpoint", "/nonexistent/run"], "is not a run directory"),
-        (["--checkpoint", "{run}", "--images", "{tmp}/missing.npy"], "no such file"),
-        (["--checkpoint", "{run}", "--method", "gpt"], "invalid choice"),
-        (["--checkpoint", "{run}", "--beam-size", "0"], "--beam-size must be ≥ 1"),
-        (["--checkpoint", "{run}", "--set", "epochs=3"], "--set only applies with --fit"),
-        (["--checkpoint", "{run}", "--fit", "--methods", "clipcap,gpt"], "unknown method 'gpt'"),
-        (["--checkpoint", "{run}", "--fit", "--set", "mapping=lstm"], "settings.mapping must be one of"),
-        (["--checkpoint", "{run}", "--fit", "--set", "nope=1"], "unknown caption setting"),
+        (["/nonexistent/run"], "is not a run directory"),
+        (["{run}", "--images", "{tmp}/missing.npy"], "no such file"),
+        (["{run}", "--method", "gpt"], "invalid choice"),
+        (["{run}", "--beam-size", "0"], "--beam-size must be in [1, 256]"),
+        (["{run}", "epochs=3"], "KEY=VALUE decoder settings only apply with --fit"),
+        (["{run}", "--fit", "--methods", "clipcap,gpt"], "unknown method 'gpt'"),
+        (["{run}", "--fit", "--set", "mapping=lstm"], "settings.mapping must be one of"),
+        (["{run}", "--fit", "nope=1"], "unknown caption setting"),
         (
-            ["--checkpoint", "{run}", "--fit", "--set", "dropout=abc"],
+            ["{run}", "--fit", "--set", "dropout=abc"],
             "settings.dropout must be a number in [0, 1)",
         ),
-        (["--checkpoint", "{run}", "--fit", "--images", "x.npy"], "--fit trains and scores on the digits"),
+        (["{run}", "--fit", "--images", "x.npy"], "--fit trains and scores on the digits"),
     ],
 )
 def test_cli_bad_input_is_one_line_exit_2(
@@ -324,7 +324,7 @@ def test_cli_bad_input_is_one_line_exit_2(
 
 def test_cli_without_a_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "config.yaml").write_text("recipe: clip\n")
-    assert main(["caption", "--checkpoint", str(tmp_path)]) == 2
+    assert main(["caption", str(tmp_path)]) == 2
     assert "no checkpoints/best.json" in capsys.readouterr().err
 
 

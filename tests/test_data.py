@@ -208,7 +208,7 @@ def test_captions_name_the_digit_and_its_measured_ink(digits: D.DigitsCaptions) 
     raw = load_digits()
     assert np.array_equal(digits.labels, raw.target)
     ink = raw.images.sum((1, 2)) / 16.0
-    low, high = np.quantile(ink, [1 / 3, 2 / 3])
+    low, high = np.quantile(ink[digits.splits["train"]], [1 / 3, 2 / 3])  # tertiles of the train split
     for i in range(0, 1797, 7):
         label = int(raw.target[i])
         word = D.DIGIT_WORDS[label]
@@ -278,10 +278,30 @@ def test_load_bad_arguments_raise() -> None:
         D.load_digits_captions(seed=-1)
 
 
+def test_zero_shot_prompts_are_never_training_captions() -> None:
+    data = D.load_digits_captions(seed=0)
+    captions = {c for per_image in data.all_captions for c in per_image}
+    prompts = [p for per_class in D.class_prompts() for p in per_class]
+    assert not set(prompts) & captions
+    assert not any(p in c for p in prompts for c in captions)  # not even inside a caption
+    assert not set(D.ZERO_SHOT_TEMPLATES) & set(D.DEFAULT_TEMPLATES)
+    seen = [p for per_class in D.class_prompts(D.SEEN_PROMPT_TEMPLATES) for p in per_class]
+    assert set(seen) <= captions  # the separately reported "seen" prompt is a training caption
+
+
+def test_caption_thresholds_come_from_the_training_split_only() -> None:
+    data = D.load_digits_captions(seed=0)
+    train = data.splits["train"]
+    assert data.thresholds == D.digits_thresholds(train)
+    ink = data.measurements["ink"][train]
+    np.testing.assert_allclose(data.thresholds["ink"], np.quantile(ink, [1 / 3, 2 / 3]), rtol=1e-9)
+    assert data.thresholds != D.digits_thresholds()  # the test images would have moved them
+
+
 def test_class_prompts() -> None:
     prompts = D.class_prompts()
     assert len(prompts) == 10 and all(len(p) == len(D.ZERO_SHOT_TEMPLATES) for p in prompts)
-    assert prompts[3][0] == "a handwritten digit three"
+    assert prompts[3][0] == "a scan of a handwritten three"
     assert all(("seven" in p or "7" in p) for p in prompts[7])
     assert D.class_prompts(["{digit}: {word}"])[9] == ["9: nine"]
     with pytest.raises(ValueError, match="unknown field \\{ink\\}"):

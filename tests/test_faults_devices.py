@@ -50,7 +50,7 @@ CALLS: dict[str, Callable[[str, str], object]] = {
     "mutual_knn": lambda a, b: AF.mutual_knn(_t(a, N, D), _t(b, N, D), k=3),
     "alignment_uniformity": lambda a, b: AF.alignment_uniformity(_t(a, N, D), _t(b, N, D)),
     "linear_probe": lambda a, b: AF.linear_probe(
-        _t(a, N, D), _t(b, N, dtype=torch.long), _t(a, N, D), _t(a, N, dtype=torch.long)
+        _t(a, N, D), _t(b, N, dtype=torch.long), _t(a, N, D), _t(a, N, dtype=torch.long), max_iter=5
     ),
     "recall_at_k": lambda a, b: AF.recall_at_k(_t(a, N, D), _t(b, N, D), k=1),
     "paired_distance": lambda a, b: AF.paired_distance(_t(a, N, D), _t(b, N, D)),
@@ -69,7 +69,31 @@ CALLS: dict[str, Callable[[str, str], object]] = {
     "laplacian_loss": lambda a, b: AF.laplacian_loss(_t(a, N, D), torch.ones(N, N, device=b)),
     "mdms_loss": lambda a, b: AF.mdms_loss(_t(a, N, D), _t(b, N, D)),
     "structure_loss": lambda a, b: AF.structure_loss(_t(a, N, D), _t(b, N, D)),
+    "nt_xent_loss": lambda a, b: AF.nt_xent_loss(_t(a, N, D), _t(b, N, D)),
+    "topk_overlap": lambda a, b: AF.topk_overlap(
+        torch.randint(0, N, (N, 3)).to(a), torch.randint(0, N, (N, 3)).to(b)
+    ),
+    "bootstrap_interval": lambda a, b: AF.bootstrap_interval(AF.cka, _t(a, N, D), _t(b, N, D), resamples=5),
+    "permutation_test": lambda a, b: AF.permutation_test(AF.cka, _t(a, N, D), _t(b, N, D), permutations=5),
+    "frechet_distance": lambda a, b: AF.frechet_distance(_t(a, N, D), _t(b, N, D)),
+    "frechet_distance_from_moments": lambda a, b: AF.frechet_distance_from_moments(
+        _t(a, D), torch.eye(D, device=a), _t(b, D), torch.eye(D, device=b)
+    ),
+    "linear_interpolant": lambda a, b: AF.linear_interpolant(
+        _t(a, N, D), _t(b, N, D), torch.rand(N, device="cpu").to(a)
+    ),
+    "manifold_precision_recall": lambda a, b: AF.manifold_precision_recall(_t(a, N, D), _t(b, N, D), k=3),
+    "adaptive_loss_weight": lambda a, b: _adaptive_loss_weight(a, b),
 }
+
+
+def _adaptive_loss_weight(a: str, b: str) -> object:
+    """The losses are scalars (a 0-dim CPU tensor may sit beside any device, as in torch), so the mismatch
+    is a scalar on ``meta`` against the CPU parameter."""
+    p = torch.randn(3, requires_grad=True)
+    main = (p**2).sum() if a == "cpu" else torch.zeros((), device=a)
+    aux = (p * 3).sum() if b == "cpu" else torch.zeros((), device=b)
+    return AF.adaptive_loss_weight(main, aux, p)
 
 
 def _tensor_parameters(fn: Callable[..., object]) -> int:

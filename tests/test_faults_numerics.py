@@ -34,6 +34,7 @@ CASES: dict[str, Callable[[Tensor, Tensor, Tensor], object]] = {
     "info_nce": lambda a, b, c: AF.info_nce(a, b),
     "info_nce_negatives": lambda a, b, c: AF.info_nce(a, b, negatives=c, symmetric=False),
     "supcon_loss": lambda a, b, c: AF.supcon_loss(a, _LABELS),
+    "nt_xent_loss": lambda a, b, c: AF.nt_xent_loss(a, b),
     "soft_nn_kl_loss": lambda a, b, c: AF.soft_nn_kl_loss(a, b),
     "repa_loss": lambda a, b, c: AF.repa_loss(a, b),
     "marginal_cosine_loss": lambda a, b, c: AF.marginal_cosine_loss(a, b, margin=0.1),

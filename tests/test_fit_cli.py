@@ -165,8 +165,11 @@ def test_transform_writes_the_expected_array(
         (["fit", "{x}", "{z}", "--out", "{out}"], "has 300 rows and TARGET .* has 100"),
         (["fit", "{x}", "{y}", "--out", "{out}", "--method", "pca"], "--method must be one of"),
         (["fit", "{x}", "{y}", "--out", "{out}", "--objective", "l1"], "--objective must be one of"),
-        (["fit", "{x}", "{y}", "--out", "{out}", "--objective", "clip"], "for method='procrustes'"),
-        (["fit", "{x}", "{y}", "--out", "{out}", "--epochs", "abc"], "--epochs must be an integer ≥ 1"),
+        (
+            ["fit", "{x}", "{y}", "--out", "{out}", "--method", "procrustes", "--objective", "clip"],
+            "for method=.procrustes.",
+        ),
+        (["fit", "{x}", "{y}", "--out", "{out}", "--epochs", "abc"], r"--epochs must be an integer in \["),
         (
             ["fit", "{x}", "{y}", "--out", "{out}", "--val-fraction", "1.5"],
             r"--val-fraction must be in \[0, 1\)",
@@ -283,3 +286,74 @@ def test_cli_main_has_fit_and_transform(files: dict[str, Path], tmp_path: Path) 
     assert alignkit.cli.main(["fit", str(files["x"]), str(files["y"]), "--out", str(out)]) == 0
     assert alignkit.cli.main(["transform", str(out), str(files["x"]), "-o", str(tmp_path / "m.npy")]) == 0
     np.testing.assert_allclose(np.load(tmp_path / "m.npy"), _expected(files), atol=1e-4)
+
+
+# --------------------------------------------------------------------------------------------------
+# migration options: --ridge, --test-fraction, closed forms without validation, transform --normalize / --csls
+
+
+def test_fit_ridge_and_splits(
+    files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "ridge.safetensors"
+    argv = ["fit", str(files["x"]), str(files["y"]), "-o", str(out), "--method", "linear", "--json"]
+    assert _run([*argv, "--ridge", "0.5", "--test-fraction", "0.1"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert (report["ridge"], report["ridge_selected_by"]) == (0.5, "given")
+    # a closed form has no validation rows
+    assert (report["n_train"], report["n_val"], report["n_test"]) == (270, 0, 30)
+    assert _run(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["ridge_selected_by"] == "gcv" and report["ridge"] < 0.01  # exact data: little shrinkage
+    assert set(report["retrieval"]) == {"keep_old", "before", "after", "native"}
+    assert _run(["fit", str(files["x"]), str(files["y"]), "-o", str(out), "--quiet"]) == 0
+    assert capsys.readouterr().out.strip() == "1.0000"
+
+
+@pytest.mark.parametrize(
+    ("extra", "match"),
+    [
+        (["--ridge", "lots"], "--ridge must be a number ≥ 0.0"),
+        (["--test-fraction", "1"], r"--test-fraction must be in \[0, 1\)"),
+        (["--csls", "-3"], "--csls must be an integer ≥ 0"),
+        (["--unpaired-source", "{x}"], "--unpaired-source and --unpaired-target go together"),
+    ],
+)
+def test_fit_rejects_bad_migration_options(
+    files: dict[str, Path], tmp_path: Path, extra: list[str], match: str
+) -> None:
+    argv = ["fit", str(files["x"]), str(files["y"]), "-o", str(tmp_path / "a.safetensors")]
+    argv += [a.format(x=files["x"]) for a in extra]
+    with pytest.raises(ValueError, match=match):
+        _run(argv)
+
+
+def test_transform_normalize_and_csls(files: dict[str, Path], tmp_path: Path) -> None:
+    import torch
+
+    from alignkit.search import search
+
+    adapter = tmp_path / "adapter.safetensors"
+    assert _run(["fit", str(files["x"]), str(files["y"]), "-o", str(adapter), "--quiet"]) == 0
+    unit = tmp_path / "unit.npy"
+    assert _run(["transform", str(adapter), str(files["x"]), "-o", str(unit), "--normalize", "--quiet"]) == 0
+    written = np.load(unit)
+    expected = _expected(files)
+    np.testing.assert_allclose(written, expected / np.linalg.norm(expected, axis=1, keepdims=True), atol=1e-5)
+    queries = tmp_path / "queries.npy"
+    rng = np.random.default_rng(5)
+    np.save(queries, (expected[:50] + 0.5 * rng.standard_normal((50, 8))).astype(np.float32))
+    hubbed = tmp_path / "csls.npy"
+    argv = ["transform", str(adapter), str(files["x"]), "-o", str(hubbed)]
+    argv += ["--csls", str(queries), "--csls-k", "5"]
+    assert _run(argv) == 0
+    index = np.load(hubbed)
+    assert index.shape == (300, 9)
+    # inner product with [q/‖q‖, 1] ranks exactly as CSLS search does
+    q = np.load(queries)
+    q_aug = np.hstack([q / np.linalg.norm(q, axis=1, keepdims=True), np.ones((50, 1), np.float32)])
+    top = np.argsort(-(q_aug @ index.T), axis=1)[:, :5]
+    found = search(torch.from_numpy(q), torch.from_numpy(expected), csls_k=5, k=5).indices.numpy()
+    assert (top[:, 0] == found[:, 0]).mean() > 0.98
+    with pytest.raises(ValueError, match="--csls-k needs --csls"):
+        _run(["transform", str(adapter), str(files["x"]), "-o", str(hubbed), "--csls-k", "5"])

@@ -327,11 +327,11 @@ def test_null_baselines_chance_and_p_values() -> None:
 
 def test_measure_files_pairs_unbiased_with_biased_and_auto_null(tmp_path: Path) -> None:
     g = np.random.default_rng(0)
-    np.save(tmp_path / "a.npy", g.normal(size=(1001, 3)))
-    np.save(tmp_path / "b.npy", g.normal(size=(1001, 2)))
+    np.save(tmp_path / "a.npy", g.normal(size=(300, 300)))
+    np.save(tmp_path / "b.npy", g.normal(size=(300, 137)))
     report = measure_files(tmp_path / "a.npy", tmp_path / "b.npy", "cka", permutations=None)
     assert list(report["metrics"]) == ["cka", "unbiased_cka"]
-    assert report["permutations"] == 0 and "nulls" not in report  # N > 1000: skipped by default
+    assert report["permutations"] == 0 and "nulls" not in report  # N·(d_a + d_b) > 2^17: skipped by default
     report = measure_files(tmp_path / "a.npy", tmp_path / "b.npy", "cka", permutations=5, seed=2)
     assert report["permutations"] == 5 and report["seed"] == 2
     assert set(report["nulls"]) == {"cka", "unbiased_cka"}
@@ -539,6 +539,26 @@ def _save_pair(tmp_path: Path, dx: int = 10, dy: int = 4) -> None:
     np.save(tmp_path / "b.npy", y.numpy())
 
 
+def test_cli_one_inapplicable_metric_does_not_abort_the_others(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from alignkit.measure import measure
+
+    monkeypatch.chdir(tmp_path)
+    _save_pair(tmp_path)  # widths 10 and 4: retrieval needs one shared space
+    argv = ["measure", "a.npy", "b.npy", "--metrics", "cka,retrieval,mutual_knn", "--k", "5", "--json"]
+    assert main(argv) == 0
+    out, err = capsys.readouterr()
+    report = json.loads(out)
+    x, y = (torch.from_numpy(np.load(tmp_path / f)) for f in ("a.npy", "b.npy"))
+    ref = measure(x, y, ["cka", "unbiased_cka", "mutual_knn"], k=5)  # unbiased CKA joins biased
+    assert report["metrics"] == pytest.approx(ref)
+    assert set(report["skipped"]) == {"retrieval"} and "a.npy (50, 10)" in report["skipped"]["retrieval"]
+    assert err.count("\n") == 1 and "skipped retrieval" in err and "b.npy (50, 4)" in err
+    assert main(["measure", "a.npy", "b.npy", "--metrics", "retrieval,alignment_uniformity"]) == 2
+    assert "no requested metric applies" in capsys.readouterr().err
+
+
 def test_cli_default_table(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -577,7 +597,7 @@ def test_cli_json_with_shared_space_metrics(
         "cka",
         "unbiased_cka",  # never biased CKA alone
     ]
-    assert data["permutations"] == 100 and data["seed"] == 0  # the default for N ≤ 1000
+    assert data["permutations"] == 100 and data["seed"] == 0  # the default for small inputs
     assert list(data["nulls"]) == list(data["metrics"])
     assert data["nulls"]["recall@1"]["chance"] == pytest.approx(1 / 50)
     assert data["nulls"]["median_rank"]["chance"] == pytest.approx(25.5)
@@ -586,7 +606,7 @@ def test_cli_json_with_shared_space_metrics(
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["a.npy", "b.npy", "--metrics", "retrieval"], "needs d_x == d_y"),
+        (["a.npy", "b.npy", "--metrics", "retrieval"], "needs the same width, got a.npy (50, 10) and b.npy"),
         (["a.npy", "b.npy", "--metrics", "bogus"], "valid metrics: cka"),
         (["a.npy", "--layers"], "takes no embedding files"),
         (["--layers", "--metrics", "cka"], "not to --layers"),

@@ -166,17 +166,17 @@ def test_unknown_key_names_the_key_and_the_allowed_keys() -> None:
 @pytest.mark.parametrize(
     ("override", "pattern"),
     [
-        ("train.epochs=0", r"'train\.epochs' must be an integer ≥ 1, got 0"),
-        ("train.epochs=2.5", r"'train\.epochs' must be an integer ≥ 1, got 2\.5"),
-        ("train.epochs=many", r"'train\.epochs' must be an integer ≥ 1, got 'many'"),
-        ("train.lr=0", r"'train\.lr' must be a number > 0, got 0"),
+        ("train.epochs=0", r"'train\.epochs' must be an integer ≥ 1 and ≤ 100000 \(epochs\), got 0"),
+        ("train.epochs=2.5", r"'train\.epochs' must be an integer ≥ 1 and ≤ 100000 \(epochs\), got 2\.5"),
+        ("train.epochs=many", r"'train\.epochs' must be an integer ≥ 1 and ≤ 100000 \(epochs\), got 'many'"),
+        ("train.lr=0", r"'train\.lr' must be a number > 0 and ≤ 10 \(learning rate\), got 0"),
         ("train.lr=nan", r"'train\.lr' must be a number > 0"),
         ("model.image_tower=resnet", r"'model\.image_tower' must be one of 'mlp', 'cnn', 'vit', got 'res"),
         ("model.learn_temperature=3", r"'model\.learn_temperature' must be true or false, got 3"),
         ("model.dropout=1.5", r"'model\.dropout' must be a number ≥ 0 and ≤ 0\.95, got 1\.5"),
         ("train.device=tpu", r"'train\.device' must be one of 'auto', 'cpu', 'cuda'"),
-        ("model.embed_dim=null", r"'model\.embed_dim' must be an integer ≥ 1, got None"),
-        ("train.epochs=true", r"'train\.epochs' must be an integer ≥ 1, got True"),
+        ("model.embed_dim=null", r"'model\.embed_dim' must be an integer ≥ 1 and ≤ 65536 \(\w+\), got None"),
+        ("train.epochs=true", r"'train\.epochs' must be an integer ≥ 1 and ≤ 100000 \(epochs\), got True"),
     ],
 )
 def test_bad_values_name_the_key_and_the_allowed_values(override: str, pattern: str) -> None:
@@ -253,7 +253,8 @@ def _finite_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-@pytest.mark.parametrize("recipe", RECIPES)
+# the generative repa recipe reports FD instead of retrieval: tests/test_sit_recipe.py
+@pytest.mark.parametrize("recipe", [r for r in RECIPES if r != "repa"])
 def test_each_recipe_trains_one_epoch_and_evaluates(recipe: str, small: RecipeData, tmp_path: Path) -> None:
     config = fast_config(recipe)
     metrics = run_recipe(config, tmp_path, data=small, progress=False)

@@ -256,3 +256,14 @@ def test_judge_fd_of_train_vs_test_is_near_zero_relative_to_noise(judge) -> None
     # a SiT at initialisation predicts v = 0: its samples are the initial noise, far from digits
     init = sample_flow(SiT(width=32, depth=1, num_heads=2), train_y[:360], steps=2, method="euler", seed=0)
     assert j.score(init, train_y[:360])["fd"] > 10 * real["fd"]
+
+
+def test_hidden_equals_the_hooked_block_output() -> None:
+    model = _trained_ish(depth=3).eval()
+    x, t, y = torch.randn(2, 1, 8, 8), torch.rand(2), torch.tensor([3, 10])
+    reg = REPARegularizer(model, SiT.block_name(2), target_dim=8, hidden_dim=None, source_dim=32)
+    model(x, t, y)
+    torch.testing.assert_close(model.hidden(x, t, y, 2), reg.tokens())
+    reg.remove()
+    with pytest.raises(ValueError, match="depth"):
+        model.hidden(x, t, y, 4)

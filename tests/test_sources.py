@@ -206,11 +206,12 @@ def _pair(n: int = 30, da: int = 6, db: int = 4, seed: int = 0) -> tuple[np.ndar
     return rng.standard_normal((n, da)).astype(np.float32), rng.standard_normal((n, db)).astype(np.float32)
 
 
-def test_feature_rows_reads_rows_of_a_memory_mapped_npy(tmp_path) -> None:
+@pytest.mark.parametrize("mode", ["pread", "mmap"])
+def test_feature_rows_reads_rows_of_an_npy_file(tmp_path, mode: str) -> None:
     a, _ = _pair()
     path = tmp_path / "a.npy"
     np.save(path, a.astype(np.float16))
-    rows = FeatureRows(path, release_bytes=1)  # release after every read: reads must stay correct
+    rows = FeatureRows(path, mode=mode, release_bytes=1)  # mmap: release after every read
     expected = torch.from_numpy(a.astype(np.float16).astype(np.float32))
     assert len(rows) == 30 and rows.shape == (30, 6) and rows.storage_dtype == np.float16
     assert rows.dim() == rows.ndim == 2 and rows.dtype == torch.float32
@@ -219,6 +220,10 @@ def test_feature_rows_reads_rows_of_a_memory_mapped_npy(tmp_path) -> None:
     assert batch.dtype == torch.float32 and torch.equal(batch, expected[index])
     assert torch.equal(rows[3], expected[3]) and torch.equal(rows[2:7], expected[2:7])
     assert torch.equal(rows[np.array([1, 2])], expected[[1, 2]])
+    runs = torch.tensor([9, 10, 11, 3, 4, 20, 10, -1])  # runs of consecutive rows, repeats, negative
+    assert torch.equal(rows[runs], expected[runs])
+    assert torch.equal(rows[28:100], expected[28:]) and torch.equal(rows[1:9:3], expected[1:9:3])
+    assert rows[torch.tensor([], dtype=torch.long)].shape == (0, 6)
     assert torch.equal(rows.to_tensor(), expected)
     batch += 1  # a copy: the mapping is read-only and unchanged
     assert torch.equal(rows[index], expected[index])
@@ -228,6 +233,26 @@ def test_feature_rows_reads_rows_of_a_memory_mapped_npy(tmp_path) -> None:
     assert torch.equal(torch.cat(list(loader)), expected)
     with pytest.raises(IndexError):
         rows[torch.tensor([30])]
+    with pytest.raises(ValueError, match="mode must be"):
+        FeatureRows(path, mode="fast")
+
+
+def test_feature_rows_to_tensor_respects_the_memory_budget(tmp_path, monkeypatch) -> None:
+    np.save(tmp_path / "a.npy", np.ones((100, 8), dtype=np.float16))
+    rows = FeatureRows(tmp_path / "a.npy")
+    assert rows.to_tensor().shape == (100, 8)
+    monkeypatch.setenv("ALIGNKIT_MAX_BYTES", "1000")
+    with pytest.raises(ValueError, match="memory budget"):
+        rows.to_tensor()
+    assert rows[torch.arange(10)].shape == (10, 8)  # batches still work
+
+
+def test_feature_rows_truncated_file(tmp_path) -> None:
+    path = tmp_path / "cut.npy"
+    np.save(path, np.ones((50, 8), dtype=np.float32))
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(ValueError, match=r"cut\.npy"):
+        FeatureRows(path)[torch.tensor([49])]
 
 
 def test_feature_rows_fortran_order_and_integer_storage(tmp_path) -> None:

@@ -1,8 +1,11 @@
 """The ``caption`` sub-command of the ``alignkit`` command line.
 
-    alignkit caption --checkpoint runs/demo --fit                      # train + score every method
-    alignkit caption --checkpoint runs/demo                            # caption the digits test split
-    alignkit caption --checkpoint runs/demo --images x.npy --method decap --search greedy --json
+    alignkit caption runs/demo --fit                      # train + score every method
+    alignkit caption runs/demo --fit epochs=30            # … with a decoder setting (KEY=VALUE)
+    alignkit caption runs/demo                            # caption the digits test split
+    alignkit caption runs/demo --images x.npy --method decap --search greedy --json
+
+``--checkpoint RUN`` is the older spelling of the positional ``RUN`` (kept, deprecated).
 
 Bad input raises ``ValueError`` (the ``alignkit`` entry point prints it as one line, exit code 2).
 """
@@ -11,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+from pathlib import Path
 from typing import Any
 
 __all__ = ["add_command", "format_table"]
@@ -62,13 +67,43 @@ def _settings(overrides: list[str]) -> Any:
     return CaptionSettings.from_dict(values) if values else None
 
 
+def _run_and_overrides(args: argparse.Namespace) -> tuple[str, list[str]]:
+    """The run directory (positional RUN, or the deprecated ``--checkpoint RUN``) and the overrides."""
+    from alignkit.cli._common import overrides_of
+
+    run, extra = args.run, []
+    if args.checkpoint is not None:
+        if run is not None and "=" in run:  # --checkpoint RUN key=value: the positional is an override
+            extra, run = [run], None
+        if run is not None and run != args.checkpoint:
+            raise ValueError(f"two runs given: RUN {run} and --checkpoint {args.checkpoint}; give RUN once")
+        print("alignkit caption: --checkpoint RUN is deprecated; write alignkit caption RUN", file=sys.stderr)
+        run = args.checkpoint
+    if run is None:
+        raise ValueError("needs a run directory: alignkit caption RUN [--fit] (the -o of alignkit train)")
+    if "=" in run and not Path(run).exists():
+        raise ValueError(f"the first argument is the run directory, got the override {run!r}")
+    args.overrides = [*extra, *(args.overrides or [])]
+    return run, overrides_of(args)
+
+
 def _caption(args: argparse.Namespace) -> int:
     import torch
 
-    from alignkit.captioning import caption_images, fit_captioners, load_captioner, load_run, read_images
+    from alignkit.captioning import (
+        MAX_BEAMS,
+        caption_images,
+        fit_captioners,
+        load_captioner,
+        load_run,
+        read_images,
+    )
 
-    if args.beam_size is not None and args.beam_size < 1:
-        raise ValueError(f"--beam-size must be ≥ 1, got {args.beam_size}")
+    run_dir, overrides = _run_and_overrides(args)
+    progress = not args.quiet
+
+    if args.beam_size is not None and not 1 <= args.beam_size <= MAX_BEAMS:
+        raise ValueError(f"--beam-size must be in [1, {MAX_BEAMS}] (beams), got {args.beam_size}")
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit must be ≥ 1, got {args.limit}")
     torch.set_num_threads(max(1, args.threads))
@@ -90,22 +125,22 @@ def _caption(args: argparse.Namespace) -> int:
                 f"--fit trains and scores on the digits splits; {', '.join(extra)} "
                 "only apply when captioning (run without --fit)"
             )
-        settings = _settings(args.overrides)
-        metrics = fit_captioners(args.checkpoint, _methods(args.methods), settings, progress=True)
+        settings = _settings(overrides)
+        metrics = fit_captioners(run_dir, _methods(args.methods), settings, progress=progress)
         print(format_table(metrics), end="")
-        print(f"wrote {args.checkpoint}/captions/metrics.json and samples.json")
-        from pathlib import Path
-
-        if (Path(args.checkpoint) / "metrics.json").is_file():
+        print(f"wrote {run_dir}/captions/metrics.json and samples.json")
+        if (Path(run_dir) / "metrics.json").is_file():
             from alignkit.report.html import write_report
 
-            print(f"wrote {write_report(args.checkpoint)}")
+            print(f"wrote {write_report(run_dir)}")
         return 0
-    if args.overrides:
-        raise ValueError("--set only applies with --fit (settings are fixed once the decoders are trained)")
+    if overrides:
+        raise ValueError(
+            "KEY=VALUE decoder settings only apply with --fit (they are fixed once the decoders are trained)"
+        )
     method, search = args.method or "clipcap", args.search or "beam"
     images = read_images(args.images) if args.images else None
-    run = load_run(args.checkpoint)
+    run = load_run(run_dir)
     references: list[str] | None = None
     if images is None:
         test = run.digits.splits["test"]
@@ -120,8 +155,18 @@ def _caption(args: argparse.Namespace) -> int:
     if method != "iterative-memory":
         try:
             load_captioner(run, method)
-        except ValueError:  # not trained yet (or interrupted): train it once, it says so on stderr
-            fit_captioners(args.checkpoint, [method], progress=True, searches=(search,))
+        except ValueError as err:  # missing, interrupted or stale: (re)train it once, saying so
+            if progress:
+                print(f"alignkit caption: {err}", file=sys.stderr, flush=True)
+                print(
+                    f"alignkit caption: training the {method} decoder once (it is then reused); its "
+                    f"scores on the whole test split go to captions/metrics.json, then the "
+                    f"{len(index)} requested image(s) are captioned",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            fit_captioners(run_dir, [method], progress=progress, searches=(search,))
+            run = load_run(run_dir)
     captions = caption_images(run, images, method, search, args.beam_size)
     rows = [{"index": i, "caption": c} for i, c in zip(index, captions, strict=True)]
     if references is not None:
@@ -137,8 +182,9 @@ def _caption(args: argparse.Namespace) -> int:
 
 
 def add_command(subparsers: Any) -> None:
-    """Add ``caption --checkpoint RUN [--fit | --images FILE] …`` to ``subparsers``."""
+    """Add ``caption RUN [--fit | --images FILE] [KEY=VALUE …]`` to ``subparsers``."""
     from alignkit.captioning import METHODS
+    from alignkit.cli._common import add_overrides
     from alignkit.models.captioning import SEARCHES
 
     cap = subparsers.add_parser(
@@ -149,7 +195,8 @@ def add_command(subparsers: Any) -> None:
         "accuracy, BLEU-4) into RUN/captions/metrics.json; otherwise caption --images (a .npy of (N, 8, 8) "
         "or (N, 64) values in [0, 1]) or the digits test split.",
     )
-    cap.add_argument("--checkpoint", required=True, metavar="RUN", help="the run directory of alignkit train")
+    cap.add_argument("run", nargs="?", metavar="RUN", help="the run directory (the -o of alignkit train)")
+    cap.add_argument("--checkpoint", metavar="RUN", help=argparse.SUPPRESS)  # the older spelling of RUN
     cap.add_argument("--images", help="images to caption (default: the digits test split)")
     cap.add_argument("--method", default=None, choices=METHODS, help="decoder to use (default clipcap)")
     cap.add_argument("--search", default=None, choices=SEARCHES, help="greedy or beam (default beam)")
@@ -158,13 +205,7 @@ def add_command(subparsers: Any) -> None:
     cap.add_argument("--json", action="store_true", help="print JSON instead of lines")
     cap.add_argument("--fit", action="store_true", help="train and evaluate the decoders")
     cap.add_argument("--methods", default="all", help="with --fit: comma-separated methods (default all)")
-    cap.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="with --fit: a decoder setting, e.g. epochs=20 (see alignkit.captioning.CaptionSettings)",
-    )
+    add_overrides(cap, "with --fit: a decoder setting (alignkit.captioning.CaptionSettings), e.g. epochs=20;")
+    cap.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     cap.add_argument("--threads", type=int, default=1, help="torch threads (default 1: tiny models)")
     cap.set_defaults(func=_caption)

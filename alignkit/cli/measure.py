@@ -43,12 +43,12 @@ def add_command(subparsers: Any) -> None:
     measure.add_argument("--key-a", help="array / column to read from A when it holds several")
     measure.add_argument("--key-b", help="array / column to read from B when it holds several")
     measure.add_argument("--layers", action="store_true", help="layer×layer CKA of MiniLM on digit captions")
-    measure.add_argument("--out", help="heatmap PNG for --layers (default layer_cka.png)")
+    measure.add_argument("-o", "--out", help="heatmap PNG for --layers (default layer_cka.png)")
     measure.add_argument("--samples", default="300", help="captions for --layers (default 300)")
     measure.add_argument(
         "--permutations",
         help="K shuffles of B's rows for the permutation null and p-value printed beside every value "
-        "(default 100 when N ≤ 1000, none above; 0 turns it off)",
+        "(default 100 when N·(d_a + d_b) ≤ 131072, e.g. 1000 × (64 + 64), none above; 0 turns it off)",
     )
     measure.add_argument("--seed", default="0", help="seed of the permutations (default 0)")
     measure.set_defaults(func=_measure)

@@ -1,7 +1,7 @@
 """The ``alignkit train`` and ``alignkit demo`` commands.
 
-    alignkit train --config configs/clip.yaml [--out DIR] [--resume] [key=value ...]
-    alignkit demo [--out runs/demo]
+    alignkit train --config configs/clip.yaml [-o DIR] [--resume] [--quiet | --json] [KEY=VALUE ...]
+    alignkit demo [-o runs/demo] [KEY=VALUE ...]
 
 ``train`` runs one recipe (:mod:`alignkit.recipes`) into a run directory — ``config.yaml``,
 ``metrics.jsonl``, ``checkpoints/``, ``metrics.json``, ``embeddings_test.safetensors`` and, when
@@ -18,13 +18,25 @@ prints.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
+import math
 import shutil
 import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["add_command", "format_results", "prepare_run_dir", "run_and_report", "train_command"]
+from alignkit.cli._common import add_output_flags, add_overrides, number, overrides_of
+
+__all__ = [
+    "add_command",
+    "check_run_dir",
+    "format_results",
+    "prepare_run_dir",
+    "run_and_report",
+    "train_command",
+]
 
 #: Files and folders a fresh (non-resumed) run replaces in an existing run directory.
 _RUN_ARTEFACTS = ("metrics.json", "embeddings_test.safetensors", "report.html", "plots")
@@ -44,13 +56,39 @@ def add_command(subparsers: Any) -> None:
         "e.g. train.epochs=3 model.embed_dim=64.",
     )
     train.add_argument("--config", help="YAML config (default: the clip recipe's defaults)")
-    train.add_argument("--out", help="run directory (default runs/<recipe>)")
+    train.add_argument("-o", "--out", help="run directory (default runs/<recipe>)")
     train.add_argument(
         "--resume", action="store_true", help="continue from OUT/checkpoints/last.json if it exists"
     )
     train.add_argument("--no-report", action="store_true", help="do not write report.html")
-    train.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
+    train.add_argument(
+        "--seeds",
+        default="1",
+        help="train N seeds (seed, seed+1, …) into OUT/seed-<s>/ and write the mean, sd and 95 %% "
+        "interval of every metric to OUT/metrics.json (default 1)",
+    )
+    add_overrides(train)
+    add_output_flags(train)
     train.set_defaults(func=train_command)
+
+
+def check_run_dir(out: str | Path) -> Path:
+    """``out`` as a Path after checking it is missing, empty, or an earlier run directory (reads only)."""
+    from alignkit.io import LOCK_NAME
+
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"--out {path} exists and is not a directory")
+    if (
+        path.is_dir()
+        and any(p.name != LOCK_NAME for p in path.iterdir())
+        and not any((path / m).exists() for m in _RUN_MARKERS)
+    ):
+        raise ValueError(
+            f"--out {path} is a non-empty directory that is not an alignkit run directory (no config.yaml); "
+            "choose another path"
+        )
+    return path
 
 
 def prepare_run_dir(out: str | Path, resume: bool) -> Path:
@@ -62,14 +100,7 @@ def prepare_run_dir(out: str | Path, resume: bool) -> Path:
     run's ``metrics.json``, ``embeddings_test.safetensors``, ``report.html`` and ``plots/`` are
     removed (the Trainer resets ``metrics.jsonl`` and the checkpoints itself).
     """
-    path = Path(out)
-    if path.exists() and not path.is_dir():
-        raise ValueError(f"--out {path} exists and is not a directory")
-    if path.is_dir() and any(path.iterdir()) and not any((path / m).exists() for m in _RUN_MARKERS):
-        raise ValueError(
-            f"--out {path} is a non-empty directory that is not an alignkit run directory (no config.yaml); "
-            "choose another path"
-        )
+    path = check_run_dir(out)
     if not resume and path.is_dir():
         for name in _RUN_ARTEFACTS:
             target = path / name
@@ -80,52 +111,31 @@ def prepare_run_dir(out: str | Path, resume: bool) -> Path:
     return path
 
 
-_ROWS = (
-    ("zero_shot_accuracy", "zero-shot accuracy", "classes"),
-    ("i2t_recall@1", "image→text R@1", "rows"),
-    ("i2t_recall@5", "image→text R@5", "rows5"),
-    ("i2t_recall@10", "image→text R@10", "rows10"),
-    ("t2i_recall@1", "text→image R@1", "rows"),
-    ("t2i_recall@5", "text→image R@5", "rows5"),
-    ("t2i_recall@10", "text→image R@10", "rows10"),
-    ("median_rank", "median rank (i2t)", "median"),
-    ("cka_linear", "linear CKA (joint)", None),
-    ("cka_towers", "linear CKA (towers)", None),
-    ("mutual_knn", "mutual 10-NN", "knn"),
-    ("alignment", "alignment (↓)", None),
-    ("uniformity", "uniformity (↓)", None),
-)
-
-
 def format_results(metrics: Mapping[str, Any], n_test: int, n_classes: int = 10) -> str:
-    """A plain-text table of the test metrics with the chance level of each where it has one
-    (zero-shot 1/C, R@K = K/N, median rank (N+1)/2, mutual k-NN k/(N−1)), then any
-    recipe-specific numbers."""
-    chance = {
-        "classes": 1 / n_classes,
-        "rows": 1 / n_test,
-        "rows5": min(1.0, 5 / n_test),
-        "rows10": min(1.0, 10 / n_test),
-        "median": (n_test + 1) / 2,
-        "knn": 10 / max(1, n_test - 1),
-    }
-    lines = [f"{'test split (' + str(n_test) + ' rows)':28}{'value':>10}{'chance':>10}"]
-    shown = {"recipe", "epochs", "seconds"}
-    for key, label, kind in _ROWS:
-        if key not in metrics:
-            continue
-        shown.add(key)
-        value = metrics[key]
-        text = "n/a" if value is None else f"{value:.3f}"
-        ref = "" if kind is None else f"{chance[kind]:.3f}"
-        lines.append(f"{label:28}{text:>10}{ref:>10}")
-    for key, value in metrics.items():
-        if key not in shown and isinstance(value, (int, float)):
-            lines.append(f"{key:28}{value:>10.3f}")
+    """A plain-text table of the test metrics: label, ↑/↓ (higher / lower is better), value and the
+    chance level where one exists — labels, order and chance levels from
+    :mod:`alignkit.report.labels` (the report shows the same) — and the permutation null (mean ± sd,
+    p-value) where the run measured one, then any recipe-specific numbers."""
+    from alignkit.report.html import format_metric
+    from alignkit.report.labels import METRIC_INFO, metric_rows
+
+    nulls = metrics.get("null") if isinstance(metrics.get("null"), Mapping) else {}
+    header = f"{'test split (' + str(n_test) + ' rows)':50}{'value':>10}{'chance':>10}"
+    lines = [header + ("   permutation null (p)" if nulls else "")]
+    for info, value, chance in metric_rows(metrics, n_test, n_classes):
+        if info.key in ("epochs", "seconds"):
+            continue  # in the title line
+        known = info.key in METRIC_INFO
+        text = "n/a" if value is None else format_metric(info if known else None, value)
+        ref = "" if chance is None else format_metric(info, chance)
+        label = f"{info.label} {info.arrow}".rstrip()
+        null = nulls.get(info.key)
+        tail = f"   {null['null_mean']:.3f} ± {null['null_sd']:.3f} ({null['p_value']:.3f})" if null else ""
+        lines.append(f"{label:50}{text:>10}{ref:>10}{tail}")
     return "\n".join(lines)
 
 
-def _write_report(run_dir: Path) -> None:
+def _write_report(run_dir: Path, quiet: bool = False) -> None:
     try:
         from alignkit.report import write_report  # provided by the report module
     except ImportError as err:
@@ -140,33 +150,81 @@ def _write_report(run_dir: Path) -> None:
     except Exception as err:  # the run itself succeeded: say so, and why the report did not
         print(f"report: could not be written: {type(err).__name__}: {err}", file=sys.stderr)
         return
-    print(f"report: {path}")
+    print(f"report: {path}", file=sys.stderr if quiet else sys.stdout)
 
 
-def run_and_report(config: Mapping[str, Any], out: Path, resume: bool, report: bool, title: str) -> int:
+def run_and_report(
+    config: Mapping[str, Any],
+    out: Path,
+    resume: bool,
+    report: bool,
+    title: str,
+    quiet: bool = False,
+    as_json: bool = False,
+) -> int:
+    """Train ``config`` into ``out`` holding its lock (:func:`alignkit.io.directory_lock`: a second
+    writer is refused naming the holder's pid); ``resume`` first checks the requested config against
+    the run's (:func:`alignkit.recipes.run.check_resume`, before anything is written) and says where it
+    resumes. Prints the results table (or, with ``as_json``, only the metrics as JSON on stdout) and
+    writes the report. Progress goes to stderr: a bar in a terminal, else one line per stage and
+    epoch; ``quiet`` silences it."""
+    from alignkit.io import directory_lock
     from alignkit.recipes import run_recipe
     from alignkit.recipes.data import load_recipe_data
+    from alignkit.recipes.run import check_resume
     from alignkit.train import cleanup, dist_info
 
     info = dist_info()
+    show = info.is_main and not quiet
+    lock = contextlib.nullcontext()
     if info.is_main:
-        prepare_run_dir(out, resume)
-    data = load_recipe_data(config, progress=info.is_main)
-    try:
-        metrics = run_recipe(config, out, resume=resume, data=data)
-    finally:
-        if info.distributed:
-            cleanup()
+        check_run_dir(out)  # before the lock file goes into a folder that is not ours
+        lock = directory_lock(out)
+    with lock:
+        if info.is_main:
+            if resume:
+                _say_resume(title, out, config, check_resume(config, out))
+            prepare_run_dir(out, resume)
+        if show:
+            world = f" on {info.world_size} processes (DDP)" if info.distributed else ""
+            epochs = config["train"]["epochs"]
+            line = f"{title}: training recipe {config['recipe']} for {epochs} epochs{world} → {out}"
+            print(line, file=sys.stderr, flush=True)
+        data = load_recipe_data(config, progress=show)
+        try:
+            metrics = run_recipe(config, out, resume=resume, data=data, progress=show)
+        finally:
+            if info.distributed:
+                cleanup()
     if not info.is_main:
         return 0
-    print(
-        f"{title}: recipe {metrics['recipe']}, {metrics['epochs']} epochs, {metrics['seconds']:.1f} s → {out}"
-    )
-    classes = 10 if data.class_names is None else len(data.class_names)
-    print(format_results(metrics, n_test=len(data.splits["test"]), n_classes=classes))
+    if as_json:
+        print(json.dumps(_finite(metrics), indent=2, allow_nan=False))
+    else:
+        world = f", {info.world_size} processes" if info.distributed else ""
+        print(
+            f"{title}: recipe {metrics['recipe']}, {metrics['epochs']} epochs{world}, "
+            f"{metrics['seconds']:.1f} s → {out}"
+        )
+        classes = 10 if data.class_names is None else len(data.class_names)
+        print(format_results(metrics, n_test=len(data.splits["test"]), n_classes=classes))
     if report:
-        _write_report(out)
+        _write_report(out, quiet=quiet or as_json)
     return 0
+
+
+def _say_resume(title: str, out: Path, config: Mapping[str, Any], where: Mapping[str, int] | None) -> None:
+    if where is None:
+        print(f"{title}: --resume: {out} holds no checkpoint yet; starting fresh", file=sys.stderr)
+        return
+    epochs = config["train"]["epochs"]
+    if where["epoch"] >= epochs:
+        line = f"{title}: resumed {out}: all {epochs} epochs were done (step {where['step']}); evaluating"
+        print(line, file=sys.stderr)
+        return
+    inside = f", batch {where['batch_in_epoch']}" if where["batch_in_epoch"] else ""
+    line = f"{title}: resumed {out} from epoch {where['epoch'] + 1} of {epochs}{inside}, step {where['step']}"
+    print(line, file=sys.stderr)
 
 
 def train_command(args: argparse.Namespace) -> int:
@@ -177,6 +235,72 @@ def train_command(args: argparse.Namespace) -> int:
     config_path = args.config
     if config_path is None and args.resume and args.out and (Path(args.out) / "config.yaml").is_file():
         config_path = Path(args.out) / "config.yaml"
-    config = load_config(config_path, list(args.overrides))
+    config = load_config(config_path, overrides_of(args))
     out = Path(args.out) if args.out else Path("runs") / config["recipe"]
-    return run_and_report(config, out, args.resume, not args.no_report, "alignkit train")
+    seeds = number(getattr(args, "seeds", "1"), "--seeds", int, 1, 1000)
+    if seeds > 1:
+        report = not args.no_report
+        return run_seeds_and_report(config, out, seeds, args.resume, report, args.quiet, args.json)
+    return run_and_report(
+        config, out, args.resume, not args.no_report, "alignkit train", args.quiet, args.json
+    )
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every non-finite float replaced by ``None`` (JSON has no NaN)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {str(k): _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def format_seeds(summary: Mapping[str, Any]) -> str:
+    """A plain-text table of every metric's mean ± sd and its 95 % interval over the seeds."""
+    lines = [f"{str(summary['n_seeds']) + ' seeds':36}{'mean':>9}{'± sd':>8}   95 % interval"]
+    for key, mean in summary["mean"].items():
+        if key in ("epochs", "seeds"):
+            continue
+        sd, low, high = summary["sd"].get(key), summary["low"].get(key), summary["high"].get(key)
+        spread = f"{sd:8.3f}   [{low:.3f}, {high:.3f}]" if sd is not None and math.isfinite(sd) else ""
+        lines.append(f"{key:36}{mean:9.3f}{spread}")
+    return "\n".join(lines)
+
+
+def run_seeds_and_report(
+    config: Mapping[str, Any],
+    out: Path,
+    seeds: int,
+    resume: bool,
+    report: bool,
+    quiet: bool = False,
+    as_json: bool = False,
+) -> int:
+    """Train ``seeds`` seeds of ``config`` into ``out/seed-<s>/`` holding ``out``'s lock, print the
+    summary table, write each seed's report; ``out/metrics.json`` holds the mean / sd / interval of
+    every metric."""
+    from alignkit.io import directory_lock
+    from alignkit.recipes.run import run_seeds
+
+    check_run_dir(out)
+    with directory_lock(out):  # one writer per run directory (its seed-<s>/ runs included)
+        prepare_run_dir(out, resume)
+
+        def said(i: int, seed: int, metrics: Mapping[str, Any]) -> None:
+            r1 = metrics.get("i2t_recall@1")
+            text = f", i2t R@1 {r1:.3f}" if isinstance(r1, float) else ""
+            if not quiet:
+                line = f"[{i + 1}/{seeds}] seed {seed}: {metrics.get('seconds', 0.0):.1f} s{text}"
+                print(line, file=sys.stderr, flush=True)
+            if report:
+                _write_report(out / f"seed-{seed}", quiet=quiet or as_json)
+
+        summary = run_seeds(config, out, seeds, resume=resume, on_run=said, progress=not quiet)
+    if as_json:
+        print(json.dumps(_finite(summary), indent=2, allow_nan=False))
+        return 0
+    print(f"alignkit train: recipe {summary['recipe']}, {seeds} seeds → {out}/metrics.json")
+    print(format_seeds(summary))
+    return 0

@@ -38,20 +38,57 @@ def _transform(args: argparse.Namespace) -> int:
         raise ValueError(
             f"-o {out} is the adapter file; choose another name so the adapter is not overwritten"
         )
+    if same_file(args.input, args.out):
+        raise ValueError(
+            f"-o {out} is the input file {args.input} (also through links); choose another name so the "
+            "input is not overwritten"
+        )
     batch = number(args.batch_size, "--batch-size", int, 1)
     adapter = Adapter.load(args.adapter)
-    x = load_embeddings(args.input, key=args.key)
+    try:
+        x = load_embeddings(args.input, key=args.key)
+    except ValueError as err:
+        raise ValueError(str(err).replace("key=", "--key ")) from None
     if x.shape[1] != adapter.source_dim:
         raise ValueError(
             f"INPUT {args.input} has {x.shape[1]} columns (shape {tuple(x.shape)}) but the adapter "
             f"{args.adapter} maps {adapter.source_dim}-dimensional embeddings"
         )
+    csls_k = number(args.csls_k, "--csls-k", int, 1)
+    if csls_k is not None and args.csls is None:
+        raise ValueError("--csls-k needs --csls QUERIES (the sample of queries the radii come from)")
     y = adapter.transform(x, chunk_size=batch) if batch is not None else adapter.transform(x)
+    note = ""
+    if args.normalize:
+        import torch.nn.functional as F
+
+        from alignkit.functional._checks import EPS
+
+        y = F.normalize(y, dim=-1, eps=EPS)
+        note = ", rows L2-normalised"
+    if args.csls is not None:
+        from alignkit.search import csls_index
+
+        reference = load_embeddings(args.csls, key=args.key_csls)
+        if reference.shape[1] != y.shape[1]:
+            raise ValueError(
+                f"--csls {args.csls} has {reference.shape[1]} columns but the mapped rows have {y.shape[1]} "
+                "(it must hold target-model query embeddings)"
+            )
+        if reference.shape[0] < 1:
+            raise ValueError(f"--csls {args.csls} holds no rows")
+        k = min(csls_k or 10, reference.shape[0])
+        y = csls_index(y, reference.to(y.dtype), k=k)
+        note = (
+            f", CSLS k={k} column appended: search by inner product with queries [q/‖q‖, 1] "
+            f"({y.shape[1]} columns)"
+        )
     save_embeddings(out, y)
-    print(
-        f"alignkit transform: {args.input} {tuple(x.shape)} → {out} {tuple(y.shape)} "
-        f"({adapter.method} adapter, {str(y.dtype).removeprefix('torch.')})"
-    )
+    if not args.quiet:
+        print(
+            f"alignkit transform: {args.input} {tuple(x.shape)} → {out} {tuple(y.shape)} "
+            f"({adapter.method} adapter, {str(y.dtype).removeprefix('torch.')}{note})"
+        )
     return 0
 
 
@@ -67,7 +104,19 @@ def add_command(subparsers: Any) -> None:
     transform.add_argument("adapter", nargs="?", help="adapter file (.safetensors from alignkit fit)")
     transform.add_argument("input", nargs="?", help="embeddings to map (N × d_s)")
     transform.add_argument("-o", "--out", help="output file (.npy, .pt or .safetensors)")
-    transform.add_argument("--key", help="array / column to read from INPUT when it holds several")
+    transform.add_argument(
+        "--key", "--key-a", dest="key", help="array / column to read from INPUT when it holds several"
+    )
     transform.add_argument("--batch-size", help="rows per block (default 65536)")
+    transform.add_argument("--normalize", action="store_true", help="L2-normalise the mapped rows")
+    transform.add_argument(
+        "--csls",
+        metavar="QUERIES",
+        help="target-model query sample: append the CSLS hub penalty as one extra column "
+        "(search the result by inner product with queries [q/‖q‖, 1])",
+    )
+    transform.add_argument("--csls-k", help="CSLS neighbourhood size (default 10)")
+    transform.add_argument("--key-csls", help="array / column to read from QUERIES when it holds several")
+    transform.add_argument("--quiet", action="store_true", help="print nothing on success")
     transform.set_defaults(func=run_transform)
 

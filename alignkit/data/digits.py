@@ -20,7 +20,7 @@ counted downwards from the top, column ``c`` from the left; ink mass ``m = Σ p`
 attribute     measurement                                words (buckets)
 ============  =========================================  ==============================================
 ink           ``m``, the total ink                       faint / medium / heavy: tertiles of the
-                                                         1,797 digits
+                                                         training split (medians likewise)
 slant         ``−μ11 / μ02``: columns moved right per    left-leaning (< −0.1) / upright / right-leaning
               row going up (the deskewing shear)         (> 0.1): fixed, symmetric about 0
 height        ``sqrt(12·μ02/m + 1)``: the length of a    short / tall: split at the median
@@ -55,6 +55,7 @@ __all__ = [
     "ATTRIBUTE_WORDS",
     "DEFAULT_TEMPLATES",
     "DIGIT_WORDS",
+    "SEEN_PROMPT_TEMPLATES",
     "SLANT_THRESHOLD",
     "ZERO_SHOT_TEMPLATES",
     "DigitsCaptions",
@@ -92,14 +93,20 @@ DEFAULT_TEMPLATES: tuple[str, ...] = (
     "a photo of the number {digit_word}",
 )
 
-#: Zero-shot class prompts (CLIP-style prompt ensembling); fields ``{word}`` and ``{digit}``.
+#: Zero-shot class prompts (CLIP-style prompt ensembling); fields ``{word}`` and ``{digit}``. None of
+#: them is a caption template (:data:`DEFAULT_TEMPLATES`) or any part of a caption, so zero-shot
+#: accuracy measures transfer to phrasings never seen in training.
 ZERO_SHOT_TEMPLATES: tuple[str, ...] = (
-    "a handwritten digit {word}",
-    "a photo of the number {word}",
-    "the digit {digit}",
-    "a handwritten {word} ({digit})",
-    "a drawing of the number {word}",
+    "a scan of a handwritten {word}",
+    "the numeral {digit}",
+    "an image showing the digit {word}",
+    "{word}, written by hand",
+    "a small picture of a {word}",
 )
+
+#: The one training caption template that names only the digit ("a photo of the number three"):
+#: zero-shot with it as the only prompt is reported separately, labelled as a seen template.
+SEEN_PROMPT_TEMPLATES: tuple[str, ...] = ("a photo of the number {word}",)
 
 _CAPTION_FIELDS = (
     "digit",
@@ -252,10 +259,10 @@ def _raw_digits() -> tuple[np.ndarray, np.ndarray]:
     return images, labels
 
 
-@functools.lru_cache(maxsize=1)
-def _thresholds() -> tuple[tuple[str, tuple[float, ...]], ...]:
+@functools.lru_cache(maxsize=8)
+def _thresholds(rows: tuple[int, ...] | None = None) -> tuple[tuple[str, tuple[float, ...]], ...]:
     images, _ = _raw_digits()
-    values = measure_attributes(images)
+    values = measure_attributes(images if rows is None else images[np.asarray(rows, dtype=np.int64)])
     out: dict[str, tuple[float, ...]] = {}
     for name, words in ATTRIBUTE_WORDS.items():
         if name == "slant":
@@ -266,15 +273,17 @@ def _thresholds() -> tuple[tuple[str, tuple[float, ...]], ...]:
     return tuple(out.items())
 
 
-def digits_thresholds() -> dict[str, tuple[float, ...]]:
-    """Bucket boundaries per attribute: tertiles / medians of the 1,797 digits, ±0.1 for slant.
+def digits_thresholds(rows: Sequence[int] | None = None) -> dict[str, tuple[float, ...]]:
+    """Bucket boundaries per attribute: tertiles / medians of the digits ``rows`` (default all 1,797;
+    :func:`load_digits_captions` passes its training split, so no test image shapes a caption
+    word's boundary), ±0.1 for slant.
 
     A value ``v`` gets word ``ATTRIBUTE_WORDS[name][j]`` where ``j`` is the number of boundaries
     strictly below ``v`` (so a value equal to a boundary falls in the lower bucket).
 
-    Cost: one pass over the dataset (O(1797·64)) on the first call, cached afterwards.
+    Cost: one pass over the rows (O(N·64)) on the first call, cached afterwards.
     """
-    return dict(_thresholds())
+    return dict(_thresholds(None if rows is None else tuple(int(r) for r in rows)))
 
 
 def _bucket(values: Mapping[str, np.ndarray], thresholds: Mapping[str, Sequence[float]]) -> dict[str, Any]:
@@ -526,7 +535,8 @@ def load_digits_captions(
     fractions = _check_split(split)
     raw_images, raw_labels = _raw_digits()
     images, labels = raw_images.copy(), raw_labels.copy()
-    thresholds = digits_thresholds()
+    splits = _stratified_split(labels, fractions, seed)
+    thresholds = digits_thresholds(splits["train"])
     values = measure_attributes(images)
     words = _bucket(values, thresholds)
     n = labels.shape[0]
@@ -549,7 +559,7 @@ def load_digits_captions(
         attributes=words,
         measurements=values,
         thresholds=thresholds,
-        splits=_stratified_split(labels, fractions, seed),
+        splits=splits,
         templates=checked,
         seed=seed,
     )

@@ -23,6 +23,7 @@ descriptions in :data:`SOURCE_KEYS`) — see :func:`load_source`.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import mmap
@@ -38,7 +39,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from alignkit.data.splits import factorize, group_split, read_split_file, splits_from_labels
-from alignkit.io import _LOADERS, LOADABLE_EXTENSIONS, load_embeddings
+from alignkit.io import _LOADERS, LOADABLE_EXTENSIONS, check_budget, load_embeddings
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -140,32 +141,45 @@ SOURCE_KEYS: dict[str, str] = {
 
 
 class FeatureRows(Dataset):
-    """A memory-mapped (N, d) ``.npy`` feature file, read a batch of rows at a time.
+    """An (N, d) ``.npy`` feature file left on disk, read a batch of rows at a time.
 
     ``rows[i]`` is a (d,) float32 tensor; ``rows[index]`` with an int64 tensor / array / list of row
     indices, or a slice, is (B, d) float32 (a copy: the file is never written). Storage may be
     float16 / float32 / float64 or integers; only the rows asked for are read and widened.
 
-    Resident memory stays bounded by ``release_bytes`` whatever N is: the mapped pages count towards
-    the process's RSS once touched, so after about ``release_bytes`` of pages have been read the
-    mapping is told to drop them (``madvise(MADV_DONTNEED)``; the data stay in the kernel's page cache,
-    so re-reading is cheap). ``release_bytes=None`` keeps them mapped.
+    The header is read with ``np.load(mmap_mode="r")`` (shape, dtype, offset, no data). Rows are then
+    read in one of two ways:
+
+    * ``mode="pread"`` (default) — positional reads (``os.preadv``) of just those rows into the batch
+      (runs of consecutive rows in one call). Resident memory is the batch, whatever N is; the file's
+      pages sit in the kernel's page cache, which is not this process's memory.
+    * ``mode="mmap"`` — fancy indexing of a read-only memory map. Every page the mapping touches counts
+      towards the process's RSS; the kernel maps whole page-cache folios around each touched row
+      (fault-around, up to MiBs), so a few random batches can make most of the file resident. After
+      about ``release_bytes`` of reads the mapping drops its pages (``madvise(MADV_DONTNEED)``);
+      ``release_bytes=None`` keeps them. Fortran-order files always use this mode.
 
     Args:
         path: a ``.npy`` file holding a 2-D numeric array, N ≥ 1, d ≥ 1.
-        check_finite: scan the file once in chunks and refuse NaN / Inf (O(N·d), bounded memory).
-        release_bytes: see above; default 256 MiB.
+        check_finite: scan the file once in 64 MiB chunks and refuse NaN / Inf (O(N·d) time).
+        mode: ``"pread"`` | ``"mmap"``.
+        release_bytes: see ``mode="mmap"``; default 256 MiB.
 
     Picklable (re-opens the file), so it works with ``DataLoader(num_workers > 0)``.
+    Cost per batch of B rows: O(B·d) time and memory (plus one system call per run of rows).
     """
 
     def __init__(
         self,
         path: str | os.PathLike[str],
         check_finite: bool = True,
+        mode: str = "pread",
         release_bytes: int | None = 256 << 20,
     ) -> None:
+        if mode not in ("pread", "mmap"):
+            raise ValueError(f"mode must be 'pread' or 'mmap', got {mode!r}")
         self.path = Path(path)
+        self.mode = mode
         self.release_bytes = release_bytes
         self._open()
         if check_finite:
@@ -193,33 +207,47 @@ class FeatureRows(Dataset):
             raise ValueError(f"{file}: array has shape {shape}, expected 2-D (N, d) rows of features")
         if shape[0] == 0 or shape[1] == 0:
             raise ValueError(f"{file}: array has shape {shape}; expected at least one row and one column")
-        with open(file, "rb") as handle:
-            self._mmap = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
-        self._array = np.ndarray(
-            shape, dtype, buffer=self._mmap, offset=offset, order="F" if fortran else "C"
-        )
+        self._shape, self._dtype, self._offset = shape, dtype, offset
         self._row_bytes = int(shape[1]) * dtype.itemsize
         self._touched = 0
+        self._mmap: mmap.mmap | None = None
+        self._fd: int | None = None
+        self._mapped = self.mode == "mmap" or fortran or not hasattr(os, "pread")
+        if self._mapped:
+            with open(file, "rb") as handle:
+                self._mmap = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+            self._array = np.ndarray(
+                shape, dtype, buffer=self._mmap, offset=offset, order="F" if fortran else "C"
+            )
+        else:
+            self._fd = os.open(file, os.O_RDONLY)
+
+    def __del__(self) -> None:
+        fd = getattr(self, "_fd", None)
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+            self._fd = None
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"path": self.path, "release_bytes": self.release_bytes}
+        return {"path": self.path, "mode": self.mode, "release_bytes": self.release_bytes}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.path = state["path"]
+        self.mode = state["mode"]
         self.release_bytes = state["release_bytes"]
         self._open()
 
     def _check_finite(self) -> None:
-        if self._array.dtype.kind != "f":
+        if self._dtype.kind != "f":
             return
-        chunk = max(1, (64 << 20) // max(self._row_bytes, 1))
+        chunk = max(1, (64 << 20) // self._row_bytes)
         for start in range(0, len(self), chunk):
-            block = self._array[start : start + chunk]
+            block = self._read(slice(start, min(start + chunk, len(self))))
             ok = np.isfinite(block)
             if not ok.all():
                 row = start + int(np.flatnonzero(~ok.all(1))[0])
                 raise ValueError(f"{self.path}: row {row} has NaN or Inf; embeddings must be finite")
-            self._account(block.shape[0] * self._row_bytes)
 
     def _account(self, nbytes: int) -> None:
         self._touched += nbytes
@@ -227,18 +255,61 @@ class FeatureRows(Dataset):
             self.release()
 
     def release(self) -> None:
-        """Drop the pages read so far from this process's resident memory (the file is unchanged)."""
+        """``mode="mmap"``: drop the mapped pages from this process's resident memory (no-op for pread)."""
         self._touched = 0
-        if hasattr(self._mmap, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
+        if self._mmap is not None and hasattr(self._mmap, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
             self._mmap.madvise(mmap.MADV_DONTNEED)
 
+    def _read(self, index: slice | np.ndarray) -> np.ndarray:
+        """Rows ``index`` (a slice with step 1, or int64 positions in [0, N)) in the stored dtype."""
+        if self._mapped:
+            out = np.array(self._array[index])  # a copy
+            rows = out.shape[0]
+            self._account(
+                rows * (self._row_bytes if isinstance(index, slice) else max(self._row_bytes, _PAGE))
+            )
+            return out
+        if isinstance(index, slice):
+            start, stop = index.start, index.stop
+            out = np.empty((stop - start, self._shape[1]), dtype=self._dtype)
+            self._pread(out, start, stop - start, 0)
+            return out
+        out = np.empty((index.size, self._shape[1]), dtype=self._dtype)
+        if index.size == 0:
+            return out
+        order = np.argsort(index, kind="stable")
+        ordered = index[order]
+        breaks = np.flatnonzero(np.diff(ordered) != 1) + 1  # runs of consecutive rows: one read each
+        starts = np.concatenate(([0], breaks)).tolist()
+        ends = np.concatenate((breaks, [ordered.size])).tolist()
+        first_rows = ordered[starts].tolist()
+        gathered = out if bool((order == np.arange(order.size)).all()) else np.empty_like(out)
+        for s, e, row in zip(starts, ends, first_rows, strict=True):
+            self._pread(gathered, row, e - s, s)
+        if gathered is not out:
+            out[order] = gathered
+        return out
+
+    def _pread(self, out: np.ndarray, row: int, count: int, at: int) -> None:
+        """Read ``count`` rows from file row ``row`` into ``out[at : at + count]``."""
+        view = memoryview(out.reshape(-1).view(np.uint8))[
+            at * self._row_bytes : (at + count) * self._row_bytes
+        ]
+        offset = self._offset + row * self._row_bytes
+        done = 0
+        while done < len(view):
+            got = os.preadv(self._fd, [view[done:]], offset + done)
+            if got <= 0:
+                raise ValueError(f"{self.path}: file ends before row {row + count} that its header promises")
+            done += got
+
     def __len__(self) -> int:
-        return int(self._array.shape[0])
+        return int(self._shape[0])
 
     @property
     def shape(self) -> torch.Size:
         """(N, d)."""
-        return torch.Size(self._array.shape)
+        return torch.Size(self._shape)
 
     @property
     def ndim(self) -> int:
@@ -257,20 +328,21 @@ class FeatureRows(Dataset):
     @property
     def storage_dtype(self) -> np.dtype:
         """The dtype in the file (rows come back as float32)."""
-        return self._array.dtype
+        return self._dtype
 
     def __getitem__(self, index: Any) -> Tensor:
+        n = len(self)
         if isinstance(index, (int, np.integer)) and not isinstance(index, bool):
-            n = len(self)
             if not -n <= int(index) < n:
                 raise IndexError(f"row {int(index)} out of range for {n} rows")
-            out = np.array(self._array[int(index)], dtype=np.float32)
-            self._account(max(self._row_bytes, _PAGE))
-            return torch.from_numpy(out)
+            row = int(index) % n
+            return torch.from_numpy(self._read(slice(row, row + 1))[0].astype(np.float32))
         if isinstance(index, slice):
-            out = np.array(self._array[index], dtype=np.float32)
-            self._account(out.shape[0] * self._row_bytes)
-            return torch.from_numpy(out)
+            start, stop, step = index.indices(n)
+            if step != 1:
+                return self[np.arange(start, stop, step)]
+            block = self._read(slice(start, max(start, stop)))
+            return torch.from_numpy(block.astype(np.float32, copy=False))
         if isinstance(index, Tensor):
             index = index.detach().cpu().numpy()
         rows = np.asarray(index)
@@ -279,19 +351,20 @@ class FeatureRows(Dataset):
         if rows.dtype.kind not in "iu" and rows.size:
             raise ValueError(f"FeatureRows takes integer row indices, got dtype {rows.dtype}")
         rows = rows.astype(np.int64, copy=False).reshape(-1)
-        n = len(self)
         if rows.size and (int(rows.min()) < -n or int(rows.max()) >= n):
             raise IndexError(f"row index out of range for {n} rows")
-        out = np.asarray(self._array[rows], dtype=np.float32)  # fancy indexing copies just these rows
-        self._account(rows.size * max(self._row_bytes, _PAGE))
-        return torch.from_numpy(out)
+        rows = np.where(rows < 0, rows + n, rows)
+        return torch.from_numpy(self._read(rows).astype(np.float32, copy=False))
 
     def to_tensor(self) -> Tensor:
-        """All N rows as one (N, d) float32 tensor in memory (O(N·d·4) bytes)."""
+        """All N rows as one (N, d) float32 tensor in memory (O(N·d·4) bytes; refused above
+        :func:`alignkit.io.memory_budget`)."""
+        check_budget(len(self) * self._shape[1] * 4, self.path, f"all {len(self)} rows as float32")
         return self[slice(None)]
 
     def __repr__(self) -> str:
-        return f"FeatureRows({str(self.path)!r}, shape={tuple(self.shape)}, storage={self._array.dtype})"
+        where = f"{str(self.path)!r}, shape={tuple(self.shape)}"
+        return f"FeatureRows({where}, storage={self._dtype}, mode={self.mode!r})"
 
 
 class ImageRows(Dataset):
@@ -609,6 +682,9 @@ def _load_images(
 ) -> ImageRows:
     root_real = os.path.realpath(root)
     channels = 3 if mode == "RGB" else 1
+    check_budget(
+        len(values) * channels * size[0] * size[1], file, f"{len(values)} images of column {column!r}"
+    )
     pixels = torch.empty((len(values), channels, *size), dtype=torch.uint8)
     paths = []
     for i, value in enumerate(values):

@@ -215,8 +215,13 @@ def encode_texts(
         )
     embeddings = out.detach().to(device="cpu", dtype=torch.float32).contiguous()
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_embeddings(path, embeddings)
+        try:  # best effort: a full disk or a read-only cache must not lose the encoding just done
+            path.parent.mkdir(parents=True, exist_ok=True)
+            save_embeddings(path, embeddings)
+        except (OSError, ValueError) as err:
+            import sys
+
+            print(f"alignkit: text cache not written ({path}: {err}); continuing", file=sys.stderr)
     return embeddings
 
 

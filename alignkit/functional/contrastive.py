@@ -777,6 +777,7 @@ def supcon_loss(
     return out.to(features.dtype)
 
 
+@one_device
 def nt_xent_loss(
     view1: Tensor,
     view2: Tensor,

@@ -34,6 +34,7 @@ from alignkit.functional._checks import (
     check_int,
     check_positive,
     check_same_device,
+    one_device,
     shape_str,
 )
 
@@ -47,6 +48,7 @@ __all__ = [
 ]
 
 
+@one_device
 def linear_interpolant(x: Tensor, noise: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
     """The linear (rectified-flow) interpolant and its velocity: ``x_t = (1 − t)·x + t·ε``, ``v = ε − x``.
 
@@ -91,6 +93,7 @@ def _sqrtm_psd(a: Tensor) -> Tensor:
     return (vecs * vals.clamp_min(0).sqrt()) @ vecs.T
 
 
+@one_device
 def frechet_distance_from_moments(mu1: Tensor, sigma1: Tensor, mu2: Tensor, sigma2: Tensor) -> Tensor:
     """``‖μ₁ − μ₂‖² + Tr Σ₁ + Tr Σ₂ − 2·Tr (Σ₁^{1/2} Σ₂ Σ₁^{1/2})^{1/2}`` (Heusel et al. 2017), float64.
 
@@ -123,6 +126,7 @@ def frechet_distance_from_moments(mu1: Tensor, sigma1: Tensor, mu2: Tensor, sigm
     return diff @ diff + sigma1.trace() + sigma2.trace() - 2 * vals.sqrt().sum()
 
 
+@one_device
 def frechet_distance(x: Tensor, y: Tensor) -> Tensor:
     """Fréchet distance between Gaussians fitted to two feature sets (FID's formula on any features).
 
@@ -164,6 +168,7 @@ def _inside(points: Tensor, centres: Tensor, radii: Tensor, block: int) -> Tenso
     return torch.cat(out)
 
 
+@one_device
 def manifold_precision_recall(
     real: Tensor, fake: Tensor, k: int = 3, chunk_size: int = 1024
 ) -> tuple[Tensor, Tensor]:
@@ -200,6 +205,7 @@ def manifold_precision_recall(
     return precision, recall
 
 
+@one_device
 def adaptive_loss_weight(
     main_loss: Tensor,
     aux_loss: Tensor,

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from alignkit.functional._checks import check_int, check_reduction, reduce, shape_str
+from alignkit.functional._checks import check_int, check_reduction, one_device, reduce, shape_str
 
 __all__ = ["hubness", "k_occurrence", "topk_overlap"]
 
@@ -96,6 +96,7 @@ def hubness(indices: Tensor, num_items: int) -> dict[str, float]:
     }
 
 
+@one_device
 def topk_overlap(a: Tensor, b: Tensor, reduction: str = "mean") -> Tensor:
     """Fraction of shared neighbours of two searches of the same queries, ``|A_i ∩ B_i| / k``.
 

@@ -39,7 +39,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor
 
-from alignkit.functional._checks import check_features, check_int, shape_str
+from alignkit.functional._checks import check_features, check_int, one_device, shape_str
 
 __all__ = [
     "BootstrapInterval",
@@ -47,6 +47,7 @@ __all__ = [
     "bootstrap_interval",
     "chance_levels",
     "permutation_test",
+    "seed_interval",
 ]
 
 @dataclass(frozen=True)
@@ -132,6 +133,7 @@ def _scores(metric_fn: Callable[[Tensor, Tensor], object], a: Tensor, b: Tensor)
     return _number(value)
 
 
+@one_device
 def permutation_test(
     metric_fn: Callable[[Tensor, Tensor], object],
     x: Tensor,
@@ -231,6 +233,7 @@ def _alternatives(
     return sides
 
 
+@one_device
 def bootstrap_interval(
     metric_fn: Callable[[Tensor, Tensor], object],
     x: Tensor,
@@ -321,3 +324,35 @@ def chance_levels(n: int, k: int = 10, recall_ks: Sequence[int] = (1, 5, 10)) ->
         }
     )
     return out
+
+
+def seed_interval(values: Sequence[float], level: float = 0.95) -> dict[str, float]:
+    """Mean, sample standard deviation and a Student-t interval of a metric over independent runs.
+
+    ``mean ± t_{(1+level)/2, n−1} · sd / √n`` with ``sd`` the unbiased (n − 1) standard deviation:
+    the interval for the expected value of the metric over training seeds. With one run the
+    standard deviation and the interval are NaN (nothing is known about the spread).
+
+    Args:
+        values: the metric of each run (finite numbers; non-finite ones are dropped).
+        level: coverage of the interval, in (0, 1).
+
+    Returns:
+        ``{"mean", "sd", "low", "high", "n"}``.
+
+    Cost: O(n).
+    """
+    if not (isinstance(level, float) and 0.0 < level < 1.0):
+        raise ValueError(f"level must be a float in (0, 1), got {level!r}")
+    finite = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    n = len(finite)
+    if n == 0:
+        raise ValueError("values must hold at least one finite number")
+    mean = sum(finite) / n
+    if n == 1:
+        return {"mean": mean, "sd": math.nan, "low": math.nan, "high": math.nan, "n": 1}
+    sd = math.sqrt(sum((v - mean) ** 2 for v in finite) / (n - 1))
+    from scipy.stats import t
+
+    half = float(t.ppf(0.5 + level / 2, n - 1)) * sd / math.sqrt(n)
+    return {"mean": mean, "sd": sd, "low": mean - half, "high": mean + half, "n": n}

@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 
 from torch import nn
 
-__all__ = ["available", "build", "register"]
+__all__ = ["aliases", "available", "build", "register"]
 
 _REGISTRY: dict[str, type[nn.Module]] = {}
 M = TypeVar("M", bound=type[nn.Module])
@@ -31,6 +31,19 @@ def register(*names: str) -> Callable[[M], M]:
 def available() -> list[str]:
     """Every registered loss name, sorted."""
     return sorted(_REGISTRY)
+
+
+def aliases() -> dict[str, list[str]]:
+    """Each loss's name (the first it was registered under) → its other names, sorted by name."""
+    first: dict[type[nn.Module], str] = {}
+    others: dict[str, list[str]] = {}
+    for name, cls in _REGISTRY.items():  # insertion order: the first name of a class is its own
+        if cls not in first:
+            first[cls] = name
+            others[name] = []
+        else:
+            others[first[cls]].append(name)
+    return {name: sorted(others[name]) for name in sorted(others)}
 
 
 def build(name: str, **kwargs: Any) -> nn.Module:

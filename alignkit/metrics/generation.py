@@ -90,7 +90,8 @@ def cached_module(
         module.load_state_dict(load_file(str(weights)))
         facts = json.loads(facts_path.read_text())
     else:
-        facts = dict(train(module))
+        with torch.enable_grad():  # also when called under no_grad (e.g. from a validation hook)
+            facts = dict(train(module))
         root.mkdir(parents=True, exist_ok=True)
         tmp = weights.with_suffix(f".tmp{os.getpid()}")
         save_file({k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}, str(tmp))

@@ -123,7 +123,7 @@ def train_simclr(
                 loss.backward()
                 opt.step()
                 sched.step()
-                last = float(loss)
+                last = float(loss.detach())
     encoder.eval()
     return {"final_loss": last, "epochs": epochs, "seed": seed, "train_rows": len(images), "labels": False}
 

@@ -215,13 +215,25 @@ class SiT(nn.Module):
                 f"y must hold labels in [0, {self.num_classes}] ({self.num_classes} = the null class)"
             )
 
+    def _embed(self, x: Tensor, t: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        h = self.patch_embed(x).flatten(2).transpose(1, 2) + self.pos_embed
+        return h, self.time_embed(timestep_embedding(t, 256).to(h.dtype)) + self.label_embed(y)
+
+    def hidden(self, x: Tensor, t: Tensor, y: Tensor, depth: int) -> Tensor:
+        """The (B, T, d) tokens after block ``depth`` (1-based; what REPA aligns), no label dropout."""
+        self._check_inputs(x, t, y)
+        check_int(depth, "depth", 1, self.depth)
+        h, c = self._embed(x, t, y)
+        for block in self.blocks[:depth]:
+            h = block(h, c)
+        return h
+
     def forward(self, x: Tensor, t: Tensor, y: Tensor) -> Tensor:
         self._check_inputs(x, t, y)
         if self.training and self.class_dropout > 0:
             drop = torch.rand(y.shape, device=y.device) < self.class_dropout
             y = torch.where(drop, torch.full_like(y, self.null_class), y)
-        h = self.patch_embed(x).flatten(2).transpose(1, 2) + self.pos_embed
-        c = self.time_embed(timestep_embedding(t, 256).to(h.dtype)) + self.label_embed(y)
+        h, c = self._embed(x, t, y)
         for block in self.blocks:
             h = block(h, c)
         shift, scale = self.final_ada_ln(c).chunk(2, dim=-1)

@@ -12,16 +12,16 @@ is then rewritten so that it carries the comparison section.
 
 from __future__ import annotations
 
-import html
 import json
 import math
 import os
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from alignkit.report.html import comparison_table_html, write_report, write_text_atomic
+from alignkit.report.html import write_comparison_page, write_report, write_text_atomic
 
 __all__ = ["COLUMNS", "DEFAULT_RECIPES", "compare", "markdown_table"]
 
@@ -52,7 +52,7 @@ def markdown_table(table: Mapping[str, Any]) -> str:
     """The markdown table of a comparison (``compare.json`` object): one row per recipe.
 
     Numbers use the column's format of :data:`COLUMNS` (3 decimals; median rank and seconds 1); a
-    missing or non-finite value prints as ``—``.
+    missing or non-finite value prints as ``—``; over several seeds a cell is ``mean ± sd``.
     """
     rows = table.get("rows")
     if not isinstance(rows, list):
@@ -67,8 +67,11 @@ def markdown_table(table: Mapping[str, Any]) -> str:
     for row in rows:
         cells = []
         for key in keys:
-            value = _number(row.get(key))
-            cells.append("—" if value is None else format(value, formats.get(key, ".4g")))
+            value, sd = _number(row.get(key)), _number(row.get(f"{key}_sd"))
+            text = "—" if value is None else format(value, formats.get(key, ".4g"))
+            if value is not None and sd is not None:
+                text += " ± " + format(sd, formats.get(key, ".4g"))
+            cells.append(text)
         lines.append(f"| {row.get('recipe')} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -104,6 +107,9 @@ def compare(
     *,
     epochs_scale: float | None = None,
     reports: bool = True,
+    progress: bool = True,
+    seeds: int = 1,
+    on_recipe: Any = None,
 ) -> dict[str, Any]:
     """Train each recipe into ``out_dir/<recipe>/`` and write the comparison table.
 
@@ -114,6 +120,13 @@ def compare(
         epochs_scale: multiply each recipe's configured epochs by this (> 0; at least 1 epoch), e.g.
             0.2 for a quick look; the epochs come from ``alignkit.recipes.load_config``.
         reports: rewrite each run's ``report.html`` with the comparison section.
+        progress: say on stderr which recipe runs (``[2/6] byol: training → runs/compare/byol``)
+            and show each run's progress labelled with it (a bar in a terminal, else one line per
+            epoch).
+        seeds: train each recipe with this many seeds (:func:`alignkit.recipes.run.run_seeds`, into
+            ``out_dir/<recipe>/seed-<s>/``); the row then holds each metric's mean over the seeds and
+            ``<metric>_sd`` / ``<metric>_low`` / ``<metric>_high`` (its 95 % Student-t interval).
+        on_recipe: ``on_recipe(i, name)`` called before each recipe is trained.
 
     Returns:
         The ``compare.json`` object: ``{"columns": [{"key", "title"}…], "rows": [{"recipe", "run_dir",
@@ -138,19 +151,45 @@ def compare(
         raise ValueError(
             f"overrides must be a mapping of config keys to values, got {type(overrides).__name__}"
         )
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or not 1 <= seeds <= 1000:
+        raise ValueError(f"seeds must be an integer in [1, 1000], got {seeds!r}")
     run_recipe = _runner()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
     run_dirs: list[Path] = []
-    for recipe, name in zip(recipes, names, strict=True):
+    for number, (recipe, name) in enumerate(zip(recipes, names, strict=True), start=1):
         run_dir = out / name
         settings = dict(overrides or {})
         if epochs_scale is not None:
             settings.update(_epoch_override(str(recipe), float(epochs_scale)))
+        label = f"[{number}/{len(names)}] {name}: "
+        if on_recipe is not None:
+            on_recipe(len(rows), name)
+        if progress:
+            extra = f" ({seeds} seeds)" if seeds > 1 else ""
+            print(f"{label}training{extra} → {run_dir}", file=sys.stderr, flush=True)
+        shown: bool | str = label if progress else False
         start = time.perf_counter()
-        returned = run_recipe(_config(str(recipe), settings), run_dir, progress=False)
+        if seeds > 1:
+            from alignkit.recipes.run import run_seeds
+
+            summary = run_seeds(_config(str(recipe), settings), run_dir, seeds, progress=shown)
+            elapsed = time.perf_counter() - start
+            if progress:
+                print(f"{label}done in {elapsed:.1f} s", file=sys.stderr, flush=True)
+            row = {"recipe": name, "run_dir": str(run_dir / f"seed-{summary['seeds'][0]}"), "seeds": seeds}
+            for key, _, _ in COLUMNS:
+                row[key] = _number(summary["mean"].get(key))
+                for part in ("sd", "low", "high"):
+                    row[f"{key}_{part}"] = _number(summary[part].get(key))
+            rows.append(row)
+            run_dirs.append(Path(row["run_dir"]))
+            continue
+        returned = run_recipe(_config(str(recipe), settings), run_dir, progress=shown)
         elapsed = time.perf_counter() - start
+        if progress:
+            print(f"{label}done in {elapsed:.1f} s", file=sys.stderr, flush=True)
         metrics_path = run_dir / "metrics.json"
         if metrics_path.is_file():
             metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
@@ -158,7 +197,7 @@ def compare(
             metrics = dict(returned)
         else:
             raise ValueError(f"recipe {name!r} wrote no {metrics_path} and returned no metrics dict")
-        row: dict[str, Any] = {"recipe": name, "run_dir": str(run_dir)}
+        row = {"recipe": name, "run_dir": str(run_dir)}
         for key, _, _ in COLUMNS:
             row[key] = _number(metrics.get(key))
         if row["seconds"] is None:
@@ -173,20 +212,14 @@ def compare(
             for k, v in (overrides or {}).items()
         },
         "epochs_scale": epochs_scale,
+        "seeds": seeds,
     }
     write_text_atomic(out / "compare.json", json.dumps(table, indent=2, allow_nan=False) + "\n")
     markdown = markdown_table(table)
     write_text_atomic(out / "compare.md", markdown)
-    page = (
-        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>alignkit: recipes compared'
-        "</title><style>body{font-family:system-ui,sans-serif;margin:2rem}table{border-collapse:collapse}"
-        "th,td{border:1px solid #ddd;padding:.25rem .6rem}td.num{text-align:right}th{background:#f4f4f6}"
-        "</style></head><body><h1>alignkit: recipes compared</h1>"
-        f"<p>runs in <code>{html.escape(str(out))}</code></p>{comparison_table_html(table)}</body></html>\n"
-    )
-    write_text_atomic(out / "compare.html", page)
     if reports:
         for run_dir in run_dirs:
             if (run_dir / "metrics.json").is_file():
                 write_report(run_dir)
+    write_comparison_page(out, table)
     return table

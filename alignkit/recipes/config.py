@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from alignkit.io import atomic_write
+from alignkit.io import atomic_write, load_yaml_bounded
 
 __all__ = [
     "ATTRIBUTES",
@@ -35,7 +35,7 @@ __all__ = [
     "write_config",
 ]
 
-RECIPES = ("clip", "byol", "supcon", "joint", "binder", "disentangled")
+RECIPES = ("clip", "byol", "supcon", "joint", "binder", "disentangled", "repa")
 ATTRIBUTES = ("slant", "ink", "thickness", "height", "width", "vertical", "horizontal")
 IMAGE_TOWERS = ("mlp", "cnn", "vit")
 PROJECTIONS = ("linear", "mlp")
@@ -55,6 +55,7 @@ class _Field:
     nullable: bool = False
     open_low: bool = False
     doc: str = ""
+    unit: str = ""
 
     def allowed(self) -> str:
         """Human-readable description of the allowed values."""
@@ -68,6 +69,7 @@ class _Field:
             if self.high is not None:
                 parts.append(f"≤ {self.high:g}")
             text = noun + (" " + " and ".join(parts) if parts else "")
+            text += f" ({self.unit})" if self.unit else ""
         elif self.kind == "bool":
             text = "true or false"
         elif self.kind == "value":
@@ -125,8 +127,22 @@ class _Field:
         return value
 
 
-def _int(default: int | None, low: int = 0, high: int | None = None, nullable: bool = False) -> _Field:
-    return _Field("int", default, low=low, high=high, nullable=nullable)
+# Upper bounds: every numeric key has one, checked before anything is allocated (a width of 1e8
+# or 1e29 epochs is refused with the unit named, not attempted).
+MAX_WIDTH = 65536  # features: widths, hidden and embedding dimensions
+MAX_EPOCHS = 100_000
+MAX_ROWS = 1 << 30  # samples: batch size, training subset
+MAX_SEED = 2**32 - 1  # numpy's seed range
+
+
+def _int(
+    default: int | None,
+    low: int = 0,
+    high: int | None = None,
+    nullable: bool = False,
+    unit: str = "",
+) -> _Field:
+    return _Field("int", default, low=low, high=high, nullable=nullable, unit=unit)
 
 
 def _float(
@@ -135,8 +151,9 @@ def _float(
     high: float | None = None,
     open_low: bool = False,
     nullable: bool = False,
+    unit: str = "",
 ) -> _Field:
-    return _Field("float", default, low=low, high=high, open_low=open_low, nullable=nullable)
+    return _Field("float", default, low=low, high=high, open_low=open_low, nullable=nullable, unit=unit)
 
 
 def _choice(default: Any, choices: Sequence[Any]) -> _Field:
@@ -209,28 +226,30 @@ def _tower_fields(side: str) -> dict[str, _Field]:
 
 _COMMON: dict[str, _Field] = {
     "recipe": _choice("clip", RECIPES),
-    "seed": _int(0),
-    "data.seed": _int(0),
-    "data.train_subset": _int(None, low=2, nullable=True),
+    "seed": _int(0, high=MAX_SEED, unit="seed"),
+    "data.seed": _int(0, high=MAX_SEED, unit="seed"),
+    "data.train_subset": _int(None, low=2, high=MAX_ROWS, nullable=True, unit="samples"),
     "data.text_model": _Field("str", "all-MiniLM-L6-v2"),
     **_SOURCE_FIELDS,
     **_tower_fields("a"),
     **_tower_fields("b"),
     "model.image_tower": _choice("mlp", IMAGE_TOWERS),
-    "model.image_width": _int(256, low=1),
+    "model.image_width": _int(256, low=1, high=MAX_WIDTH, unit="features"),
     "model.dropout": _float(0.1, high=0.95),
-    "model.embed_dim": _int(64, low=1),
-    "train.epochs": _int(40, low=1),
-    "train.batch_size": _int(128, low=2),
-    "train.lr": _float(3e-3, open_low=True),
-    "train.weight_decay": _float(1e-4),
+    "model.embed_dim": _int(64, low=1, high=MAX_WIDTH, unit="dimensions"),
+    "train.epochs": _int(40, low=1, high=MAX_EPOCHS, unit="epochs"),
+    "train.batch_size": _int(128, low=2, high=MAX_ROWS, unit="samples"),
+    "train.lr": _float(3e-3, open_low=True, high=10.0, unit="learning rate"),
+    "train.weight_decay": _float(1e-4, high=10.0, unit="weight decay"),
     "train.warmup_fraction": _float(0.05, high=1.0),
     "train.min_lr_ratio": _float(0.0, high=1.0),
-    "train.grad_clip": _float(None, open_low=True, nullable=True),
-    "train.log_every": _int(5, low=1),
+    "train.grad_clip": _float(None, open_low=True, high=1e6, nullable=True, unit="gradient norm"),
+    "train.log_every": _int(5, low=1, high=10**9, unit="steps"),
     "train.device": _choice("auto", DEVICES),
     "train.evaluate_checkpoint": _choice("best", CHECKPOINTS),
-    "train.threads": _int(1, low=1, nullable=True),
+    "train.threads": _int(1, low=1, high=4096, nullable=True, unit="threads"),
+    "train.null_permutations": _int(50, high=10000, unit="permutations"),
+    "train.bootstrap": _int(0, high=100000, unit="resamples"),
 }
 
 #: The keys that say where the data and the encoders come from (``data.source``, ``model.tower_a`` …):
@@ -239,49 +258,68 @@ INPUT_KEYS = frozenset([*_SOURCE_FIELDS, *_tower_fields("a"), *_tower_fields("b"
 
 _PROJECTION = {"model.projection": _choice("linear", PROJECTIONS)}
 _CLIP_TEMPERATURE = {
-    "model.init_temperature": _float(0.07, open_low=True),
+    "model.init_temperature": _float(0.07, open_low=True, high=100.0, unit="temperature"),
     "model.learn_temperature": _Field("bool", True),
 }
 
 _RECIPE_FIELDS: dict[str, dict[str, _Field]] = {
-    "clip": {**_PROJECTION, **_CLIP_TEMPERATURE},
+    "clip": {
+        **_PROJECTION,
+        **_CLIP_TEMPERATURE,
+        "loss.contrastive": _choice("clip", ("clip", "siglip")),
+    },
     "byol": {
-        "model.text_width": _int(256, low=1),
-        "model.hidden_dim": _int(512, low=1),
+        "model.text_width": _int(256, low=1, high=MAX_WIDTH, unit="features"),
+        "model.hidden_dim": _int(512, low=1, high=MAX_WIDTH, unit="features"),
         "model.tau_base": _float(0.99, high=1.0),
     },
     "supcon": {
         **_PROJECTION,
         **_CLIP_TEMPERATURE,
-        "loss.clip_weight": _float(1.0),
-        "loss.supcon_weight": _float(1.0),
-        "loss.temperature": _float(0.1, open_low=True),
+        "loss.clip_weight": _float(1.0, high=1e6, unit="loss weight"),
+        "loss.supcon_weight": _float(1.0, high=1e6, unit="loss weight"),
+        "loss.temperature": _float(0.1, open_low=True, high=100.0, unit="temperature"),
         "loss.variant": _choice("out", ("out", "in")),
     },
     "joint": {
         **_PROJECTION,
         **_CLIP_TEMPERATURE,
-        "loss.clip_weight": _float(1.0),
-        "loss.soft_nn_kl_weight": _float(1.0),
-        "loss.structure_weight": _float(1.0),
-        "loss.temperature": _float(0.1, open_low=True),
+        "loss.clip_weight": _float(1.0, high=1e6, unit="loss weight"),
+        "loss.soft_nn_kl_weight": _float(1.0, high=1e6, unit="loss weight"),
+        "loss.structure_weight": _float(1.0, high=1e6, unit="loss weight"),
+        "loss.temperature": _float(0.1, open_low=True, high=100.0, unit="temperature"),
     },
     "binder": {
         **_PROJECTION,
-        "model.profile_width": _int(128, low=1),
-        "loss.temperature": _float(0.07, open_low=True),
+        "model.profile_width": _int(128, low=1, high=MAX_WIDTH, unit="features"),
+        "loss.temperature": _float(0.07, open_low=True, high=100.0, unit="temperature"),
     },
     "disentangled": {
         "data.attribute": _Field("str", "slant"),
-        "data.noise": _float(0.1),
-        "model.subspace_dim": _int(32, low=1),
-        "model.hidden_dim": _int(None, low=1, nullable=True),
-        "model.init_temperature": _float(0.07, open_low=True),
-        "loss.temperature": _float(0.1, open_low=True),
+        "data.noise": _float(0.1, high=100.0, unit="noise scale"),
+        "model.subspace_dim": _int(32, low=1, high=MAX_WIDTH, unit="dimensions"),
+        "model.hidden_dim": _int(None, low=1, high=MAX_WIDTH, nullable=True, unit="features"),
+        "model.init_temperature": _float(0.07, open_low=True, high=100.0, unit="temperature"),
+        "loss.temperature": _float(0.1, open_low=True, high=100.0, unit="temperature"),
         "loss.independence": _choice("correlation", ("correlation", "cka")),
-        "loss.independence_weight": _float(1.0),
-        "loss.clip_weight": _float(1.0),
-        "train.probe_iterations": _int(300, low=1),
+        "loss.independence_weight": _float(1.0, high=1e6, unit="loss weight"),
+        "loss.clip_weight": _float(1.0, high=1e6, unit="loss weight"),
+        "train.probe_iterations": _int(300, low=1, high=10**6, unit="iterations"),
+    },
+    "repa": {  # a small SiT on the digits with REPA (alignkit.recipes.systems.repa)
+        "model.width": _int(64, low=4),
+        "model.depth": _int(4, low=1),
+        "model.num_heads": _int(4, low=1),
+        "model.patch_size": _int(2, low=1),
+        "model.class_dropout": _float(0.1, high=0.95),
+        "model.projector_dim": _int(256, low=1, nullable=True),
+        "model.target_encoder": _Field("str", "simclr"),
+        "model.target_epochs": _int(60, low=1),
+        "model.sampler": _choice("heun", ("euler", "heun")),
+        "model.sample_steps": _int(5, low=1),
+        "model.cfg_scale": _float(1.0),
+        "loss.repa_weight": _float(0.5),
+        "loss.repa_depth": _int(2, low=1),
     },
 }
 
@@ -293,6 +331,7 @@ _RECIPE_DEFAULTS: dict[str, dict[str, Any]] = {
     "joint": {},
     "binder": {"train.epochs": 60},
     "disentangled": {},
+    "repa": {"train.epochs": 30, "train.lr": 1e-3, "train.batch_size": 64, "train.weight_decay": 0.0},
 }
 
 
@@ -333,8 +372,19 @@ def _unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
     for dotted, value in flat.items():
         node = tree
         *parents, leaf = dotted.split(".")
-        for part in parents:
+        for depth, part in enumerate(parents):
             node = node.setdefault(part, {})
+            if not isinstance(node, dict):  # e.g. overrides train=3 train.epochs=2
+                section = ".".join(parents[: depth + 1])
+                raise ValueError(
+                    f"config key {section!r} is a section (it holds {dotted!r}), it cannot also be set to a "
+                    f"value ({node!r})"
+                )
+        if isinstance(node.get(leaf), dict):
+            raise ValueError(
+                f"config key {dotted!r} is a section (it holds {sorted(node[leaf])}), it cannot also be set "
+                f"to a value ({value!r})"
+            )
         node[leaf] = value
     return tree
 
@@ -392,6 +442,11 @@ def validate_config(config: Mapping[str, Any]) -> dict[str, Any]:
             "config keys 'loss.clip_weight' and 'loss.supcon_weight' are both 0; one must be > 0"
         )
     _check_source(recipe, resolved)
+    if recipe == "repa" and resolved["loss.repa_depth"] > resolved["model.depth"]:
+        raise ValueError(
+            f"config key 'loss.repa_depth' must be ≤ model.depth = {resolved['model.depth']}, "
+            f"got {resolved['loss.repa_depth']}"
+        )
     subset = resolved["data.train_subset"]
     if subset is not None and resolved["train.batch_size"] > subset:
         raise ValueError(
@@ -404,6 +459,8 @@ def validate_config(config: Mapping[str, Any]) -> dict[str, Any]:
 def _check_source(recipe: str, c: Mapping[str, Any]) -> None:
     """What a data source needs, and which recipes it can feed (a ValueError saying why not)."""
     source = c["data.source"]
+    if recipe == "repa" and source != "digits":
+        raise ValueError("recipe 'repa' trains on the digits only: data.source must be 'digits'")
     if source == "digits":
         if recipe == "disentangled" and c["data.attribute"] not in ATTRIBUTES:
             raise ValueError(
@@ -475,11 +532,11 @@ def load_config(path: str | os.PathLike[str] | None = None, overrides: Sequence[
         file = Path(path)
         if not file.is_file():
             raise ValueError(f"config file {file} does not exist")
-        try:
-            loaded = yaml.safe_load(file.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
-            first = " ".join(str(err).split())[:200]
-            raise ValueError(f"config file {file} is not valid YAML: {first}") from None
+        try:  # bounded: no anchors / aliases (YAML bombs), nesting ≤ 32, ≤ 1 MiB
+            loaded = load_yaml_bounded(file)
+        except ValueError as err:
+            reason = str(err).removeprefix(f"{file}: ").removeprefix("not valid YAML ")
+            raise ValueError(f"config file {file} is not valid YAML: {reason}") from None
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, Mapping):

@@ -49,6 +49,8 @@ class RecipeData:
         names: what sides a and b are (for tables and reports).
         source: ``"digits"``, ``"embeddings"`` or ``"pairs"``.
         tower_a, tower_b: factories of the trainable towers that read ``kind == "inputs"`` sides.
+        extra_prompts: name → (C, K', D) further prompt sets, each scored as its own labelled
+            zero-shot accuracy (the digits: ``seen_template``, a training caption template).
     """
 
     a: Any
@@ -67,6 +69,7 @@ class RecipeData:
     source: str = "digits"
     tower_a: Callable[[], nn.Module] | None = None
     tower_b: Callable[[], nn.Module] | None = None
+    extra_prompts: dict[str, Tensor] = field(default_factory=dict)
 
     @property
     def images(self) -> Any:
@@ -117,13 +120,16 @@ def load_data(seed: int = 0, text_model: str = "all-MiniLM-L6-v2") -> RecipeData
     cache (``$ALIGNKIT_CACHE`` or ``~/.cache/alignkit``).
     """
     from alignkit.data import ATTRIBUTE_WORDS, class_prompts, encode_texts, load_digits_captions
+    from alignkit.data.digits import SEEN_PROMPT_TEMPLATES
 
     digits = load_digits_captions(seed=seed)
     images = torch.from_numpy(np.ascontiguousarray(digits.images, dtype=np.float32))
     text = encode_texts(digits.captions, model=text_model)
-    prompts = class_prompts()
-    flat = [p for per_class in prompts for p in per_class]
-    prompt_emb = encode_texts(flat, model=text_model).reshape(len(prompts), len(prompts[0]), -1)
+
+    def embed_prompts(prompts: list[list[str]]) -> Tensor:
+        flat = [p for per_class in prompts for p in per_class]
+        return encode_texts(flat, model=text_model).reshape(len(prompts), len(prompts[0]), -1)
+
     attributes = {}
     for name in ATTRIBUTES:
         words = list(ATTRIBUTE_WORDS[name])
@@ -134,7 +140,8 @@ def load_data(seed: int = 0, text_model: str = "all-MiniLM-L6-v2") -> RecipeData
         a=images,
         b=text,
         labels=torch.from_numpy(np.asarray(digits.labels, dtype=np.int64)),
-        prompts=prompt_emb,
+        prompts=embed_prompts(class_prompts()),
+        extra_prompts={"seen_template": embed_prompts(class_prompts(SEEN_PROMPT_TEMPLATES))},
         profiles=ink_profiles(images),
         attributes=attributes,
         splits={k: torch.from_numpy(np.asarray(v, dtype=np.int64)) for k, v in digits.splits.items()},

@@ -1,7 +1,9 @@
 """Evaluation of a trained recipe system: per-epoch validation and the final test-split report.
 
     from alignkit.recipes.evaluate import evaluate_split, write_evaluation
-    metrics, tensors = evaluate_split(system, data, "test")
+    metrics, tensors = evaluate_split(
+        system, data, "test", permutations=null_permutations, bootstrap=bootstrap
+    )
     write_evaluation("runs/clip", metrics, tensors)   # metrics.json + embeddings_test.safetensors
 
 Metrics (all on L2-normalised joint embeddings, row i = image i and its own caption i, so retrieval
@@ -116,6 +118,61 @@ def make_validator(data: RecipeData, split: str = "val") -> Callable[[nn.Module]
     return evaluate
 
 
+#: metrics.json key → the key of :func:`alignkit.measure.measure` it matches (for its null baseline)
+NULL_KEYS = {
+    "cka_linear": "cka",
+    "cka_unbiased": "unbiased_cka",
+    "mutual_knn": "mutual_knn",
+    "cknna": "cknna",
+    "procrustes": "procrustes",
+    "i2t_recall@1": "recall@1",
+    "i2t_recall@10": "recall@10",
+}
+
+
+def joint_space_nulls(
+    image: Tensor, text: Tensor, knn: int = 10, permutations: int = 100, seed: int = 0
+) -> dict[str, dict[str, float]]:
+    """Chance level and permutation null (rows of one side shuffled ``permutations`` times) of the
+    joint-space similarities (:func:`alignkit.measure.null_baselines`), keyed like ``metrics.json``
+    (``cka_linear``, ``cka_unbiased``, ``mutual_knn``, ``i2t_recall@1`` …); CKNNA and Procrustes,
+    which the run does not report otherwise, are included with their values.
+
+    Returns ``{key: {"value", "chance", "null_mean", "null_sd", "p_value"}}``.
+
+    Cost: (K + 1) times the metrics over the split's rows."""
+    from alignkit.measure import measure, null_baselines
+
+    names = ["cka", "unbiased_cka", "mutual_knn", "cknna", "procrustes", "retrieval"]
+    values = measure(image, text, names, knn)
+    nulls = null_baselines(image, text, names, k=knn, permutations=permutations, seed=seed)
+    out: dict[str, dict[str, float]] = {}
+    for key, source in NULL_KEYS.items():
+        if source in nulls:
+            out[key] = {"value": float(values[source]), **{k: float(v) for k, v in nulls[source].items()}}
+    return out
+
+
+def bootstrap_intervals(
+    image: Tensor, text: Tensor, resamples: int, seed: int = 0
+) -> dict[str, dict[str, float]]:
+    """95 % percentile-bootstrap intervals over the split's rows
+    (:func:`alignkit.functional.bootstrap_interval`) of image → text and text → image R@1 and linear
+    CKA: ``{key: {"low", "high", "sd"}}``."""
+    from alignkit.functional import bootstrap_interval, cka, recall_at_k
+
+    scores = {
+        "i2t_recall@1": lambda a, b: recall_at_k(a, b, k=1)["recall@1"],
+        "t2i_recall@1": lambda a, b: recall_at_k(b, a, k=1)["recall@1"],
+        "cka_linear": lambda a, b: cka(a, b),
+    }
+    out = {}
+    for key, fn in scores.items():
+        b = bootstrap_interval(fn, image, text, resamples=resamples, seed=seed)
+        out[key] = {"low": b.low, "high": b.high, "sd": b.sd}
+    return out
+
+
 def retrieval_groups(data: RecipeData, rows: Tensor) -> Tensor | None:
     """Group ids of ``rows`` for group-aware retrieval, or None when every row is its own group.
 
@@ -138,8 +195,13 @@ def _device(module: nn.Module) -> torch.device:
 
 @torch.no_grad()
 def evaluate_split(
-    system: RecipeSystem, data: RecipeData, split: str = "test", knn: int = 10
-) -> tuple[dict[str, float], dict[str, Tensor]]:
+    system: RecipeSystem,
+    data: RecipeData,
+    split: str = "test",
+    knn: int = 10,
+    permutations: int = 50,
+    bootstrap: int = 0,
+) -> tuple[dict[str, Any], dict[str, Tensor]]:
     """Zero-shot accuracy, instance-level retrieval and representation similarity on ``split``.
 
     The system is put in eval mode (its mode is restored afterwards). See the module docstring for
@@ -165,9 +227,15 @@ def evaluate_split(
     try:
         emb = system.embed(data, rows)
         class_text = logits = None
+        extra_zero_shot: dict[str, float] = {}
         if data.prompts is not None and data.labels is not None:
             class_text = system.class_embeddings(data.prompts)
             logits = system.zero_shot_logits(data.images[rows], class_text)
+            labels = data.labels[rows].to(logits.device)
+            for name, prompts in data.extra_prompts.items():
+                other = system.zero_shot_logits(data.images[rows], system.class_embeddings(prompts))
+                right = (other.argmax(1) == labels).float().mean()
+                extra_zero_shot[f"zero_shot_accuracy_{name}"] = float(right)
         extra = system.extra_metrics(data)
     finally:
         system.train(was_training)
@@ -181,6 +249,7 @@ def evaluate_split(
     if logits is not None:
         labels = data.labels[rows].to(logits.device)
         metrics["zero_shot_accuracy"] = float((logits.argmax(1) == labels).float().mean())
+        metrics.update(extra_zero_shot)
     metrics.update({
         **{f"i2t_recall@{k}": i2t.get(f"recall@{k}", 1.0) for k in (1, 5, 10)},
         **{f"t2i_recall@{k}": t2i.get(f"recall@{k}", 1.0) for k in (1, 5, 10)},
@@ -207,6 +276,10 @@ def evaluate_split(
         "uniformity": float(au["uniformity"]),
         **{k: float(v) for k, v in extra.items()},
     })
+    if permutations > 0 and n > 3:
+        metrics["null"] = joint_space_nulls(image, text, knn=min(knn, n - 1), permutations=permutations)
+    if bootstrap > 0:
+        metrics["bootstrap"] = bootstrap_intervals(image, text, bootstrap)
     labels_out = data.labels[rows] if data.labels is not None else torch.full((n,), -1)
     if class_text is None:  # no zero-shot classes: an empty (0, E) matrix keeps the file's keys
         class_text = image.new_zeros(0, image.shape[1])
@@ -219,6 +292,17 @@ def evaluate_split(
         "text_tower": emb["text_tower"].float().cpu(),
     }
     return metrics, tensors
+
+
+def _json_safe(value: Any) -> Any:
+    """Non-finite floats → None, through nested mappings and lists (JSON has no NaN)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
 
 
 def _atomic_bytes(path: Path, payload: bytes) -> None:
@@ -240,9 +324,7 @@ def write_evaluation(
     missing = [k for k in EMBEDDING_KEYS if k not in tensors]
     if missing:
         raise ValueError(f"tensors is missing {missing}; expected {list(EMBEDDING_KEYS)}")
-    clean = {
-        k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in dict(metrics).items()
-    }
+    clean = _json_safe(dict(metrics))
     emb_path = out / "embeddings_test.safetensors"
     _atomic_bytes(emb_path, save({k: tensors[k].detach().cpu().contiguous() for k in EMBEDDING_KEYS}))
     json_path = out / "metrics.json"
@@ -257,10 +339,15 @@ def evaluate_run(
     recipe: str,
     epochs: int,
     start: float | None = None,
+    null_permutations: int = 50,
+    bootstrap: int = 0,
 ) -> dict[str, Any]:
     """:func:`evaluate_split` on the test split plus ``recipe``, ``epochs`` and ``seconds`` (wall time
-    since ``start``, a ``time.perf_counter()`` value), written by :func:`write_evaluation`."""
-    metrics, tensors = evaluate_split(system, data, "test")
+    since ``start``, a ``time.perf_counter()`` value), written by :func:`write_evaluation`.
+    ``null_permutations`` / ``bootstrap``: the config's ``train.null_permutations`` / ``train.bootstrap``."""
+    metrics, tensors = evaluate_split(
+        system, data, "test", permutations=null_permutations, bootstrap=bootstrap
+    )
     result: dict[str, Any] = {"recipe": recipe, "epochs": int(epochs), **metrics}
     result["seconds"] = float(time.perf_counter() - start) if start is not None else 0.0
     write_evaluation(run_dir, result, tensors)

@@ -286,19 +286,36 @@ def metrics_table_html(metrics: Mapping[str, Any], n_test: int | None, n_classes
     in the order of :data:`alignkit.report.labels.METRICS` (recipe-specific numbers after), with the
     chance level of :func:`~alignkit.report.labels.chance_level` on ``n_test`` rows (blank where a
     metric has none or ``n_test`` is unknown)."""
-    head = "".join(
-        f"<th>{h}</th>"
-        for h in ("metric", "better", "value", f"chance{'' if n_test is None else f' (N={n_test})'}", "key")
-    )
+    nulls = metrics.get("null") if isinstance(metrics.get("null"), Mapping) else {}
+    seeds = metrics.get("n_seeds")
+    values = metrics.get("mean") if seeds else metrics
+    columns = ["metric", "better", f"mean ± sd over {seeds} seeds" if seeds else "value"]
+    columns += ["95 % interval"] if seeds else []
+    columns += [f"chance{'' if n_test is None else f' (N={n_test})'}"]
+    columns += ["permutation null (p)"] if nulls else []
+    head = "".join(f"<th>{h}</th>" for h in [*columns, "key"])
     body = []
-    for info, value, chance in metric_rows(metrics, n_test, n_classes):
+    for info, value, chance in metric_rows(values, n_test, n_classes):
         known = info.key in METRIC_INFO
+        shown = info if known else None
         direction = {"↑": "↑ higher", "↓": "↓ lower"}.get(info.arrow, "")
         level = "" if chance is None else html.escape(format_metric(info, chance))
+        text = format_metric(shown, value)
+        cells = ""
+        if seeds:
+            sd, low, high = (metrics.get(part, {}).get(info.key) for part in ("sd", "low", "high"))
+            text += "" if sd is None else f" ± {format_metric(shown, sd)}"
+            span = "" if low is None else f"[{format_metric(shown, low)}, {format_metric(shown, high)}]"
+            cells = f'<td class="num">{html.escape(span)}</td>'
+        cells += f'<td class="num chance">{level}</td>'
+        if nulls:
+            z = nulls.get(info.key)
+            spread = "" if not z else f"{format_number(z['null_mean'])} ± {format_number(z['null_sd'])}"
+            p_value = f" ({z['p_value']:.3f})" if z else ""
+            cells += f'<td class="num chance">{html.escape(spread + p_value)}</td>'
         body.append(
             f"<tr><td>{html.escape(info.label)}</td><td class=\"dir\">{direction}</td>"
-            f'<td class="num">{html.escape(format_metric(info if known else None, value))}</td>'
-            f'<td class="num chance">{level}</td>'
+            f'<td class="num">{html.escape(text)}</td>{cells}'
             f"<td><code>{html.escape(info.key)}</code></td></tr>"
         )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
@@ -317,6 +334,29 @@ def _report_link(row: Mapping[str, Any], compare_dir: Path | None, page_dir: Pat
         if (run / "report.html").is_file() or (run / METRICS_FILE).is_file():
             return Path(os.path.relpath(run / "report.html", page_dir)).as_posix()
     return None
+
+
+def _separated(rows: Sequence[Any], key: str, marked: set[int]) -> set[int]:
+    """The best rows of a column, kept only where their interval (``<key>_low`` / ``<key>_high``,
+    present over several seeds) overlaps no other row's: a difference inside the noise is no winner."""
+
+    def span(row: Any) -> tuple[float, float] | None:
+        if not isinstance(row, Mapping):
+            return None
+        low, high = row.get(f"{key}_low"), row.get(f"{key}_high")
+        ok = isinstance(low, (int, float)) and isinstance(high, (int, float))
+        return (float(low), float(high)) if ok else None
+
+    spans = [span(r) for r in rows]
+    if all(sp is None for sp in spans):
+        return marked
+    kept: list[int] = []
+    for r in marked:
+        mine = spans[r]
+        others = [sp for i, sp in enumerate(spans) if i != r and sp is not None]
+        if mine is not None and all(mine[0] > hi or mine[1] < lo for lo, hi in others):
+            kept.append(r)
+    return set(kept)
 
 
 def comparison_table_html(
@@ -345,6 +385,7 @@ def comparison_table_html(
         best_index([r.get(k) if isinstance(r, Mapping) else None for r in rows], i.better if i else "")
         for k, i in zip(keys, infos, strict=True)
     ]
+    best = [_separated(rows, key, marked) for key, marked in zip(keys, best, strict=True)]
     page = None if page_dir is None else Path(page_dir)
     where = None if compare_dir is None else Path(compare_dir)
     head = "<th>objective</th>" + "".join(
@@ -360,12 +401,16 @@ def comparison_table_html(
         cells = [f'<td><a href="{html.escape(href)}">{name}</a></td>' if href else f"<td>{name}</td>"]
         for c, (key, info) in enumerate(zip(keys, infos, strict=True)):
             css = "num best" if r in best[c] else "num"
-            cells.append(f'<td class="{css}">{html.escape(format_metric(info, row.get(key)))}</td>')
+            text = format_metric(info, row.get(key))
+            if isinstance(row.get(f"{key}_sd"), (int, float)):
+                text += " ± " + format_metric(info, row.get(f"{key}_sd"))
+            cells.append(f'<td class="{css}">{html.escape(text)}</td>')
         attr = ' class="current"' if current is not None and row.get("recipe") == current else ""
         body.append(f"<tr{attr}>{''.join(cells)}</tr>")
     note = (
         '<p class="legend">↑ higher is better, ↓ lower is better; <b>bold</b> on yellow: the best value '
-        "of the column.</p>"
+        "of the column (over several seeds: mean ± sd, and marked only when its 95 % interval overlaps "
+        "no other row's).</p>"
     )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>{note}"
 
@@ -469,7 +514,8 @@ def retrieval_examples_html(
     (:func:`alignkit.data.load_digits_captions`, the recipe's ``data.seed``): row i of
     ``embeddings_test.safetensors`` is test row i. Similarity is the cosine of the joint embeddings,
     the gallery every test item (as :func:`alignkit.functional.recall_at_k` scores it). Marks: ✓ the
-    query's own caption / image (the one R@K counts), ≈ an item of the same digit, ✗ another digit;
+    query's own caption / image or one with the identical caption (what the grouped R@K counts), ≈ an
+    item of the same digit, ✗ another digit;
     when the own item is not among the ``top``, its rank is given. Queries are drawn with distinct
     digits, seeded by ``seed``.
 
@@ -506,14 +552,15 @@ def retrieval_examples_html(
         return thumbs[i]
 
     def mark(query: int, hit: int) -> tuple[str, str]:
-        if hit == query:
+        if hit == query or captions[hit] == captions[query]:  # an identical caption is as right
             return "hit", "✓"
         return ("near", "≈") if int(labels[hit]) == int(labels[query]) else ("miss", "✗")
 
     parts = [
         '<p class="legend">Nearest neighbours among all '
-        f"{n} test items by cosine similarity in the joint space. ✓ the query's own caption / image "
-        "(what R@K counts) · ≈ same digit · ✗ another digit.</p>",
+        f"{n} test items by cosine similarity in the joint space. ✓ the query's own caption / image, "
+        "or one with the identical caption (what the grouped R@K counts) · ≈ same digit · ✗ another "
+        "digit.</p>",
         "<h3>Image → captions</h3>",
         "<table><thead><tr><th>test image</th><th>digit</th>"
         f"<th>top-{k} captions (cosine)</th></tr></thead><tbody>",
@@ -557,8 +604,8 @@ def retrieval_examples_html(
         )
     parts += [
         "</tbody></table>",
-        '<p class="legend">Image borders: green ✓ the caption\'s own image, blue ≈ same digit, grey ✗ '
-        "another digit (hover for the cosine).</p>",
+        '<p class="legend">Image borders: green ✓ the caption\'s own image (or one with the identical '
+        "caption), blue ≈ same digit, grey ✗ another digit (hover for the cosine).</p>",
     ]
     return "\n".join(parts)
 
@@ -698,6 +745,9 @@ def write_report(run_dir: str | os.PathLike[str], *, samples: int = 40, dpi: int
     recipe = metrics.get("recipe") or (config.get("recipe") if isinstance(config, Mapping) else None)
     title = f"alignkit run · {run.name}" + (f" · {recipe}" if recipe else "")
     tensors = load_run_embeddings(run) if (run / EMBEDDINGS_FILE).is_file() else None
+    seed_runs = [run / f"seed-{s}" for s in metrics.get("seeds", [])] if metrics.get("n_seeds") else []
+    if tensors is None and seed_runs and (seed_runs[0] / EMBEDDINGS_FILE).is_file():
+        tensors = load_run_embeddings(seed_runs[0])  # the first seed's test split: its size, examples
     weights = run_weights_digest(run)
     n_test = None if tensors is None else int(tensors["image"].shape[0])
     parts = [
@@ -715,6 +765,18 @@ def write_report(run_dir: str | os.PathLike[str], *, samples: int = 40, dpi: int
         + "</p>",
         "<h2>Test-split metrics</h2>",
         metrics_table_html(metrics, n_test),
+        *(
+            [
+                '<p class="legend">Each seed\'s own report: '
+                + ", ".join(
+                    f'<a href="{html.escape(r.name)}/report.html">{html.escape(r.name)}</a>'
+                    for r in seed_runs
+                )
+                + ". The interval is Student-t over the seeds (the data split stays fixed).</p>"
+            ]
+            if seed_runs
+            else []
+        ),
         '<p class="legend">Chance: a random ranking / classifier on the same test split (zero-shot '
         "1/10, R@K = K/N, median rank (N+1)/2, mAP H<sub>N</sub>/N, mutual 10-NN 10/(N−1)); CKA, "
         "alignment and uniformity have no closed-form chance level.</p>",
@@ -754,9 +816,17 @@ def write_report(run_dir: str | os.PathLike[str], *, samples: int = 40, dpi: int
     captioning = captioning_section(run)
     if captioning is not None:
         parts += ["<h2>Captioning from the joint space</h2>", captioning]
+    from alignkit.report.generation import generation_section
+
+    generation = generation_section(run)
+    if generation is not None:
+        parts += ["<h2>Generated digits</h2>", generation]
     parts.append("<h2>Configuration</h2>")
     if config is not None:
-        parts.append(_table(["key", "value"], [(k, _config_text(v)) for k, v in _flatten(config)]))
+        from alignkit.recipes.config import INPUT_KEYS
+
+        rows = [(k, _config_text(v)) for k, v in _flatten(config) if not (k in INPUT_KEYS and v is None)]
+        parts.append(_table(["key", "value"], rows))
     if notes:
         parts.append("<h2>Notes</h2><ul>")
         parts += [f'<li class="note">{html.escape(n)}</li>' for n in notes]

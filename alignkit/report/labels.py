@@ -60,18 +60,31 @@ class MetricInfo:
 
 #: Display order: classification, retrieval both ways, ranks, similarity of the spaces, geometry, cost.
 METRICS: tuple[MetricInfo, ...] = (
-    MetricInfo("zero_shot_accuracy", "zero-shot accuracy", "zero-shot acc", "higher", "classes"),
+    MetricInfo("zero_shot_accuracy", "zero-shot accuracy (unseen prompts)", "zero-shot", "higher", "classes"),
+    MetricInfo(
+        "zero_shot_accuracy_seen_template",
+        "zero-shot accuracy (a training caption template)",
+        "zero-shot acc (seen)",
+        "higher",
+        "classes",
+    ),
     MetricInfo("i2t_recall@1", "image→text R@1", "i2t R@1", "higher", "recall@1"),
     MetricInfo("i2t_recall@5", "image→text R@5", "i2t R@5", "higher", "recall@5"),
     MetricInfo("i2t_recall@10", "image→text R@10", "i2t R@10", "higher", "recall@10"),
     MetricInfo("t2i_recall@1", "text→image R@1", "t2i R@1", "higher", "recall@1"),
     MetricInfo("t2i_recall@5", "text→image R@5", "t2i R@5", "higher", "recall@5"),
     MetricInfo("t2i_recall@10", "text→image R@10", "t2i R@10", "higher", "recall@10"),
+    *(
+        MetricInfo(f"{d}_recall@{k}_grouped", f"{name} R@{k}, any of the group", f"{d} R@{k} (gr.)", "higher")
+        for d, name in (("i2t", "image→text"), ("t2i", "text→image"))
+        for k in (1, 5, 10)
+    ),
     MetricInfo("median_rank", "median rank (image→text)", "median rank", "lower", "median", ".1f"),
     MetricInfo("t2i_median_rank", "median rank (text→image)", "t2i median rank", "lower", "median", ".1f"),
     MetricInfo("i2t_map", "image→text mAP", "i2t mAP", "higher", "map"),
     MetricInfo("t2i_map", "text→image mAP", "t2i mAP", "higher", "map"),
     MetricInfo("cka_linear", "linear CKA (joint)", "CKA", "higher"),
+    MetricInfo("cka_unbiased", "unbiased linear CKA (joint)", "unbiased CKA", "higher"),
     MetricInfo("cka_towers", "linear CKA (towers)", "CKA towers", "higher"),
     MetricInfo("mutual_knn", "mutual 10-NN", "mutual kNN", "higher", "knn"),
     MetricInfo("alignment", "alignment", "alignment", "lower"),

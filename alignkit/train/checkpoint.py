@@ -25,7 +25,6 @@ inside the state are stored in the ``state`` safetensors file and referenced by 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
 import os
@@ -40,6 +39,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
+
+from alignkit.io import sha256_file as _sha256
 
 __all__ = ["Checkpoint", "checkpoint_digest", "load_checkpoint", "remove_checkpoint", "save_checkpoint"]
 
@@ -162,14 +163,6 @@ def _fsync_dir(directory: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _temp_path(final: Path) -> Path:

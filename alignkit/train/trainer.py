@@ -254,7 +254,10 @@ class Trainer:
         log_every: write a step record every this many steps (the mean of the steps since the last record).
         checkpoint_every: also save ``last`` every this many steps inside an epoch (``None`` or 0: only at
             epoch ends).
-        progress: show a tqdm progress bar (only on rank 0 and when stderr is a terminal).
+        progress: show progress on rank 0: a tqdm bar when stderr is a terminal, otherwise one
+            flushed line per epoch on stderr (``epoch 3/20 loss 1.234 val_loss 1.456``). A string
+            is a label put before each line / the bar (``"[2/6] byol: "``); ``False`` or ``""``:
+            silent.
         resume: continue from ``out_dir/checkpoints/last.json`` if it exists (a fresh run otherwise).
         device: where to train (default: ``cuda:LOCAL_RANK`` in a NCCL run, else where the system's
             parameters already are — pass ``"cuda"`` to train a CPU-built model on the GPU).
@@ -287,7 +290,7 @@ class Trainer:
         num_workers: int | None = None,
         log_every: int = 10,
         checkpoint_every: int | None = 1000,
-        progress: bool = True,
+        progress: bool | str = True,
         resume: bool = False,
         device: str | torch.device | None = None,
         find_unused_parameters: bool = False,
@@ -482,7 +485,12 @@ class Trainer:
         else:
             self._fresh_start()
         result = FitResult(global_step=self.step)
-        show = self.progress and self.dist.is_main and sys.stderr.isatty()
+        label = self.progress if isinstance(self.progress, str) else ""
+        show = bool(self.progress) and self.dist.is_main and sys.stderr.isatty()
+        self._plain = bool(self.progress) and self.dist.is_main and not show
+        if self.progress and self.dist.is_main and self.step:  # --resume must not look like a fresh run
+            where = f"epoch {self.epoch}/{self.epochs}, step {self.step}"
+            print(f"{label}resumed after {where}", file=sys.stderr, flush=True)
         bar = tqdm(
             total=self.total_steps,
             initial=self.step,
@@ -523,7 +531,8 @@ class Trainer:
             else torch.arange(self.num_samples)
         )
         batches = shard_batches(order, self.batch_size, self.dist.rank, self.dist.world_size, self.drop_last)
-        bar.set_description(f"epoch {epoch + 1}/{self.epochs}")
+        label = self.progress if isinstance(self.progress, str) else ""
+        bar.set_description(f"{label}epoch {epoch + 1}/{self.epochs}")
         window_start = time.perf_counter()
         window_rows = 0
         for b, batch in enumerate(
@@ -588,6 +597,13 @@ class Trainer:
             self.best_value, self.best_epoch = float(value), epoch + 1
         self._log(record)
         result.epochs.append(record)
+        if getattr(self, "_plain", False):
+            shown = " ".join(
+                f"{'loss' if k == 'train_loss' else k} {v:.4g}"
+                for k, v in record.items()
+                if (k == "train_loss" or k.startswith("val_")) and isinstance(v, float)
+            )
+            print(f"{label}epoch {self.epoch}/{self.epochs} {shown}", file=sys.stderr, flush=True)
         if improved and self.dist.is_main:
             save_checkpoint(
                 self.best_path,

