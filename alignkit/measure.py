@@ -942,6 +942,8 @@ def _run_command(
         if not target.parent.is_dir() and str(target.parent):
             raise ValueError(f"--out {target}: directory {target.parent} does not exist")
         samples = _cli_int(samples, "--samples", 2, 1797)
+        stage = f"measure --layers: loading MiniLM, then {samples} captions through its 7 layers"
+        print(stage, file=sys.stderr, flush=True)
         labels, matrix = minilm_layer_cka(samples=samples)
         from alignkit.report.plots import similarity_heatmap
 
