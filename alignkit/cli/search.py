@@ -137,8 +137,12 @@ def add_command(subparsers: Any) -> None:
         "--overlap-queries", help="queries for OTHER_INDEX when its width differs (default QUERIES)"
     )
     cmd.add_argument("-o", "--out", help="write the (N, k) neighbour indices as .npy")
-    cmd.add_argument("--key-queries", help="array / column to read from QUERIES when it holds several")
-    cmd.add_argument("--key-index", help="array / column to read from INDEX when it holds several")
+    cmd.add_argument(
+        "--key-a", "--key-queries", dest="key_queries", help="array / column to read from QUERIES (file A)"
+    )
+    cmd.add_argument(
+        "--key-b", "--key-index", dest="key_index", help="array / column to read from INDEX (file B)"
+    )
     cmd.add_argument("--json", action="store_true", help="print the measures as JSON")
     cmd.add_argument("--quiet", action="store_true", help="print nothing on success")
     cmd.set_defaults(func=run_search)
