@@ -690,3 +690,22 @@ def test_measure_searches_each_neighbour_graph_once(monkeypatch: pytest.MonkeyPa
     assert sorted(calls) == [5, 5, 7, 7]
     with pytest.raises(ValueError, match="neighbors of y must hold"):
         AF.mutual_knn(x, y, k=4, neighbors=(original(x, 4), original(y, 3)))
+
+
+def test_measure_queries_index_is_search(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    """``measure --queries Q --index I`` searches an index of another size like ``alignkit search``."""
+    import json as _json
+
+    rng = np.random.default_rng(0)
+    index = rng.standard_normal((300, 12)).astype(np.float32)
+    queries = (index[:50] + 0.05 * rng.standard_normal((50, 12))).astype(np.float32)
+    for name, value in (("i.npy", index), ("q.npy", queries), ("ids.npy", np.arange(50))):
+        np.save(tmp_path / name, value)
+    files = [str(tmp_path / n) for n in ("q.npy", "i.npy", "ids.npy")]
+    assert main(["measure", "--queries", files[0], "--index", files[1], "--ids", files[2], "--json"]) == 0
+    via_measure = _json.loads(capsys.readouterr().out)
+    assert main(["search", files[0], files[1], "--ids", files[2], "--json"]) == 0
+    via_search = _json.loads(capsys.readouterr().out)
+    assert via_measure == via_search
+    assert main(["measure", "--queries", files[0]]) == 2
+    assert "go together" in capsys.readouterr().err

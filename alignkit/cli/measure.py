@@ -11,6 +11,8 @@ __all__ = ["add_command"]
 def _measure(args: argparse.Namespace) -> int:
     from alignkit.measure import run_command
 
+    if args.queries is not None or args.index is not None:
+        return _index_search(args)
     return run_command(
         args.a,
         args.b,
@@ -27,6 +29,32 @@ def _measure(args: argparse.Namespace) -> int:
     )
 
 
+def _index_search(args: argparse.Namespace) -> int:
+    """``measure --queries Q --index I``: retrieval of a query set in an index of another size, the
+    same as ``alignkit search Q I`` (R@k, MRR, hubness; ``--ids`` gives each query's true row)."""
+    from alignkit.cli.search import run_search
+
+    if args.a is not None or args.b is not None or args.layers:
+        raise ValueError("--queries / --index search an index; they take no A B files and no --layers")
+    if args.queries is None or args.index is None:
+        raise ValueError("--queries and --index go together: measure --queries Q.npy --index I.npy")
+    search = argparse.Namespace(
+        queries=args.queries,
+        index=args.index,
+        ids=args.ids,
+        k=args.k,
+        csls=None,
+        overlap=None,
+        overlap_queries=None,
+        out=None,
+        key_queries=args.key_a,
+        key_index=args.key_b,
+        json=args.json,
+        quiet=False,
+    )
+    return run_search(search)
+
+
 def add_command(subparsers: Any) -> None:
     """Add ``measure`` to ``subparsers``."""
     measure = subparsers.add_parser(
@@ -37,6 +65,9 @@ def add_command(subparsers: Any) -> None:
     )
     measure.add_argument("a", nargs="?", help="embedding file A (N × d_a)")
     measure.add_argument("b", nargs="?", help="embedding file B (N × d_b)")
+    measure.add_argument("--queries", help="with --index: search a query set in an index of another size")
+    measure.add_argument("--index", help="the index file searched by --queries (M × d)")
+    measure.add_argument("--ids", help="with --queries: each query's true index row (.npy / .txt)")
     measure.add_argument("--metrics", help="comma-separated metric names (default: cka,unbiased_cka,…)")
     measure.add_argument("--k", default="10", help="neighbours for mutual_knn and cknna (default 10)")
     measure.add_argument("--json", action="store_true", help="print JSON instead of a table")
