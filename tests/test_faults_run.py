@@ -142,12 +142,12 @@ def test_resume_says_where_it_resumes_and_ctrl_c_is_130(
     run = tmp_path / "run"
     _fake_run(run)
     code, out, err = _run_cli(["train", "--out", str(run), "--resume"], capsys)
-    assert "resumed" in out and "from epoch 3 of 5, step 14" in out
+    assert "resumed" in err and "from epoch 3 of 5, step 14" in err  # status lines go to stderr
     assert code == 130 and "interrupted" in err
     empty = tmp_path / "empty"
     empty.mkdir()
-    code, out, _ = _run_cli(["train", "--out", str(empty), "--resume"], capsys)
-    assert code == 130 and "holds no checkpoint yet; starting fresh" in out
+    code, _, err = _run_cli(["train", "--out", str(empty), "--resume"], capsys)
+    assert code == 130 and "holds no checkpoint yet; starting fresh" in err
 
 
 # ------------------------------------------------------------------------------- SIGKILL mid-write
