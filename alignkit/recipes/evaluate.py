@@ -138,7 +138,8 @@ def joint_space_nulls(
     (``cka_linear``, ``cka_unbiased``, ``mutual_knn``, ``i2t_recall@1`` …); CKNNA and Procrustes,
     which the run does not report otherwise, are included with their values.
 
-    Returns ``{key: {"value", "chance", "null_mean", "null_sd", "p_value"}}``.
+    Returns ``{key: {"value", "chance", "null_mean", "null_sd", "p_value"}}`` (``chance`` None where no
+    closed form exists).
 
     Cost: (K + 1) times the metrics over the split's rows."""
     from alignkit.measure import measure, null_baselines
@@ -149,7 +150,8 @@ def joint_space_nulls(
     out: dict[str, dict[str, float]] = {}
     for key, source in NULL_KEYS.items():
         if source in nulls:
-            out[key] = {"value": float(values[source]), **{k: float(v) for k, v in nulls[source].items()}}
+            parts = {"value": float(values[source]), **{k: float(v) for k, v in nulls[source].items()}}
+            out[key] = {k: (v if math.isfinite(v) else None) for k, v in parts.items()}  # JSON: no NaN
     return out
 
 
