@@ -348,8 +348,8 @@ def test_cli_subprocess_good_input_prints_table(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert lines[0].startswith("a.npy (60 × 12)") and "b.npy (60 × 5)" in lines[0]
-    rows = {line.split()[0]: line.split()[1] for line in lines[3:]}
-    assert set(rows) == {"cka", "mutual_knn"}
+    rows = {line.split()[0]: line.split()[1] for line in lines[3:] if line and not line.startswith("null")}
+    assert set(rows) == {"cka", "unbiased_cka", "mutual_knn"}  # unbiased CKA always beside biased
     assert 0.0 < float(rows["cka"]) <= 1.0 and 0.0 <= float(rows["mutual_knn"]) <= 1.0
 
 
@@ -359,7 +359,7 @@ def test_cli_subprocess_json_parses(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)  # nothing but JSON on stdout
     assert (data["n"], data["d_a"], data["d_b"]) == (60, 12, 5)
-    assert set(data["metrics"]) == {"cka", "procrustes"}
+    assert set(data["metrics"]) == {"cka", "unbiased_cka", "procrustes"}
     assert 0 < data["metrics"]["cka"] <= 1 and 0 <= data["metrics"]["procrustes"] <= 2
 
 
@@ -390,7 +390,7 @@ def _bad_inputs(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
         "1-D": (["a.npy", "flat.npy"], "1-D"),
         "empty": (["a.npy", "empty.npy"], "no rows"),
         "nan": (["a.npy", "nan.npy"], "1 NaN"),
-        "npz key": (["a.npy", "two.npz"], "choose one with key="),
+        "npz key": (["a.npy", "two.npz"], "choose one with --key-b"),
         "wrong key": (["a.npy", "two.npz", "--key-b", "r"], "no array named 'r'"),
         "truncated": (["a.npy", "cut.npy"], "cut.npy"),
         "not an array": (["a.npy", "str.pt"], "holds a str, not an array"),
