@@ -141,7 +141,7 @@ def test_resume_says_where_it_resumes_and_ctrl_c_is_130(
     monkeypatch.setattr(alignkit.recipes.data, "load_recipe_data", interrupted)  # stop after the message
     run = tmp_path / "run"
     _fake_run(run)
-    code, out, err = _run_cli(["train", "--out", str(run), "--resume"], capsys)
+    code, _, err = _run_cli(["train", "--out", str(run), "--resume"], capsys)
     assert "resumed" in err and "from epoch 3 of 5, step 14" in err  # status lines go to stderr
     assert code == 130 and "interrupted" in err
     empty = tmp_path / "empty"
