@@ -62,8 +62,9 @@ def test_train_seeds_writes_each_run_and_the_summary(
     argv = ["train", "--out", str(out), "--seeds", "2", "--no-report", "train.epochs=1"]
     argv.append("data.train_subset=256")
     assert main(argv) == 0
-    printed = capsys.readouterr().out
-    assert "[1/2] seed 0" in printed and "[2/2] seed 1" in printed and "95 % interval" in printed
+    printed, err = capsys.readouterr()
+    assert "[1/2] seed 0" in err and "[2/2] seed 1" in err  # progress: stderr
+    assert "95 % interval" in printed  # results: stdout
     summary = json.loads((out / "metrics.json").read_text())
     per_seed = [json.loads((out / f"seed-{s}" / "metrics.json").read_text()) for s in (0, 1)]
     r1 = [m["i2t_recall@1"] for m in per_seed]
@@ -78,8 +79,8 @@ def test_compare_seeds_reports_mean_and_sd(tmp_path: Path, capsys: pytest.Captur
     argv = ["compare", "--recipes", "clip,joint", "--out", str(out), "--seeds", "2"]
     argv += ["--epochs-scale", "0.025"]
     assert main([*argv, "--set", "data.train_subset=256"]) == 0
-    printed = capsys.readouterr().out
-    assert "[1/2] clip: training 2 seeds" in printed and "[2/2] joint" in printed
+    err = capsys.readouterr().err  # progress lines
+    assert "[1/2] clip" in err and "2 seeds" in err and "[2/2] joint" in err
     table = json.loads((out / "compare.json").read_text())
     row = table["rows"][0]
     runs = [json.loads((out / "clip" / f"seed-{s}" / "metrics.json").read_text()) for s in (0, 1)]
