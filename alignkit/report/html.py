@@ -459,7 +459,12 @@ def write_comparison_page(
         f"<title>alignkit: recipes compared</title><style>{_CSS}</style></head><body>",
         "<h1>alignkit: recipes compared</h1>",
         f'<p class="sub">runs in <code>{html.escape(str(out))}</code>; each objective links to its '
-        "run's report. Test-split metrics of one seed each.</p>",
+        "run's report. "
+        + (
+            f"Test-split metrics: mean ± sd over {table['seeds']} seeds (bars: ± sd).</p>"
+            if isinstance(table.get("seeds"), int) and table["seeds"] > 1
+            else "Test-split metrics of one seed each.</p>"
+        ),
     ]
     settings = {k: table.get(k) for k in ("overrides", "epochs_scale") if table.get(k) not in (None, {})}
     if settings:

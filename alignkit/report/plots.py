@@ -648,9 +648,23 @@ def comparison_bars(
         info = METRIC_INFO.get(key)
         values = [r.get(key) if _is_number(r.get(key)) else None for r in rows]
         best = best_index(values, info.better if info else "")
+        sds = [r.get(f"{key}_sd") for r in rows]
+        spans = [(r.get(f"{key}_low"), r.get(f"{key}_high")) for r in rows]
+        if any(_is_number(lo) for lo, _ in spans):  # several seeds: a winner only outside the noise
+            best = {
+                i
+                for i in best
+                if _is_number(spans[i][0])
+                and all(
+                    spans[i][0] > hi or spans[i][1] < lo
+                    for j, (lo, hi) in enumerate(spans)
+                    if j != i and _is_number(lo)
+                )
+            }
         colours = ["#e6a700" if i in best else "#5b7fbf" for i in range(len(rows))]
         ys = np.arange(len(rows))
-        ax.barh(ys, [0.0 if v is None else float(v) for v in values], color=colours)
+        errors = [float(sd) if _is_number(sd) else 0.0 for sd in sds] if any(map(_is_number, sds)) else None
+        ax.barh(ys, [0.0 if v is None else float(v) for v in values], color=colours, xerr=errors)
         ax.set_yticks(ys, names if n % ncols == 0 else [""] * len(names), fontsize=8)
         ax.invert_yaxis()
         for y, v in zip(ys, values, strict=True):
