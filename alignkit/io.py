@@ -61,6 +61,7 @@ __all__ = [
     "check_input_file",
     "check_not_input",
     "directory_lock",
+    "json_safe",
     "load_embeddings",
     "load_safetensors",
     "load_yaml_bounded",
@@ -865,3 +866,15 @@ def save_embeddings(
             out.write(save({key: data}))
         else:
             torch.save(data, out)
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with every non-finite float replaced by ``None``, through nested mappings, lists and
+    tuples (JSON has no NaN): what every ``metrics.json`` writer passes to ``json.dumps``."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value

@@ -199,7 +199,9 @@ def run_and_report(
     if not info.is_main:
         return 0
     if as_json:
-        print(json.dumps(_finite(metrics), indent=2, allow_nan=False))
+        from alignkit.io import json_safe
+
+        print(json.dumps(json_safe(metrics), indent=2, allow_nan=False))
     else:
         world = f", {info.world_size} processes" if info.distributed else ""
         print(
@@ -246,15 +248,6 @@ def train_command(args: argparse.Namespace) -> int:
     )
 
 
-def _finite(value: Any) -> Any:
-    """``value`` with every non-finite float replaced by ``None`` (JSON has no NaN)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, Mapping):
-        return {str(k): _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
 
 
 def format_seeds(summary: Mapping[str, Any]) -> str:
@@ -299,7 +292,9 @@ def run_seeds_and_report(
 
         summary = run_seeds(config, out, seeds, resume=resume, on_run=said, progress=not quiet)
     if as_json:
-        print(json.dumps(_finite(summary), indent=2, allow_nan=False))
+        from alignkit.io import json_safe
+
+        print(json.dumps(json_safe(summary), indent=2, allow_nan=False))
         return 0
     print(f"alignkit train: recipe {summary['recipe']}, {seeds} seeds → {out}/metrics.json")
     print(format_seeds(summary))

@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from alignkit.io import atomic_write
+from alignkit.io import atomic_write, json_safe
 from alignkit.recipes.systems.base import to_device
 
 if TYPE_CHECKING:
@@ -296,15 +296,6 @@ def evaluate_split(
     return metrics, tensors
 
 
-def _json_safe(value: Any) -> Any:
-    """Non-finite floats → None, through nested mappings and lists (JSON has no NaN)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, Mapping):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
 
 
 def _atomic_bytes(path: Path, payload: bytes) -> None:
@@ -326,7 +317,7 @@ def write_evaluation(
     missing = [k for k in EMBEDDING_KEYS if k not in tensors]
     if missing:
         raise ValueError(f"tensors is missing {missing}; expected {list(EMBEDDING_KEYS)}")
-    clean = _json_safe(dict(metrics))
+    clean = json_safe(dict(metrics))
     emb_path = out / "embeddings_test.safetensors"
     _atomic_bytes(emb_path, save({k: tensors[k].detach().cpu().contiguous() for k in EMBEDDING_KEYS}))
     json_path = out / "metrics.json"

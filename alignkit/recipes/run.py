@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from alignkit.io import json_safe
 from alignkit.recipes.config import _flatten, load_config, validate_config, write_config
 from alignkit.recipes.data import RecipeData, load_recipe_data
 from alignkit.recipes.systems import build_system
@@ -262,7 +263,7 @@ def run_seeds(
     summary = summarize_seeds(runs)
     from alignkit.io import atomic_write
 
-    text = json.dumps(_finite(summary), indent=2, allow_nan=False) + "\n"
+    text = json.dumps(json_safe(summary), indent=2, allow_nan=False) + "\n"
     out.mkdir(parents=True, exist_ok=True)
     with atomic_write(out / "metrics.json", "w") as handle:
         handle.write(text)
@@ -270,11 +271,3 @@ def run_seeds(
     return summary
 
 
-def _finite(value: Any) -> Any:
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, Mapping):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value
