@@ -132,7 +132,9 @@ def test_binder_with_a_third_modality_file(tmp_path: Path, embeddings: Path) -> 
     extra = f"data.extras={{c: {embeddings / 'c.npy'}}}"
     metrics = _train(tmp_path, "binder", "recipe=binder", *_emb_args(embeddings), extra)
     assert metrics["image_to_profile_recall@10"] > 10 / 60  # bound to the anchor: above chance
-    assert 0.0 <= metrics["text_to_profile_recall@1"] <= 1.0  # emergent, never trained
+    # emergent: text and the third modality never met in training; they meet through the anchor
+    # (seeds 0 and 1 gave R@10 0.65 and 0.58; chance 10/60 = 0.17)
+    assert metrics["text_to_profile_recall@10"] > 2 * 10 / 60
 
 
 @pytest.mark.slow
@@ -147,7 +149,10 @@ def test_disentangled_with_a_factor_column(tmp_path: Path, image_folder: Path) -
         "data.attribute=ink",
         "train.probe_iterations=20",
     )
-    assert {"probe_digit_from_digit", "probe_ink_from_ink"} <= set(metrics)
+    probes = {k: v for k, v in metrics.items() if k.startswith("probe_")}
+    assert set(probes) == {f"probe_{a}_from_{b}" for a in ("digit", "ink") for b in ("digit", "ink")}
+    assert all(0.0 <= v <= 1.0 for v in probes.values())
+    assert probes["probe_digit_from_digit"] > 3 * 0.1  # the digit is read from its own part (chance 0.1)
 
 
 def test_pairs_bad_input(tmp_path: Path, image_folder: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -640,6 +640,36 @@ def test_cli_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         bad.func(bad)
 
 
+def test_cli_report_out_json_quiet_and_links_from_elsewhere(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = _make_run(tmp_path)
+    metrics = json.loads((run / "metrics.json").read_text())
+    metrics = {"n_seeds": 1, "seeds": [0], "mean": metrics, "sd": {k: 0.0 for k in metrics}}  # a seed page
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    (run / "seed-0").mkdir()
+    pages = tmp_path / "pages"
+    pages.mkdir()
+    args = _parser().parse_args(["report", str(run), "-o", str(pages / "r.html"), "--samples", "8", "--json"])
+    assert args.func(args) == 0
+    assert json.loads(capsys.readouterr().out) == {"report": str(pages / "r.html")}
+    assert not (run / "report.html").exists()  # -o replaces the default page, it does not add one
+    text = (pages / "r.html").read_text()
+    assert f'href="../{run.name}/seed-0/report.html"' in text
+    quiet = _parser().parse_args(["report", str(run), "--quiet", "--samples", "8"])
+    assert quiet.func(quiet) == 0 and capsys.readouterr().out == ""
+    assert 'href="seed-0/report.html"' in (run / "report.html").read_text()
+    for argv, match in [
+        (["-o", str(pages / "r.png")], r"must end in \.html"),
+        (["-o", str(tmp_path / "nowhere" / "r.html")], "does not exist"),
+        (["--samples", "0"], "--samples must be an integer"),
+        (["--dpi", "x"], "--dpi must be an integer"),
+    ]:
+        bad = _parser().parse_args(["report", str(run), *argv])
+        with pytest.raises(ValueError, match=match):
+            bad.func(bad)
+
+
 def test_cli_compare(tmp_path: Path, fake_recipes: list[Any], capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "cmp"
     argv = ["compare", "--recipes", "clip,byol", "-o", str(out), "--epochs-scale", "0.5"]

@@ -422,6 +422,24 @@ def test_checkpoint_round_trip_tied_views_dtypes_and_state(tmp_path: Path) -> No
         save_checkpoint(tmp_path / "bad.safetensors", model)
 
 
+def test_checkpoint_of_another_model_is_a_one_line_value_error(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2))
+    opt = torch.optim.AdamW(model.parameters())
+    model(torch.randn(2, 3)).sum().backward()
+    opt.step()
+    path = save_checkpoint(tmp_path / "c.json", model, optimizer=opt)
+    wider = nn.Sequential(nn.Linear(3, 5), nn.Linear(5, 2), nn.Linear(2, 2), nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="does not fit this model") as err:
+        load_checkpoint(path).load_into(wider)
+    msg = str(err.value)
+    assert "\n" not in msg and "size mismatch for 0.weight" in msg and "more" in msg
+    same = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2))
+    two_groups = torch.optim.AdamW([{"params": [same[0].weight]}, {"params": list(same.parameters())[1:]}])
+    with pytest.raises(ValueError, match=r"does not fit this optimizer.*parameter groups"):
+        load_checkpoint(path).load_into(same, two_groups)
+
+
 # -------------------------------------------------------------------------------------------- resume
 
 

@@ -3,16 +3,27 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 __all__ = ["add_command"]
 
 
 def _report(args: argparse.Namespace) -> int:
+    import json
+
+    from alignkit.cli._common import check_out_dir, number
     from alignkit.report.html import write_report
 
-    path = write_report(args.run_dir, samples=args.samples, dpi=args.dpi)
-    print(f"wrote {path}")
+    samples = number(str(args.samples), "--samples", int, 2, 10_000)
+    dpi = number(str(args.dpi), "--dpi", int, 20, 600)
+    if args.out is not None:
+        check_out_dir(Path(args.out), "-o")
+    path = write_report(args.run_dir, samples=samples, dpi=dpi, out=args.out)
+    if args.json:
+        print(json.dumps({"report": str(path)}))
+    elif not args.quiet:
+        print(f"wrote {path}")
     return 0
 
 
@@ -23,9 +34,12 @@ def add_command(subparsers: Any) -> None:
         "report",
         help="write RUN_DIR/report.html (plots, metrics, config, comparison) from a finished run",
         description="Draw the run's plots into RUN_DIR/plots/ and write one self-contained "
-        "RUN_DIR/report.html (needs RUN_DIR/metrics.json).",
+        "page, RUN_DIR/report.html or -o PATH (needs RUN_DIR/metrics.json).",
     )
     report.add_argument("run_dir", metavar="RUN_DIR", help="a run directory, e.g. runs/demo")
-    report.add_argument("--samples", type=int, default=40, help="items in the similarity matrix (default 40)")
-    report.add_argument("--dpi", type=int, default=110, help="resolution of the plots (default 110)")
+    report.add_argument("-o", "--out", help="the page to write (an .html path; default RUN_DIR/report.html)")
+    report.add_argument("--samples", default=40, help="items in the similarity matrix (default 40)")
+    report.add_argument("--dpi", default=110, help="resolution of the plots (default 110)")
+    report.add_argument("--json", action="store_true", help='print {"report": PATH} instead of a line')
+    report.add_argument("--quiet", action="store_true", help="print nothing on success")
     report.set_defaults(func=_report)

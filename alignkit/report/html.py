@@ -708,7 +708,13 @@ def _data_uri(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
 
 
-def write_report(run_dir: str | os.PathLike[str], *, samples: int = 40, dpi: int = 110) -> Path:
+def write_report(
+    run_dir: str | os.PathLike[str],
+    *,
+    samples: int = 40,
+    dpi: int = 110,
+    out: str | os.PathLike[str] | None = None,
+) -> Path:
     """Write ``run_dir/report.html``: config, metrics, plots and the comparison table in one page.
 
     The page is self-contained: inline CSS, the PNGs of :func:`write_plots` embedded as
@@ -720,16 +726,25 @@ def write_report(run_dir: str | os.PathLike[str], *, samples: int = 40, dpi: int
         run_dir: a run directory of the contract (``runs/<name>/``).
         samples: items in the similarity-matrix plot.
         dpi: resolution of the plots.
+        out: where to write the page (an ``.html`` path; default ``run_dir/report.html``). Its
+            links to the seed pages and the comparison are made relative to its own folder.
 
     Returns:
-        The path of ``report.html`` (written atomically).
+        The path of the page (written atomically).
 
     Raises:
-        ValueError: ``run_dir`` is not a directory or has no ``metrics.json`` (the message names it).
+        ValueError: ``run_dir`` is not a directory or has no ``metrics.json``, or ``out`` is not an
+            ``.html`` path in an existing folder (the message names it).
     """
     from alignkit.io import load_yaml_bounded
 
     run = _run_dir(run_dir)
+    page = run / "report.html" if out is None else Path(out)
+    if page.suffix.lower() not in (".html", ".htm"):
+        raise ValueError(f"report output {str(page)!r} must end in .html")
+    if not page.parent.is_dir():
+        raise ValueError(f"report output {str(page)!r}: folder {str(page.parent)!r} does not exist")
+    page_dir = page.parent
     metrics = _read_metrics_json(run)
     notes: list[str] = []
     config_path = run / "config.yaml"
@@ -774,7 +789,8 @@ def write_report(run_dir: str | os.PathLike[str], *, samples: int = 40, dpi: int
             [
                 '<p class="legend">Each seed\'s own report: '
                 + ", ".join(
-                    f'<a href="{html.escape(r.name)}/report.html">{html.escape(r.name)}</a>'
+                    f'<a href="{html.escape(_relative(r / "report.html", page_dir))}">'
+                    f"{html.escape(r.name)}</a>"
                     for r in seed_runs
                 )
                 + ". The interval is Student-t over the seeds (the data split stays fixed).</p>"
@@ -812,7 +828,7 @@ def write_report(run_dir: str | os.PathLike[str], *, samples: int = 40, dpi: int
             section = comparison_table_html(
                 table,
                 current=str(recipe) if recipe else run.name,
-                page_dir=run,
+                page_dir=page_dir,
                 compare_dir=comparison.parent,
             )
             parts += ["<h2>All recipes compared</h2>", section]
@@ -837,4 +853,9 @@ def write_report(run_dir: str | os.PathLike[str], *, samples: int = 40, dpi: int
         parts += [f'<li class="note">{html.escape(n)}</li>' for n in notes]
         parts.append("</ul>")
     parts.append("</body></html>\n")
-    return write_text_atomic(run / "report.html", "\n".join(parts))
+    return write_text_atomic(page, "\n".join(parts))
+
+
+def _relative(target: Path, start: Path) -> str:
+    """``target`` as a link from a page in ``start`` (POSIX separators)."""
+    return Path(os.path.relpath(target.resolve(), start.resolve())).as_posix()

@@ -74,16 +74,39 @@ class Checkpoint:
         scheduler: Any | None = None,
         strict: bool = True,
     ) -> None:
-        """Copy the weights into ``model`` (and the states into ``optimizer`` / ``scheduler`` if given)."""
-        model.load_state_dict(self.model, strict=strict)
+        """Copy the weights into ``model`` (and the states into ``optimizer`` / ``scheduler`` if given).
+
+        Raises:
+            ValueError: the checkpoint was written by a different model or optimiser (missing,
+                unexpected or differently shaped parameters); one line naming the first differences.
+        """
+        try:
+            model.load_state_dict(self.model, strict=strict)
+        except RuntimeError as err:
+            reason = _state_dict_error(err)
+            raise ValueError(f"checkpoint {self.path} does not fit this model: {reason}") from None
         if optimizer is not None:
             if self.optimizer is None:
                 raise ValueError(f"checkpoint {self.path} holds no optimizer state")
-            optimizer.load_state_dict(self.optimizer)
+            try:
+                optimizer.load_state_dict(self.optimizer)
+            except (ValueError, RuntimeError, KeyError) as err:
+                raise ValueError(
+                    f"checkpoint {self.path} does not fit this optimizer: {_state_dict_error(err)}"
+                ) from None
         if scheduler is not None:
             if self.scheduler is None:
                 raise ValueError(f"checkpoint {self.path} holds no scheduler state")
             scheduler.load_state_dict(self.scheduler)
+
+
+def _state_dict_error(err: BaseException, limit: int = 3) -> str:
+    """``load_state_dict``'s multi-line message as one line: its first ``limit`` findings, then a count."""
+    lines = [ln.strip().rstrip(".") for ln in str(err).splitlines()[1:] if ln.strip()]
+    if not lines:
+        return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    more = f"; and {len(lines) - limit} more" if len(lines) > limit else ""
+    return "; ".join(lines[:limit]) + more
 
 
 # ----------------------------------------------------------------------------------------- JSON encoding
