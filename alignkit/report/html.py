@@ -503,6 +503,16 @@ def _distinct_label_queries(labels: Tensor, count: int, seed: int) -> list[int]:
     return chosen + rest[: count - len(chosen)]
 
 
+def _ranked(index: Tensor, query: Tensor, own: int, k: int) -> tuple[Tensor, list[int], int]:
+    """Cosine scores of ``query`` (d,) against ``index`` (n, d) rows, the top-``k`` rows (ties by
+    index) and the 1-based rank of row ``own``."""
+    import torch
+
+    scores = index @ query
+    order = torch.argsort(scores, descending=True, stable=True)
+    return scores, order[:k].tolist(), int((order == own).nonzero()[0, 0]) + 1
+
+
 def retrieval_examples_html(
     tensors: Mapping[str, Tensor],
     data_seed: int,
@@ -571,11 +581,9 @@ def retrieval_examples_html(
         f"<th>top-{k} captions (cosine)</th></tr></thead><tbody>",
     ]
     for q in _distinct_label_queries(labels, min(queries, n), seed):
-        scores = text @ image[q]
-        order = torch.argsort(scores, descending=True, stable=True)
-        own_rank = int((order == q).nonzero()[0, 0]) + 1
+        scores, top, own_rank = _ranked(text, image[q], q, k)
         items = []
-        for j in order[:k].tolist():
+        for j in top:
             css, sign = mark(q, j)
             items.append(
                 f'<li class="{css}">{sign} {html.escape(captions[j])} '
@@ -592,11 +600,9 @@ def retrieval_examples_html(
         f"<table><thead><tr><th>test caption</th><th>digit</th><th>top-{k} images</th></tr></thead><tbody>",
     ]
     for q in _distinct_label_queries(labels, min(caption_queries, n), seed + 1):
-        scores = image @ text[q]
-        order = torch.argsort(scores, descending=True, stable=True)
-        own_rank = int((order == q).nonzero()[0, 0]) + 1
+        scores, top, own_rank = _ranked(image, text[q], q, k)
         cells = []
-        for j in order[:k].tolist():
+        for j in top:
             css, sign = mark(q, j)
             cells.append(
                 f'<img class="thumb {css}" alt="{sign} test image {j}" title="{sign} cosine '
