@@ -79,6 +79,22 @@ METRICS: tuple[MetricInfo, ...] = (
         for d, name in (("i2t", "image→text"), ("t2i", "text→image"))
         for k in (1, 5, 10)
     ),
+    *(  # the itm recipe: the matcher re-ranks the contrastive top-k (alignkit.recipes.systems.itm)
+        MetricInfo(
+            f"{d}_recall@{k}{g}_{tag}",
+            f"{name} R@{k}{', any of the group' if g else ''}, re-ranked by {how}",
+            f"{d} R@{k}{' (gr.)' if g else ''} {short}",
+            "higher",
+            None if g else f"recall@{k}",
+        )
+        for tag, how, short in (
+            ("rerank", "the matcher", "rer."),
+            ("rerank_sum", "matcher + contrastive", "rer.+"),
+        )
+        for g in ("", "_grouped")
+        for d, name in (("i2t", "image→text"), ("t2i", "text→image"))
+        for k in (1, 5)
+    ),
     MetricInfo("median_rank", "median rank (image→text)", "median rank", "lower", "median", ".1f"),
     MetricInfo("t2i_median_rank", "median rank (text→image)", "t2i median rank", "lower", "median", ".1f"),
     MetricInfo("i2t_map", "image→text mAP", "i2t mAP", "higher", "map"),
