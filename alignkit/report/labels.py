@@ -82,14 +82,14 @@ METRICS: tuple[MetricInfo, ...] = (
     *(  # the itm recipe: the matcher re-ranks the contrastive top-k (alignkit.recipes.systems.itm)
         MetricInfo(
             f"{d}_recall@{k}{g}_{tag}",
-            f"{name} R@{k}{', any of the group' if g else ''}, re-ranked by {how}",
+            f"{name} R@{k}{', any of the group' if g else ''}, re-ranked{how}",
             f"{d} R@{k}{' (gr.)' if g else ''} {short}",
             "higher",
             None if g else f"recall@{k}",
         )
         for tag, how, short in (
-            ("rerank", "the matcher", "rer."),
-            ("rerank_sum", "matcher + contrastive", "rer.+"),
+            ("rerank", "", "rer."),
+            ("rerank_sum", " (+ contrastive)", "rer.+"),
         )
         for g in ("", "_grouped")
         for d, name in (("i2t", "image→text"), ("t2i", "text→image"))

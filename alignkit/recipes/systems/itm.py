@@ -38,10 +38,11 @@ class ITMSystem(RecipeSystem):
     * Contrastive part (as the ``clip`` recipe, LiT with the text locked): a :class:`~alignkit.towers.vit.ViT`
       trained from scratch (mean-pooled patch tokens) → linear projection; the frozen MiniLM caption
       embedding → linear projection; CLIP loss with a learnable temperature.
-    * Matching part: the ViT's patch tokens (B, P, w) and MiniLM's token embeddings (B, T, 384,
-      projected to w and layer-normalised) go through ``model.fusion_layers`` :class:`CoAttention`
-      blocks; the fused text [CLS] token and the mean fused patch token, concatenated, feed an MLP with
-      one logit ("matched"). Each batch scores its B pairs (label 1), each image with one hard-negative
+    * Matching part, :class:`~alignkit.models.ImageTextMatcher` (ALBEF's fusion with ViLBERT's
+      co-attention): the ViT's patch tokens (B, P, w) and MiniLM's token embeddings (B, T, 384), each
+      projected to w, go through ``model.fusion_layers`` :class:`~alignkit.nn.CoAttention` blocks; the
+      masked means of the fused streams, concatenated, feed an MLP with one logit ("matched"). Each
+      batch scores its B pairs (label 1), each image with one hard-negative
       text and each text with one hard-negative image (label 0), the negatives drawn by
       :func:`alignkit.functional.sample_hard_negatives` from ``logit_scale · image @ textᵀ`` (rows with
       an identical caption are never drawn); loss = CLIP + ``loss.itm_weight`` · BCE over the 3B pairs.
@@ -55,7 +56,7 @@ class ITMSystem(RecipeSystem):
     def __init__(self, cfg: Mapping[str, Any], data: RecipeData) -> None:
         super().__init__()
         from alignkit.losses import CLIPLoss
-        from alignkit.nn import CoAttention
+        from alignkit.models.matching import ImageTextMatcher
         from alignkit.recipes.data import caption_tokens
         from alignkit.towers.vit import ViT
 
@@ -85,11 +86,12 @@ class ITMSystem(RecipeSystem):
         # row-aligned with the data; plain attributes, not buffers: never saved in a checkpoint
         self.tokens, self.padding = tokens, padding
         self.groups = caption_groups(data)
-        self.text_in = nn.Sequential(nn.Linear(tokens.shape[2], width), nn.LayerNorm(width))
-        self.fusion = nn.ModuleList(
-            CoAttention(width, num_heads=heads, dropout=m["dropout"]) for _ in range(int(m["fusion_layers"]))
+        # the library's co-attention matcher (alignkit.models.ImageTextMatcher): token projections,
+        # model.fusion_layers CoAttention blocks, masked-mean pooling of both streams, an MLP logit
+        self.matcher = ImageTextMatcher(
+            image_dim=width, text_dim=int(tokens.shape[2]), dim=width, num_heads=heads,
+            num_layers=int(m["fusion_layers"]), dropout=m["dropout"],
         )
-        self.itm_head = nn.Sequential(nn.Linear(3 * width, width), nn.GELU(), nn.Linear(width, 1))
 
     # ------------------------------------------------------------------------------------------ batches
 
@@ -104,21 +106,13 @@ class ITMSystem(RecipeSystem):
     def match_logits(
         self, image_tokens: Tensor, text_tokens: Tensor, padding: Tensor | None = None
     ) -> Tensor:
-        """(B,) "matched" logits of B image–text pairs: image_tokens (B, P, w), text_tokens (B, T, D)
-        raw token embeddings (projected here), padding (B, T) bool (True = padding)."""
+        """(B,) "matched" logits of B image–text pairs (:class:`~alignkit.models.ImageTextMatcher`):
+        image_tokens (B, P, w), text_tokens (B, T, D) raw token embeddings, padding (B, T) bool (True =
+        padding)."""
         if padding is not None:  # drop the columns that are padding for every pair
             keep = ~padding.all(dim=0)
             text_tokens, padding = text_tokens[:, keep], padding[:, keep]
-        a, b = image_tokens, self.text_in(text_tokens)
-        for block in self.fusion:
-            a, b = block(a, b, b_padding_mask=padding)
-        if padding is None:
-            t = b.mean(dim=1)
-        else:
-            keep = (~padding).to(b.dtype)[:, :, None]
-            t = (b * keep).sum(dim=1) / keep.sum(dim=1).clamp_min(1.0)
-        v = a.mean(dim=1)
-        return self.itm_head(torch.cat([t, v, t * v], dim=1)).squeeze(1)
+        return self.matcher(image_tokens, text_tokens, text_padding_mask=padding)
 
     def _losses(self, batch: Sequence[Tensor], generator: torch.Generator | None) -> dict[str, Any]:
         from alignkit.functional import sample_hard_negatives
