@@ -200,6 +200,63 @@ def test_config_defaults() -> None:
     assert c["loss"]["itm_top_k"] == 16 and c["loss"]["itm_weight"] == 1.0
 
 
+# ------------------------------------------------------------------------------------- system
+
+
+@pytest.fixture(scope="module")
+def digits() -> object:
+    from alignkit.recipes import load_data
+
+    return load_data()
+
+
+def test_caption_tokens_pool_to_the_sentence_embeddings(digits: object) -> None:
+    """MiniLM's sentence embedding is the masked mean of its token embeddings, normalised: the cached
+    tokens must give back ``data.text`` row for row (right rows, right mask)."""
+    from alignkit.recipes.data import caption_tokens
+
+    tokens, padding = caption_tokens(digits.captions)
+    assert tokens.shape[:2] == padding.shape and tokens.shape[0] == len(digits.captions)
+    assert not padding[:, 0].any()  # [CLS] is never padding
+    keep = (~padding).float()[:, :, None]
+    pooled = torch.nn.functional.normalize((tokens * keep).sum(1) / keep.sum(1), dim=1)
+    torch.testing.assert_close(pooled, digits.text, atol=1e-5, rtol=0)
+
+
+def test_training_step_never_draws_an_identical_caption(digits: object, monkeypatch) -> None:
+    from alignkit.recipes import build_system
+    from alignkit.recipes.systems.itm import caption_groups
+
+    groups = caption_groups(digits)
+    train = digits.splits["train"]
+    counts = torch.bincount(groups[train])
+    rows = train[counts[groups[train]] >= 2][:24]  # only rows whose caption repeats in the batch
+    assert len(torch.unique(groups[rows])) < len(rows)
+    config = load_config(None, ["recipe=itm", "model.image_width=32", "model.embed_dim=16"])
+    system = build_system(config, digits)
+    drawn: list[tuple[torch.Tensor, torch.Tensor]] = []
+    original = AF.sample_hard_negatives
+
+    def spy(sim, exclude=None, generator=None):
+        out = original(sim, exclude, generator=generator)
+        drawn.append((exclude, out))
+        return out
+
+    monkeypatch.setattr(AF, "sample_hard_negatives", spy)
+    for _ in range(5):
+        out = system.training_step(system.batch(digits, rows))
+        out["loss"].backward()
+    assert len(drawn) == 10  # per image and per text, each step
+    g = groups[rows]
+    for exclude, picked in drawn:
+        assert torch.equal(exclude, g[:, None] == g[None, :])
+        ok = picked >= 0
+        assert (g[picked[ok]] != g[ok]).all()
+    grads = [p.grad for p in system.matcher.parameters() if p.requires_grad and p.grad is not None]
+    assert grads and any(float(gr.abs().sum()) > 0 for gr in grads)  # the matching loss trains the matcher
+    assert system.vit.patch_embed.weight.grad is not None
+
+
 # --------------------------------------------------------------------------------- end to end
 
 

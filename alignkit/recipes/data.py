@@ -166,13 +166,14 @@ def caption_tokens(
     from safetensors.torch import load_file, save
 
     from alignkit.io import atomic_write
-    from alignkit.towers.base import embedding_cache_path
-    from alignkit.towers.text import SentenceTransformerTower
+    from alignkit.towers.base import directory_stamp, embedding_cache_path
+    from alignkit.towers.text import SentenceTransformerTower, resolve_sentence_transformer
 
     if not captions:
         raise ValueError("captions must hold at least one caption, got none")
-    tower = SentenceTransformerTower(text_model, frozen=True)
-    path = embedding_cache_path(tower.cache_identity() + ":token_embeddings", list(captions))
+    _, directory = resolve_sentence_transformer(text_model)  # the model is loaded only on a cache miss
+    identity = f"sentence-transformers:{directory}:{directory_stamp(directory)}:token_embeddings"
+    path = embedding_cache_path(identity, list(captions))
     path = path.with_name(path.name.replace(".safetensors", ".tokens.safetensors"))
     if path.is_file():
         try:
@@ -182,6 +183,7 @@ def caption_tokens(
                 return tokens, padding
         except Exception:  # an unreadable cache file is recomputed
             pass
+    tower = SentenceTransformerTower(text_model, frozen=True)
     inputs = tower.prepare(list(captions))  # padded to the longest caption
     chunks = []
     starts = range(0, len(captions), batch_size)
