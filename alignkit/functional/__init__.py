@@ -15,6 +15,7 @@ from alignkit.functional import (
     generation,
     hubs,
     losses,
+    matching,
     neighbors,
     nulls,
     retrieval,
@@ -29,6 +30,7 @@ from alignkit.functional.disentangle import *  # noqa: F403
 from alignkit.functional.generation import *  # noqa: F403
 from alignkit.functional.hubs import *  # noqa: F403
 from alignkit.functional.losses import *  # noqa: F403
+from alignkit.functional.matching import *  # noqa: F403
 from alignkit.functional.neighbors import *  # noqa: F403
 from alignkit.functional.nulls import *  # noqa: F403
 from alignkit.functional.retrieval import *  # noqa: F403
@@ -43,6 +45,7 @@ __all__ = [
     *generation.__all__,
     *hubs.__all__,
     *losses.__all__,
+    *matching.__all__,
     *neighbors.__all__,
     *nulls.__all__,
     *retrieval.__all__,

@@ -35,7 +35,7 @@ __all__ = [
     "write_config",
 ]
 
-RECIPES = ("clip", "byol", "supcon", "joint", "binder", "disentangled", "repa")
+RECIPES = ("clip", "byol", "supcon", "joint", "binder", "disentangled", "repa", "itm")
 ATTRIBUTES = ("slant", "ink", "thickness", "height", "width", "vertical", "horizontal")
 IMAGE_TOWERS = ("mlp", "cnn", "vit")
 PROJECTIONS = ("linear", "mlp")
@@ -321,6 +321,18 @@ _RECIPE_FIELDS: dict[str, dict[str, _Field]] = {
         "loss.repa_weight": _float(0.5, high=1000.0, unit="loss weight"),
         "loss.repa_depth": _int(2, low=1, high=64, unit="blocks"),
     },
+    "itm": {  # CLIP + image-text matching through CoAttention, re-ranking (alignkit.recipes.systems.itm)
+        **_PROJECTION,
+        **_CLIP_TEMPERATURE,
+        "model.vit_depth": _int(2, low=1, high=64, unit="blocks"),
+        "model.fusion_layers": _int(1, low=1, high=64, unit="blocks"),
+        "model.fusion_heads": _int(4, low=1, high=256, unit="heads"),
+        "loss.itm_weight": _float(1.0, high=1e6, unit="loss weight"),
+        "loss.itm_negative_temperature": _float(
+            None, open_low=True, high=100.0, nullable=True, unit="temperature"
+        ),
+        "loss.itm_top_k": _int(16, low=1, high=MAX_ROWS, unit="candidates"),
+    },
 }
 
 # Per-recipe defaults that differ from the field defaults above.
@@ -332,6 +344,13 @@ _RECIPE_DEFAULTS: dict[str, dict[str, Any]] = {
     "binder": {"train.epochs": 60},
     "disentangled": {},
     "repa": {"train.epochs": 30, "train.lr": 1e-3, "train.batch_size": 64, "train.weight_decay": 0.0},
+    "itm": {
+        "model.image_tower": "vit",
+        "model.image_width": 64,
+        "model.dropout": 0.0,
+        "train.epochs": 30,
+        "loss.itm_negative_temperature": 0.3,
+    },
 }
 
 
@@ -447,6 +466,8 @@ def validate_config(config: Mapping[str, Any]) -> dict[str, Any]:
             f"config key 'loss.repa_depth' must be ≤ model.depth = {resolved['model.depth']}, "
             f"got {resolved['loss.repa_depth']}"
         )
+    if recipe == "itm":
+        _check_itm(resolved)
     subset = resolved["data.train_subset"]
     if subset is not None and resolved["train.batch_size"] > subset:
         raise ValueError(
@@ -454,6 +475,30 @@ def validate_config(config: Mapping[str, Any]) -> dict[str, Any]:
             f"got {resolved['train.batch_size']}"
         )
     return _unflatten(resolved)
+
+
+def _check_itm(c: Mapping[str, Any]) -> None:
+    """The ``itm`` recipe fuses ViT patch tokens with the text model's token embeddings."""
+    if c["model.image_tower"] != "vit" or c["model.tower_a"] not in ("auto", "vit"):
+        raise ValueError(
+            "recipe 'itm' fuses image patch tokens: config key 'model.image_tower' must be 'vit' and "
+            f"'model.tower_a' 'auto' or 'vit', got {c['model.image_tower']!r} and {c['model.tower_a']!r}"
+        )
+    if c["model.tower_b"] not in ("auto", "sentence-transformers") or c["model.tower_b_finetune"]:
+        raise ValueError(
+            "recipe 'itm' reads the token embeddings of a frozen sentence-transformers text model: config "
+            "key 'model.tower_b' must be 'auto' or 'sentence-transformers' (not fine-tuned), "
+            f"got {c['model.tower_b']!r}"
+        )
+    if c["data.source"] == "embeddings":
+        raise ValueError(
+            "recipe 'itm' needs images and caption text: data.source must be 'digits' or 'pairs'"
+        )
+    if c["model.image_width"] % c["model.fusion_heads"]:
+        raise ValueError(
+            f"config key 'model.fusion_heads' must divide model.image_width = {c['model.image_width']}, "
+            f"got {c['model.fusion_heads']}"
+        )
 
 
 def _check_source(recipe: str, c: Mapping[str, Any]) -> None:

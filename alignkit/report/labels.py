@@ -79,6 +79,33 @@ METRICS: tuple[MetricInfo, ...] = (
         for d, name in (("i2t", "image→text"), ("t2i", "text→image"))
         for k in (1, 5, 10)
     ),
+    *(  # the itm recipe: the matcher re-ranks the contrastive top-k (alignkit.recipes.systems.itm)
+        MetricInfo(
+            f"{d}_recall@{k}{g}_{tag}",
+            f"{name} R@{k}{', any of the group' if g else ''}, re-ranked{how}",
+            f"{d} R@{k}{' (gr.)' if g else ''} {short}",
+            "higher",
+            None if g else f"recall@{k}",
+        )
+        for tag, how, short in (
+            ("rerank", "", "rer."),
+            ("rerank_sum", " (+ contrastive)", "rer.+"),
+        )
+        for g in ("", "_grouped")
+        for d, name in (("i2t", "image→text"), ("t2i", "text→image"))
+        for k in (1, 5)
+    ),
+    *(
+        MetricInfo(
+            f"{d}_recall@k{g}_candidates",
+            f"{name}: {'a group member' if g else 'the partner'} among the top-k re-ranked",
+            f"{d} in top-k{' (gr.)' if g else ''}",
+            "higher",
+        )
+        for g in ("", "_grouped")
+        for d, name in (("i2t", "image→text"), ("t2i", "text→image"))
+    ),
+    MetricInfo("itm_top_k", "candidates re-ranked per query (k)", "top-k", "", None, ".0f"),
     MetricInfo("median_rank", "median rank (image→text)", "median rank", "lower", "median", ".1f"),
     MetricInfo("t2i_median_rank", "median rank (text→image)", "t2i median rank", "lower", "median", ".1f"),
     MetricInfo("i2t_map", "image→text mAP", "i2t mAP", "higher", "map"),

@@ -25,6 +25,10 @@
                 the digits, plus REPA (Yu et al. 2024) aligning one block's tokens with a frozen
                 self-supervised encoder's patch tokens; evaluated by FD / class accuracy / precision-
                 recall of its samples (:class:`~alignkit.recipes.systems.repa.REPASystem`).
+``itm``         CLIP plus image–text matching: ViT patch tokens and MiniLM token embeddings fused by
+                :class:`~alignkit.nn.CoAttention`, a matched / not-matched head trained on hard negatives
+                mined from the contrastive similarities (ALBEF, Li et al. 2021); at test time the matcher
+                re-ranks the contrastive top-k (:class:`~alignkit.recipes.systems.itm.ITMSystem`).
 ==============  ====================================================================================
 """
 
@@ -39,6 +43,7 @@ from alignkit.recipes.systems.binder import BinderSystem
 from alignkit.recipes.systems.byol import BYOLSystem
 from alignkit.recipes.systems.clip import CLIPSystem
 from alignkit.recipes.systems.disentangled import DisentangledSystem
+from alignkit.recipes.systems.itm import ITMSystem
 from alignkit.recipes.systems.joint import JointSystem
 from alignkit.recipes.systems.repa import REPASystem
 from alignkit.recipes.systems.supcon import SupConSystem
@@ -55,6 +60,7 @@ SYSTEMS: dict[str, Any] = {
     "binder": BinderSystem,
     "disentangled": DisentangledSystem,
     "repa": REPASystem,
+    "itm": ITMSystem,
 }
 
 __all__ = [
@@ -63,6 +69,7 @@ __all__ = [
     "BinderSystem",
     "CLIPSystem",
     "DisentangledSystem",
+    "ITMSystem",
     "JointSystem",
     "REPASystem",
     "RecipeSystem",
