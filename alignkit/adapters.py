@@ -73,6 +73,7 @@ __all__ = [
     "FitReport",
     "fit_adapter",
     "ridge_gcv",
+    "ridge_kfold",
     "split_rows",
 ]
 
@@ -401,7 +402,8 @@ class FitReport:
     epoch; closed forms use every training pair (``n_val = 0``). ``objective_*``: the fitted objective
     on each split (mean squared error per coordinate, mean ``1 − cos``, or the contrastive loss, whose
     value depends on the number of rows). ``ridge``: the relative ridge strength used (chosen by
-    generalised cross-validation on the training pairs when ``ridge_selected_by == "gcv"``).
+    generalised cross-validation on the training pairs when ``ridge_selected_by == "gcv"``, by K-fold
+    cross-validation on them when it is ``"K-fold"``; ``"given"``: passed by the caller).
     ``refined_pairs``: mutual-nearest-neighbour pairs added by each refinement round.
     """
 
@@ -454,7 +456,9 @@ class FitReport:
         where = f"{self.n_test} held-out rows" if self.evaluated_on == "held-out" else "the training rows"
         extras = []
         if self.ridge is not None:
-            extras.append(f"ridge {self.ridge:.3g}" + (" (GCV)" if self.ridge_selected_by == "gcv" else ""))
+            how = {"gcv": " (GCV)", "given": ""}.get(self.ridge_selected_by or "given")
+            how = f" ({self.ridge_selected_by} CV)" if how is None else how
+            extras.append(f"ridge {self.ridge:.3g}{how}")
         if self.mean_restored:
             extras.append("target mean restored")
         if self.refined_pairs:
@@ -611,6 +615,97 @@ def ridge_gcv(
     return float(grid[best]), scores
 
 
+def ridge_kfold(
+    source: Tensor, target: Tensor, folds: int = 5, grid: tuple[float, ...] = RIDGE_GRID, seed: int = 0
+) -> tuple[float, Tensor]:
+    """Choose the relative ridge strength by k-fold cross-validation on the training pairs.
+
+    The rows are shuffled (``torch.randperm`` seeded by ``seed``) and cut into ``folds`` parts of
+    near-equal size. For each part, ridge regression with an unpenalised intercept is fitted on the
+    other rows exactly as :func:`fit_adapter` fits it (centred rows, ``λ = ridge·tr(XᶜᵀXᶜ)/d`` on the
+    fitting rows; ``ridge = 0``: minimum-norm least squares) and scored by its squared error on the
+    part; the score of a grid value is the mean squared error per target coordinate over all rows::
+
+        CV(λ) = Σ_f ‖Y_f − ((X_f − μ_x⁻ᶠ) W⁻ᶠ(λ) + μ_y⁻ᶠ)‖_F² / (n · d_t)
+
+    (Stone 1974, "Cross-validatory choice and assessment of statistical predictions", JRSS B). Unlike
+    GCV (:func:`ridge_gcv`, a rotation-invariant approximation of leave-one-out) it refits on actual
+    held-out parts, so it stays honest where GCV's approximation is loose (n ≈ d, heavy-tailed
+    leverage); ``folds = n`` is exact leave-one-out.
+
+    Each fold needs one SVD ``Xᶜ = U S Vᵀ`` of its fitting rows; with ``P = (X_f − μ) V``,
+    ``A = Uᵀ Yᶜ`` and ``D(λ) = diag(s / (s² + λ))`` the fold's prediction is ``P D A`` and its error
+    ``‖Y_fᶜ‖² − 2 Σ_k D_k (PᵀY_fᶜAᵀ)_kk + Dᵀ((PᵀP) ∘ (AAᵀ)) D``, so every grid value costs O(r²),
+    r = min(n, d_s).
+
+    Args:
+        source: (n, d_s) training rows.
+        target: (n, d_t) training rows.
+        folds: number of parts (≥ 2); at most n (fewer rows: leave-one-out).
+        grid: relative strengths to try (each ≥ 0).
+        seed: shuffling seed (≥ 0).
+
+    Returns:
+        ``(best, scores)``: the chosen relative ridge (the smallest-error grid value) and the
+        (len(grid),) float64 cross-validated errors. With n < 2 every score is +inf and the largest
+        value is chosen.
+
+    Cost: ``folds`` SVDs, O(folds·n·d_s·(min(n, d_s) + d_t) + folds·d_s²·d_t) time, O(n·(d_s + d_t) + d_s²)
+    memory; O(len(grid)·folds·r²) for the grid.
+    """
+    check_features(source, "source")
+    check_features(target, "target")
+    check_same_rows(source, target, "source", "target")
+    check_int(folds, "folds", 2)
+    check_int(seed, "seed", 0)
+    if not grid or any(not math.isfinite(g) or g < 0 for g in grid):
+        raise ValueError(f"grid must be a non-empty sequence of finite numbers ≥ 0, got {grid!r}")
+    x, y = source.detach().double(), target.detach().double()
+    n, d = x.shape
+    scores = torch.zeros(len(grid), dtype=torch.float64, device=x.device)
+    if n < 2:
+        return float(max(grid)), torch.full((len(grid),), math.inf, dtype=torch.float64)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).to(x.device)
+    parts = order.tensor_split(min(folds, n))
+    for part in parts:
+        fit = torch.ones(n, dtype=torch.bool, device=x.device)
+        fit[part] = False
+        xc, mu_x = _centred(x[fit])
+        yc, mu_y = _centred(y[fit])
+        u, s, vh = torch.linalg.svd(xc, full_matrices=False)
+        s2 = s.square()
+        p = (x[part] - mu_x) @ vh.T  # (m, r)
+        yf = y[part] - mu_y  # (m, d_t)
+        a = u.T @ yc  # (r, d_t)
+        cross = ((p.T @ yf) * a).sum(1)  # (PᵀY_fᶜAᵀ)_kk, (r,)
+        quad = (p.T @ p) * (a @ a.T)  # (r, r)
+        total = float(yf.square().sum())
+        base = float(s2.sum()) / d
+        for i, rel in enumerate(grid):
+            lam = rel * base
+            if lam > 0:
+                dk = s / (s2 + lam)
+            else:
+                keep = s2 > s2.max() * 1e-12 if len(s2) else s2 > 0
+                dk = torch.where(keep, 1.0 / s.clamp_min(1e-300), torch.zeros_like(s))
+            scores[i] += total - 2.0 * float(dk @ cross) + float(dk @ quad @ dk)
+    scores = (scores / (n * y.shape[1])).clamp_min(0.0).cpu()
+    return float(grid[int(scores.argmin())]), scores
+
+
+def _ridge_selection(value: object) -> int:
+    """``ridge_cv`` → 0 for ``"gcv"``, else the number of folds of ``"kfold"`` (5) / ``"kfold:K"``."""
+    if value == "gcv":
+        return 0
+    if isinstance(value, str) and value.startswith("kfold"):
+        rest = value[len("kfold") :]
+        if rest == "":
+            return 5
+        if rest.startswith(":") and rest[1:].isdigit() and int(rest[1:]) >= 2:
+            return int(rest[1:])
+    raise ValueError(f"ridge_cv must be 'gcv', 'kfold' or 'kfold:K' with K ≥ 2 folds, got {value!r}")
+
+
 def _objective_fn(objective: str, criterion: nn.Module | None) -> Callable[[Tensor, Tensor], Tensor]:
     """``loss(pred, target)`` in the target space for ``objective``."""
     if objective == "mse":
@@ -687,6 +782,7 @@ def fit_adapter(
     batch_size: int = 1024,
     temperature: float = 0.07,
     ridge: float | str = "auto",
+    ridge_cv: str = "gcv",
     scale: bool = True,
     patience: int = 10,
     restore_mean: bool = True,
@@ -725,8 +821,9 @@ def fit_adapter(
       al. 2018, "Word Translation Without Parallel Data").
     * ``"linear"`` + ``"mse"``: ridge regression ``W = (XᶜᵀXᶜ + λI)⁻¹XᶜᵀYᶜ``, ``λ = ridge·tr(XᶜᵀXᶜ)/d_s``
       (Hoerl & Kennard 1970), intercept unpenalised; ``ridge=0``: the minimum-norm least-squares
-      solution; ``ridge="auto"``: GCV over :data:`RIDGE_GRID` (plain least squares collapses when
-      n ≈ d).
+      solution; ``ridge="auto"``: chosen over :data:`RIDGE_GRID` on the training pairs by GCV
+      (``ridge_cv="gcv"``) or K-fold cross-validation (``ridge_cv="kfold:K"``) — plain least squares
+      collapses when n ≈ d.
     * ``"linear"`` with ``"cosine"`` / ``"clip"`` / ``"info_nce"``, and ``"mlp"`` with any objective:
       both sides are standardised (centred, divided by their coordinates' RMS; rows L2-normalised
       first for non-mse objectives), the linear part starts at the ridge solution, and AdamW
@@ -764,7 +861,10 @@ def fit_adapter(
         batch_size: rows per step (≥ 1; contrastive objectives use the batch as negatives).
         temperature: initial (clip) or fixed (info_nce) softmax temperature (> 0).
         ridge: relative ridge strength ≥ 0 of the closed form and of the gradient fits' start, or
-            ``"auto"`` (GCV on the training pairs).
+            ``"auto"`` (chosen on the training pairs by ``ridge_cv``).
+        ridge_cv: how ``ridge="auto"`` chooses: ``"gcv"`` (default; generalised cross-validation,
+            closed form from one SVD, :func:`ridge_gcv`) or ``"kfold"`` / ``"kfold:K"`` (K-fold
+            cross-validation on the training pairs, K = 5 by default, :func:`ridge_kfold`).
         scale: fit Procrustes' isotropic scale ``c`` (else ``c = 1``).
         patience: epochs without validation improvement before stopping (≥ 1).
         restore_mean: re-centre a non-mse gradient fit's outputs on the target mean.
@@ -820,6 +920,7 @@ def fit_adapter(
         if isinstance(ridge, str):
             raise ValueError(f"ridge must be a finite number >= 0 or 'auto', got {ridge!r}")
         check_positive(ridge, "ridge", allow_zero=True)
+    folds = _ridge_selection(ridge_cv)
     for flag, value in (("scale", scale), ("restore_mean", restore_mean)):
         if not isinstance(value, bool):
             raise ValueError(f"{flag} must be a bool, got {value!r}")
@@ -882,8 +983,12 @@ def fit_adapter(
     chosen: float | None = None
     if method != "procrustes":
         if ridge == "auto":  # relative strength: the same choice for the standardised gradient start
-            chosen, _ = ridge_gcv(xp[train_idx], yp[train_idx])
-            selected_by = "gcv"
+            if folds:
+                chosen, _ = ridge_kfold(xp[train_idx], yp[train_idx], folds=folds, seed=seed)
+                selected_by = f"{folds}-fold"
+            else:
+                chosen, _ = ridge_gcv(xp[train_idx], yp[train_idx])
+                selected_by = "gcv"
         else:
             chosen, selected_by = float(ridge), "given"
         info["ridge"] = chosen

@@ -305,6 +305,9 @@ def test_fit_ridge_and_splits(
     assert _run(argv) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["ridge_selected_by"] == "gcv" and report["ridge"] < 0.01  # exact data: little shrinkage
+    assert _run([*argv, "--ridge-cv", "kfold:3"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["ridge_selected_by"] == "3-fold" and report["ridge"] < 0.01
     assert set(report["retrieval"]) == {"keep_old", "before", "after", "native"}
     assert _run(["fit", str(files["x"]), str(files["y"]), "-o", str(out), "--quiet"]) == 0
     assert capsys.readouterr().out.strip() == "1.0000"
@@ -314,6 +317,7 @@ def test_fit_ridge_and_splits(
     ("extra", "match"),
     [
         (["--ridge", "lots"], "--ridge must be a number ≥ 0.0"),
+        (["--ridge-cv", "kfold:1"], r"--ridge-cv must be gcv, kfold or kfold:K \(K ≥ 2 folds\)"),
         (["--test-fraction", "1"], r"--test-fraction must be in \[0, 1\)"),
         (["--csls", "-3"], "--csls must be an integer ≥ 0"),
         (["--unpaired-source", "{x}"], "--unpaired-source and --unpaired-target go together"),

@@ -85,6 +85,16 @@ def _fit(args: argparse.Namespace) -> int:
     options["ridge"] = "auto" if args.ridge == "auto" else number(args.ridge, "--ridge", float, 0.0)
     if options["ridge"] is None:
         raise ValueError("--ridge must be a number ≥ 0 or 'auto'")
+    if args.ridge_cv is not None:
+        from alignkit.adapters import _ridge_selection
+
+        try:
+            _ridge_selection(args.ridge_cv)
+        except ValueError:
+            raise ValueError(
+                f"--ridge-cv must be gcv, kfold or kfold:K (K ≥ 2 folds), got {args.ridge_cv!r}"
+            ) from None
+        options["ridge_cv"] = args.ridge_cv
     if args.no_restore_mean:
         options["restore_mean"] = False
     if (args.unpaired_source is None) != (args.unpaired_target is None):
@@ -165,7 +175,12 @@ def add_command(subparsers: Any) -> None:
     fit.add_argument(
         "--ridge",
         default="auto",
-        help="relative ridge strength ≥ 0, or auto: GCV on the training pairs (default)",
+        help="relative ridge strength ≥ 0, or auto: chosen on the training pairs by --ridge-cv (default)",
+    )
+    fit.add_argument(
+        "--ridge-cv",
+        help="how --ridge auto chooses: gcv (default; generalised cross-validation, one SVD) | kfold | "
+        "kfold:K (K-fold cross-validation on the training pairs, K = 5 by default)",
     )
     fit.add_argument("--csls", help="score the report's searches with CSLS of this k (default 0: cosine)")
     fit.add_argument(
