@@ -465,7 +465,7 @@ class FitReport:
         extras = []
         if self.ridge is not None:
             how = {"gcv": " (GCV)", "given": ""}.get(self.ridge_selected_by or "given")
-            how = f" ({self.ridge_selected_by} CV)" if how is None else how
+            how = f" by {self.ridge_selected_by} CV" if how is None else how
             extras.append(f"ridge {self.ridge:.3g}{how}")
         if self.mean_restored:
             extras.append("target mean restored")
