@@ -17,9 +17,10 @@ Methods (``method`` × ``objective``):
   isotropic scale, in closed form from one SVD (Schönemann 1966; with scale: Gower & Dijksterhuis 2004).
   Preserves angles and distances of the centred source; the right choice when both spaces hold the
   same geometry up to rotation (Smith et al. 2017, Conneau et al. 2018 for word vectors).
-* ``"linear"`` — an affine map. ``"mse"``: closed-form ridge regression (``ridge="auto"``: chosen by
-  generalised cross-validation on the training pairs); ``"cosine"`` | ``"clip"`` | ``"info_nce"``:
-  AdamW from the ridge solution, minimising the objective, then re-centred on the target mean.
+* ``"linear"`` — an affine map. ``"mse"``: closed-form ridge regression (``ridge="auto"``: chosen on
+  the training pairs by generalised cross-validation, or K-fold with ``ridge_cv="kfold:K"``);
+  ``"cosine"`` | ``"clip"`` | ``"info_nce"``: AdamW from the ridge solution, minimising the objective,
+  then re-centred on the target mean.
 * ``"mlp"`` — the affine map plus a :class:`~alignkit.nn.ProjectionHead` residual (its last layer
   starts at zero, so training starts at the ridge solution), trained with any objective, with early
   stopping on the validation split.
