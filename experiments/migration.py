@@ -536,9 +536,10 @@ How to read it (the tables above carry the numbers; test-index R@1 unless said o
 * Procrustes with n < d (n = 100, d = 384) is not unique: the rotation of the directions no pair
   spans is arbitrary, so its R@1 there depends on the LAPACK build and thread count (0.045–0.054 from
   L3 across our runs); from n = 500 on it is reproducible.
-* CSLS at search time adds 0–3 points (numbers in brackets), most with more pairs.
+* CSLS at search time changes R@1 by −1 to +3 points (numbers in brackets), gaining most with more
+  pairs.
 * Refinement with what a migration has (the old index and new-model rows of *other* items) loses
-  0–3 points: mutual nearest neighbours between different documents are not pairs. Where the
+  0–3.5 points: mutual nearest neighbours between different documents are not pairs. Where the
   word-translation premise holds — the index items' own new-model rows, order unknown (not
   something a migrating user has) — the same code lifts L3 from 0.063 to 0.171 at n = 100 and from
   0.212 to 0.277 at n = 500 (half-way to the linear ceiling) and reaches the ceiling from n = 2,000:
