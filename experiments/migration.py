@@ -542,7 +542,7 @@ How to read it (the tables above carry the numbers; test-index R@1 unless said o
   0–3.5 points: mutual nearest neighbours between different documents are not pairs. Where the
   word-translation premise holds — the index items' own new-model rows, order unknown (not
   something a migrating user has) — the same code lifts L3 from 0.063 to 0.171 at n = 100 and from
-  0.212 to 0.277 at n = 500 (half-way to the linear ceiling) and reaches the ceiling from n = 2,000:
+  0.212 to 0.277 at n = 500 (half-way to the ridge bound) and reaches that bound from n = 2,000:
   the method works, the data of a migration does not meet its premise.
 * Hub shares stay below 2% after every fit (restoring the target mean matters where a contrastive
   fit loses it badly, as in the unit test on an anisotropic target).
