@@ -26,6 +26,7 @@ from alignkit.adapters import (
     FitReport,
     fit_adapter,
     ridge_gcv,
+    ridge_kfold,
     split_rows,
 )
 from alignkit.io import save_embeddings
@@ -627,6 +628,102 @@ def test_ridge_auto_chooses_a_sensible_value_when_n_is_close_to_d() -> None:
     assert test_error(1e-4) > 2 * test_error(best)  # the old default collapses at n ≈ d
     _, report = fit_adapter(torch.from_numpy(x), torch.from_numpy(y), method="linear", test_fraction=0.0)
     assert report.ridge == best and report.ridge_selected_by == "gcv"
+
+
+def _ref_kfold(x: np.ndarray, y: np.ndarray, rel: float, folds: int, seed: int) -> float:
+    """K-fold error by refitting ridge (intercept unpenalised) on each part's complement with numpy."""
+    n, d = x.shape
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).numpy()
+    total = 0.0
+    for part in np.array_split(order, folds):
+        fit = np.setdiff1d(np.arange(n), part)
+        mx, my = x[fit].mean(0), y[fit].mean(0)
+        xc = x[fit] - mx
+        lam = rel * np.sum(xc**2) / d
+        w = np.linalg.solve(xc.T @ xc + lam * np.eye(d), xc.T @ (y[fit] - my))
+        total += float(np.sum(((x[part] - mx) @ w + my - y[part]) ** 2))
+    return total / (n * y.shape[1])
+
+
+def _bayes_ridge_data(
+    n: int, d: int, d_t: int, noise: float, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]:
+    """Y = XW + ε with X, W, ε Gaussian: the best ridge is known, λ* = σ²/τ² = noise²·d (posterior
+    mean), i.e. relative ridge λ*/(tr(XᶜᵀXᶜ)/d) ≈ noise²·d/n. Returns (x, y, x_new, y_new, rel*)."""
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((d, d_t)) / math.sqrt(d)
+
+    def draw(rows: int) -> tuple[np.ndarray, np.ndarray]:
+        x = rng.standard_normal((rows, d))
+        return x, x @ w + noise * rng.standard_normal((rows, d_t))
+
+    (x, y), (x_new, y_new) = draw(n), draw(4000)
+    xc = x - x.mean(0)
+    return x, y, x_new, y_new, noise**2 * d / (np.sum(xc**2) / d)
+
+
+def test_ridge_kfold_equals_refitting_on_every_fold() -> None:
+    x, y, *_ = _bayes_ridge_data(50, 12, 5, 1.0, 30)
+    best, scores = ridge_kfold(torch.from_numpy(x), torch.from_numpy(y), folds=4, seed=7)
+    for i in (4, 12, 20, 28, 32):
+        assert float(scores[i]) == pytest.approx(_ref_kfold(x, y, RIDGE_GRID[i], 4, 7), rel=1e-9)
+    assert best == RIDGE_GRID[int(scores.argmin())]
+    # ridge = 0 is the minimum-norm least-squares fit; here d < n so it equals the normal equations
+    zero, _ = ridge_kfold(torch.from_numpy(x), torch.from_numpy(y), folds=4, seed=7, grid=(0.0,))
+    assert zero == 0.0
+    _, at_zero = ridge_kfold(torch.from_numpy(x), torch.from_numpy(y), folds=4, seed=7, grid=(0.0, 1.0))
+    assert float(at_zero[0]) == pytest.approx(_ref_kfold(x, y, 0.0, 4, 7), rel=1e-9)
+    # more folds than rows: leave-one-out; one row: nothing to cross-validate
+    _, loo = ridge_kfold(torch.from_numpy(x[:6]), torch.from_numpy(y[:6]), folds=10, grid=(0.5,))
+    assert float(loo[0]) == pytest.approx(_ref_kfold(x[:6], y[:6], 0.5, 6, 0), rel=1e-9)
+    single, inf = ridge_kfold(torch.from_numpy(x[:1]), torch.from_numpy(y[:1]))
+    assert single == max(RIDGE_GRID) and bool(torch.isinf(inf).all())
+
+
+def test_ridge_kfold_chooses_the_known_large_ridge_when_n_is_close_to_d() -> None:
+    """n = 60 rows, d = 48: the Bayes-optimal relative ridge is ≈ 0.8 (shrink hard); least squares
+    (1e-4, the old default) over-fits. K-fold must land near the known value and predict as well."""
+    x, y, x_new, y_new, best_rel = _bayes_ridge_data(60, 48, 40, 1.0, 31)
+    assert 0.5 < best_rel < 1.2
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+
+    def test_error(ridge: float) -> float:
+        adapter, _ = fit_adapter(xt, yt, method="linear", ridge=ridge, test_fraction=0.0, progress=False)
+        return float(np.mean((adapter(torch.from_numpy(x_new)).detach().numpy() - y_new) ** 2))
+
+    chosen, _ = ridge_kfold(xt, yt, folds=5)
+    assert best_rel / 4 < chosen < best_rel * 4  # within about half a decade of the known optimum
+    assert test_error(chosen) < 1.05 * test_error(best_rel)
+    assert test_error(1e-4) > 3 * test_error(chosen)
+    _, report = fit_adapter(xt, yt, ridge_cv="kfold", test_fraction=0.0, progress=False)
+    assert (report.ridge, report.ridge_selected_by) == (chosen, "5-fold")
+    assert f"ridge {chosen:.3g} by 5-fold CV" in report.format_table()
+
+
+def test_ridge_kfold_agrees_with_gcv_on_an_easy_case() -> None:
+    """n = 2000 ≫ d = 20, known relative optimum ≈ 0.01: both selections land within a few grid steps
+    of each other and of it, and predict equally well."""
+    x, y, x_new, y_new, best_rel = _bayes_ridge_data(2000, 20, 10, 1.0, 32)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    by_kfold, _ = ridge_kfold(xt, yt, folds=5)
+    by_gcv, _ = ridge_gcv(xt, yt)
+    assert abs(math.log10(by_kfold / by_gcv)) <= 0.75  # at most 3 quarter-decade steps apart
+    assert abs(math.log10(by_kfold / best_rel)) <= 1.0
+
+    def test_error(cv: str) -> float:
+        adapter, _ = fit_adapter(xt, yt, ridge_cv=cv, test_fraction=0.0, progress=False)
+        return float(np.mean((adapter(torch.from_numpy(x_new)).detach().numpy() - y_new) ** 2))
+
+    assert test_error("kfold:10") == pytest.approx(test_error("gcv"), rel=0.01)
+
+
+@pytest.mark.parametrize("value", ["loo", "kfold:1", "kfold:x", "kfold5", 5])
+def test_ridge_cv_rejects_bad_values(value: object) -> None:
+    x = torch.randn(20, 4)
+    with pytest.raises(ValueError, match="ridge_cv must be 'gcv', 'kfold' or 'kfold:K'"):
+        fit_adapter(x, x, ridge_cv=value)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="folds"):
+        ridge_kfold(x, x, folds=1)
 
 
 def test_refinement_with_unpaired_rows_improves_a_few_pair_fit() -> None:

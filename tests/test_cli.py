@@ -156,7 +156,7 @@ def test_gradient_fit_prints_about_ten_lines_outside_a_terminal(capsys: pytest.C
 
     x = torch.randn(64, 6)
     y = x @ torch.randn(6, 5)
-    fit_adapter(x, y, method="mlp", epochs=20, patience=100, hidden_dim=8, progress=True)
+    fit_adapter(x, y, method="mlp", objective="mse", epochs=20, patience=100, hidden_dim=8, progress=True)
     lines = capsys.readouterr().err.splitlines()
     want = [f"fit mlp/mse: epoch {e}/20" for e in range(2, 21, 2)]
     assert [line.split(" loss ")[0] for line in lines] == want

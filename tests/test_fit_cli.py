@@ -96,8 +96,9 @@ def test_fit_prints_the_table_and_writes_an_adapter(
     files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "adapter.safetensors"
-    assert _run(["fit", str(files["x"]), str(files["y"]), "--out", str(out)]) == 0
+    assert _run(["fit", str(files["x"]), str(files["y"]), "--out", str(out), "--method", "linear"]) == 0
     text = capsys.readouterr().out
+    assert "linear / mse: 8 → 8 dims, closed form" in text  # --method linear: its closed form
     rows = {line.split("  ")[0].strip(): line.split() for line in text.splitlines()}
     keep_old, before, after, native = rows["R@1"][-4:]  # new-model queries on the held-out index
     assert float(after) == 1.0 and float(before) < 0.5 and float(native) == 1.0 == float(keep_old)
@@ -107,6 +108,23 @@ def test_fit_prints_the_table_and_writes_an_adapter(
     adapter = Adapter.load(out)
     mapped = adapter(load_embeddings(files["x"])).detach().numpy()
     np.testing.assert_allclose(mapped, _expected(files), atol=1e-4)
+
+
+def test_fit_default_is_the_benchmark_winner_mlp_clip(
+    files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No --method / --objective: mlp / clip (experiments/migration.py's validation winner), trained
+    from the ridge solution with early stopping; --method alone takes that method's own objective."""
+    out = tmp_path / "default.safetensors"
+    argv = ["fit", str(files["x"]), str(files["y"]), "--out", str(out), "--json", "--epochs", "3"]
+    assert _run(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert (report["method"], report["objective"], report["n_val"]) == ("mlp", "clip", 24)
+    assert report["ridge_selected_by"] == "gcv" and report["mean_restored"] and report["epochs"] <= 3
+    assert Adapter.load(out).normalize_input  # clip compares by cosine
+    assert _run([*argv, "--method", "procrustes"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert (report["method"], report["objective"], report["epochs"]) == ("procrustes", "mse", 0)
 
 
 def test_fit_json_and_options(
@@ -145,7 +163,7 @@ def test_transform_writes_the_expected_array(
     files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     adapter = tmp_path / "adapter.safetensors"
-    assert _run(["fit", str(files["x"]), str(files["y"]), "--out", str(adapter)]) == 0
+    assert _run(["fit", str(files["x"]), str(files["y"]), "--out", str(adapter), "--method", "linear"]) == 0
     for name in ("mapped.npy", "mapped.safetensors", "mapped.pt"):
         out = tmp_path / name
         assert _run(["transform", str(adapter), str(files["x"]), "-o", str(out), "--batch-size", "7"]) == 0
@@ -258,7 +276,8 @@ def _subprocess(argv: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
 
 
 def test_end_to_end_in_a_subprocess(files: dict[str, Path], tmp_path: Path) -> None:
-    fit = _subprocess(["fit", "x.npy", "y.npy", "--out", "adapter.safetensors"], tmp_path)
+    argv = ["fit", "x.npy", "y.npy", "--out", "adapter.safetensors", "--method", "linear"]
+    fit = _subprocess(argv, tmp_path)
     assert fit.returncode == 0, fit.stderr
     row = next(line for line in fit.stdout.splitlines() if line.startswith("R@1 "))
     assert float(row.split()[-2]) == 1.0  # after (the last column is native)
@@ -283,7 +302,8 @@ def test_cli_main_has_fit_and_transform(files: dict[str, Path], tmp_path: Path) 
     choices = alignkit.cli._parser()._subparsers._group_actions[0].choices
     assert "transform" in choices
     out = tmp_path / "adapter.safetensors"
-    assert alignkit.cli.main(["fit", str(files["x"]), str(files["y"]), "--out", str(out)]) == 0
+    fit = ["fit", str(files["x"]), str(files["y"]), "--out", str(out), "--method", "linear"]
+    assert alignkit.cli.main(fit) == 0
     assert alignkit.cli.main(["transform", str(out), str(files["x"]), "-o", str(tmp_path / "m.npy")]) == 0
     np.testing.assert_allclose(np.load(tmp_path / "m.npy"), _expected(files), atol=1e-4)
 
@@ -305,6 +325,9 @@ def test_fit_ridge_and_splits(
     assert _run(argv) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["ridge_selected_by"] == "gcv" and report["ridge"] < 0.01  # exact data: little shrinkage
+    assert _run([*argv, "--ridge-cv", "kfold:3"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["ridge_selected_by"] == "3-fold" and report["ridge"] < 0.01
     assert set(report["retrieval"]) == {"keep_old", "before", "after", "native"}
     assert _run(["fit", str(files["x"]), str(files["y"]), "-o", str(out), "--quiet"]) == 0
     assert capsys.readouterr().out.strip() == "1.0000"
@@ -314,6 +337,7 @@ def test_fit_ridge_and_splits(
     ("extra", "match"),
     [
         (["--ridge", "lots"], "--ridge must be a number ≥ 0.0"),
+        (["--ridge-cv", "kfold:1"], r"--ridge-cv must be gcv, kfold or kfold:K \(K ≥ 2 folds\)"),
         (["--test-fraction", "1"], r"--test-fraction must be in \[0, 1\)"),
         (["--csls", "-3"], "--csls must be an integer ≥ 0"),
         (["--unpaired-source", "{x}"], "--unpaired-source and --unpaired-target go together"),
@@ -334,7 +358,8 @@ def test_transform_normalize_and_csls(files: dict[str, Path], tmp_path: Path) ->
     from alignkit.search import search
 
     adapter = tmp_path / "adapter.safetensors"
-    assert _run(["fit", str(files["x"]), str(files["y"]), "-o", str(adapter), "--quiet"]) == 0
+    argv = ["fit", str(files["x"]), str(files["y"]), "-o", str(adapter), "--quiet", "--method", "linear"]
+    assert _run(argv) == 0
     unit = tmp_path / "unit.npy"
     assert _run(["transform", str(adapter), str(files["x"]), "-o", str(unit), "--normalize", "--quiet"]) == 0
     written = np.load(unit)

@@ -1,6 +1,7 @@
 """``alignkit fit`` and ``alignkit transform``: learn a map between two embedding spaces from files.
 
-    alignkit fit old.npy new.npy --out adapter.safetensors          # linear, ridge by GCV
+    alignkit fit old.npy new.npy --out adapter.safetensors          # mlp / clip from the ridge solution
+    alignkit fit old.npy new.npy --out a.safetensors --method linear   # closed-form ridge, ridge by GCV
     alignkit transform adapter.safetensors old_index.npy -o migrated_index.npy
 
 :func:`add_commands` adds both sub-commands to the ``alignkit`` parser (:mod:`alignkit.cli`). Each
@@ -49,7 +50,7 @@ def _fit(args: argparse.Namespace) -> int:
         raise ValueError("--out is required: where to write the adapter (e.g. --out adapter.safetensors)")
     if args.method not in METHODS:
         raise ValueError(f"--method must be one of {', '.join(METHODS)}, got {args.method!r}")
-    if args.objective not in OBJECTIVES:
+    if args.objective is not None and args.objective not in OBJECTIVES:
         raise ValueError(f"--objective must be one of {', '.join(OBJECTIVES)}, got {args.objective!r}")
     out = Path(args.out)
     if out.suffix.lower() != ".safetensors":
@@ -85,6 +86,16 @@ def _fit(args: argparse.Namespace) -> int:
     options["ridge"] = "auto" if args.ridge == "auto" else number(args.ridge, "--ridge", float, 0.0)
     if options["ridge"] is None:
         raise ValueError("--ridge must be a number ≥ 0 or 'auto'")
+    if args.ridge_cv is not None:
+        from alignkit.adapters import _ridge_selection
+
+        try:
+            _ridge_selection(args.ridge_cv)
+        except ValueError:
+            raise ValueError(
+                f"--ridge-cv must be gcv, kfold or kfold:K (K ≥ 2 folds), got {args.ridge_cv!r}"
+            ) from None
+        options["ridge_cv"] = args.ridge_cv
     if args.no_restore_mean:
         options["restore_mean"] = False
     if (args.unpaired_source is None) != (args.unpaired_target is None):
@@ -143,13 +154,14 @@ def add_command(subparsers: Any) -> None:
     fit.add_argument("target", nargs="?", help="target embeddings of the same N items (N × d_t)")
     fit.add_argument(
         "--method",
-        default="linear",
-        help="linear (default: ridge regression, ridge by GCV) | procrustes | mlp",
+        default="mlp",
+        help="mlp (default: the ridge map plus a residual MLP, trained with --objective; the winner of "
+        "experiments/migration.py) | linear (with mse: closed-form ridge regression) | procrustes",
     )
     fit.add_argument(
         "--objective",
-        default="mse",
-        help="mse (default) | cosine | clip | info_nce (procrustes: mse or cosine)",
+        help="mse | cosine | clip | info_nce (procrustes: mse or cosine); default: the method's own "
+        "(mlp: clip; linear and procrustes: mse, their closed forms)",
     )
     fit.add_argument("-o", "--out", help="adapter file to write (.safetensors)")
     fit.add_argument(
@@ -165,7 +177,12 @@ def add_command(subparsers: Any) -> None:
     fit.add_argument(
         "--ridge",
         default="auto",
-        help="relative ridge strength ≥ 0, or auto: GCV on the training pairs (default)",
+        help="relative ridge strength ≥ 0, or auto: chosen on the training pairs by --ridge-cv (default)",
+    )
+    fit.add_argument(
+        "--ridge-cv",
+        help="how --ridge auto chooses: gcv (default; generalised cross-validation, one SVD) | kfold | "
+        "kfold:K (K-fold cross-validation on the training pairs, K = 5 by default)",
     )
     fit.add_argument("--csls", help="score the report's searches with CSLS of this k (default 0: cosine)")
     fit.add_argument(
