@@ -10,7 +10,8 @@ Tables (each between ``<!-- table:NAME -->`` and ``<!-- /table:NAME -->`` in REA
   chance level and permutation null;
 * ``compare``: ``alignkit compare --seeds 3`` (every recipe, seeds 0–2, mean ± sd; a column's best is
   marked only when its 95 % interval overlaps no other recipe's);
-* ``caption``: ``alignkit caption runs/readme/demo --fit`` (every decoder trained on the demo run).
+* ``caption``: ``alignkit caption runs/readme/demo --fit`` (every decoder trained on the demo run);
+* ``itm``: ``alignkit train --config configs/itm.yaml --seeds 3`` (R@K with and without re-ranking).
 
 The performance table has its own command, ``make bench`` (``bench/run.py``).
 Runs go to ``runs/readme/``; each table says which command made it.
@@ -29,7 +30,7 @@ from alignkit.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = ROOT / "runs" / "readme"
-TABLES = ("demo", "compare", "caption")
+TABLES = ("demo", "compare", "caption", "itm")
 
 
 def _cell(value: object, digits: int = 3) -> str:
@@ -112,6 +113,38 @@ def caption_table() -> str:
     )
 
 
+def itm_table() -> str:
+    out = RUNS / "itm"
+    assert main(["train", "--config", str(ROOT / "configs" / "itm.yaml"), "-o", str(out), "--seeds", "3",
+                 "--quiet", "--no-report"]) == 0  # fmt: skip
+    m = json.loads((out / "metrics.json").read_text())
+    n = 360
+
+    def cell(key: str) -> str:
+        if key not in m["mean"]:
+            return "—"
+        return f"{_cell(m['mean'][key])} [{_cell(m['low'][key])}, {_cell(m['high'][key])}]"
+
+    rows = []
+    for name, label in (("i2t", "image→text"), ("t2i", "text→image")):
+        for k in (1, 5):
+            keys = [f"{name}_recall@{k}", f"{name}_recall@{k}_rerank", f"{name}_recall@{k}_rerank_sum"]
+            rows.append(f"| {label} R@{k} | " + " | ".join(cell(x) for x in keys) + f" | {_cell(k / n)} |")
+    for name, label in (("i2t", "image→text"), ("t2i", "text→image")):
+        keys = [f"{name}_recall@1_grouped{tag}" for tag in ("", "_rerank", "_rerank_sum")]
+        rows.append(f"| {label} R@1, any identical caption | " + " | ".join(cell(x) for x in keys) + " | — |")
+    top_k = int(m["mean"].get("itm_top_k", 16))
+    return (
+        "Made by `python bench/readme_tables.py itm` (= `alignkit train --config configs/itm.yaml "
+        f"--seeds 3`: seeds {', '.join(str(s) for s in m['seeds'])}; {n} test rows; mean and 95 % Student-t "
+        f"interval over the seeds; chance = K/{n} for the strict R@K). The own partner is among the "
+        f"{top_k} re-ranked candidates for {cell('i2t_recall@k_candidates')} of the image queries and "
+        f"{cell('t2i_recall@k_candidates')} of the caption queries (the re-ranking ceiling).\n\n"
+        "| R@K (test split) | contrastive | re-ranked by the matcher | matcher + contrastive | chance |\n"
+        "|---|---|---|---|---|\n" + "\n".join(rows) + "\n"
+    )
+
+
 def write_readme(tables: dict[str, str], readme: Path = ROOT / "README.md") -> None:
     text = readme.read_text(encoding="utf-8")
     for name, body in tables.items():
@@ -131,7 +164,7 @@ def run(argv: list[str] | None = None) -> dict[str, str]:
     unknown = sorted(set(args.tables) - set(TABLES))
     if unknown:
         parser.error(f"unknown table(s) {', '.join(unknown)}; choose from {', '.join(TABLES)}")
-    makers = {"demo": demo_table, "compare": compare_table, "caption": caption_table}
+    makers = {"demo": demo_table, "compare": compare_table, "caption": caption_table, "itm": itm_table}
     tables = {name: makers[name]() for name in (args.tables or TABLES)}
     for name, body in tables.items():
         print(f"<!-- table:{name} -->\n{body}")
