@@ -49,6 +49,7 @@ from tqdm.auto import tqdm
 from alignkit.functional._checks import check_choice, check_int, check_positive
 from alignkit.train.checkpoint import Checkpoint, load_checkpoint, remove_checkpoint, save_checkpoint
 from alignkit.train.distributed import DistInfo, all_reduce_mean, dist_info, setup_distributed, shard_batches
+from alignkit.train.optim import AdamW
 from alignkit.train.schedule import warmup_cosine
 
 __all__ = [
@@ -212,7 +213,8 @@ class Trainer:
     """Train a :class:`TrainableSystem` with AdamW, linear warm-up + cosine decay, per-epoch evaluation,
     a ``metrics.jsonl`` log, best / last checkpoints, exact mid-epoch resume and DDP.
 
-    Optimiser: ``torch.optim.AdamW`` (Loshchilov & Hutter 2019) over :func:`parameter_groups` — no weight
+    Optimiser: ``torch.optim.AdamW`` (Loshchilov & Hutter 2019; as :class:`alignkit.train.optim.AdamW`,
+    which skips torch's import of ``torch._dynamo``) over :func:`parameter_groups` — no weight
     decay for parameters with ``ndim ≤ 1``. Learning rate at step ``k``:
     ``lr · warmup_cosine(k, total_steps, warmup, min_lr_ratio)`` (:mod:`alignkit.train.schedule`).
 
@@ -415,7 +417,7 @@ class Trainer:
         groups = parameter_groups(system, weight_decay)
         if not groups:
             raise ValueError(f"system ({type(system).__name__}) has no trainable parameters")
-        self.optimizer = torch.optim.AdamW(groups, lr=float(lr), betas=betas, eps=eps)
+        self.optimizer = AdamW(groups, lr=float(lr), betas=betas, eps=eps)
         total, warmup, min_ratio = self.total_steps, self.warmup_steps, float(min_lr_ratio)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda k: warmup_cosine(k, total, warmup, min_ratio)
