@@ -549,11 +549,14 @@ class Trainer:
                 self._window_sums[k] = self._window_sums.get(k, 0.0) + v
             self._epoch_count += 1
             self._window_count += 1
-            elapsed = time.perf_counter() - window_start
-            rate = window_rows / elapsed if elapsed > 0 else float("nan")
-            bar.update(1)
-            bar.set_postfix(loss=f"{values['loss']:.4f}", samples_s=f"{rate:.0f}", refresh=False)
-            if self.step % self.log_every == 0 or self.step == self.total_steps:
+            logged = self.step % self.log_every == 0 or self.step == self.total_steps
+            if logged or not bar.disable:
+                elapsed = time.perf_counter() - window_start
+                rate = window_rows / elapsed if elapsed > 0 else float("nan")
+            if not bar.disable:  # a bar only in a terminal: no formatting otherwise
+                bar.update(1)
+                bar.set_postfix(loss=f"{values['loss']:.4f}", samples_s=f"{rate:.0f}", refresh=False)
+            if logged:
                 record = {
                     "type": "step",
                     "step": self.step,
@@ -623,8 +626,9 @@ class Trainer:
     def _iterate(self, batches: list[list[int]], epoch: int) -> Iterator[Any]:
         dataset = self.dataset
         if isinstance(dataset, TensorDataset) and self.num_workers == 0 and self.collate_fn is None:
-            for idx in batches:
-                index = torch.as_tensor(idx, dtype=torch.long)
+            # one list → tensor conversion per epoch (per batch it was the largest per-step cost)
+            flat = torch.tensor([i for idx in batches for i in idx], dtype=torch.long)
+            for index in torch.split(flat, [len(idx) for idx in batches]):
                 yield [t[index] for t in dataset.tensors]  # what default_collate gives for tuples
             return
         generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
