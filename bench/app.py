@@ -61,8 +61,10 @@ def _until(argv: list[str], first: str | None) -> float:
 
 
 def import_torch(device: str) -> Callable[[], None]:
-    """``python -c "import torch"``: the floor of every command that trains."""
-    return lambda: _until([sys.executable, "-c", "import torch"], None) and None
+    """``python -c "import torch"`` until it says so (not its exit: tearing torch down takes a while,
+    and the other rows stop at a line too): the floor of every command that trains."""
+    code = "import sys, torch; print('imported', file=sys.stderr, flush=True)"
+    return lambda: _until([sys.executable, "-c", code], "imported") and None
 
 
 def cli_help(device: str) -> Callable[[], None]:
@@ -181,6 +183,7 @@ def _pairs(n: int, device: str) -> torch.Tensor:
 
 
 #: name → (module keyword arguments, inputs(n, d, device), the functional by hand(module, *inputs))
+#: (a loss in ``REPEATS`` is called that many times per timed call: one call takes milliseconds)
 LOSSES: dict[str, tuple[dict[str, Any], Callable[..., tuple], Callable[..., torch.Tensor]]] = {
     "clip": (
         {},
@@ -226,6 +229,9 @@ LOSSES: dict[str, tuple[dict[str, Any], Callable[..., tuple], Callable[..., torc
 }
 
 
+REPEATS = {"pair_contrastive": 50}
+
+
 def _loss_step(name: str, n: int, d: int, device: str, by_hand: bool) -> Callable[[], float]:
     kwargs, make, functional = LOSSES[name]
     module = L.build(name, **kwargs).to(device)
@@ -233,10 +239,11 @@ def _loss_step(name: str, n: int, d: int, device: str, by_hand: bool) -> Callabl
     leaves = [x for x in (*inputs, *module.parameters()) if x.requires_grad]
 
     def step() -> float:
-        for x in leaves:
-            x.grad = None
-        loss = functional(module, *inputs) if by_hand else module(*inputs)
-        loss.backward()
+        for _ in range(REPEATS.get(name, 1)):
+            for x in leaves:
+                x.grad = None
+            loss = functional(module, *inputs) if by_hand else module(*inputs)
+            loss.backward()
         return loss.item()
 
     return step

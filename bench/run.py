@@ -262,7 +262,9 @@ ROWS = [
         ("Trainer.fit (+ 2 checkpoints)", bapp.trainer_fit), ("hand-written loop", bapp.hand_loop),
         {"steps": 200, "batch": 128}, {"steps": 50, "batch": 128}),
     *(
-        Row(f"losses.build('{name}') module vs by hand, B={{n:,}}, d={{d}}", ("module", bapp.module_loss),
+        Row(f"losses.build('{name}') module vs by hand, B={{n:,}}, d={{d}}"
+            + (f" (× {bapp.REPEATS[name]} calls)" if name in bapp.REPEATS else ""),
+            ("module", bapp.module_loss),
             ("the functional by hand", bapp.functional_loss), {"n": n, "d": 512, "name": name},
             {"n": n, "d": 512, "name": name} if n == 1024 else None,
             (lambda k: 6 * _sq(k)) if name in ("clip", "siglip", "info_nce") else None,
