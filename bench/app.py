@@ -9,13 +9,15 @@
   fsync) against the same steps written by hand (the same system, batches, AdamW and schedule; no
   log, no checkpoint). Both start from the same weights and seeds, so both print the same mean loss.
 * **Loss modules**: ``losses.build(name)`` against its functional called by hand, forward + backward,
-  for every contrastive loss of the registry.
+  for every contrastive loss of the registry; ``python bench/app.py`` prints the module path's cost
+  per call on tiny inputs (B = 64, d = 32), where the Python around the kernels shows.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -257,3 +259,28 @@ def module_loss(n: int, d: int, device: str, name: str = "clip") -> Callable[[],
 def functional_loss(n: int, d: int, device: str, name: str = "clip") -> Callable[[], float]:
     """What the module computes, by hand: the functional (after the same normalisation and scale)."""
     return _loss_step(name, n, d, device, by_hand=True)
+
+
+def module_overhead(n: int = 64, d: int = 32, calls: int = 300) -> dict[str, float]:
+    """Per-call cost of the module path over the functional, in µs, on inputs small enough that the
+    Python around the kernel shows: median over ``calls`` alternating calls (forward + backward)."""
+    out = {}
+    for name in LOSSES:
+        sides = (module_loss(n, d, "cpu", name=name), functional_loss(n, d, "cpu", name=name))
+        times: tuple[list[float], list[float]] = ([], [])
+        for i in range(calls + 20):
+            for side, step in zip(times, sides, strict=True):
+                start = time.perf_counter()
+                step()
+                if i >= 20:
+                    side.append(time.perf_counter() - start)
+        module, functional = (statistics.median(t) / REPEATS.get(name, 1) * 1e6 for t in times)
+        out[name] = module - functional
+        print(f"{name:22s} module {module:8.1f} µs  functional {functional:8.1f} µs  "
+              f"module − functional {module - functional:+7.1f} µs per call", flush=True)
+    return out
+
+
+if __name__ == "__main__":  # python bench/app.py: the module path's cost per call on tiny inputs
+    torch.set_num_threads(1)
+    module_overhead()
