@@ -1174,7 +1174,9 @@ def _train(
     groups = [{"params": [p for p in adapter.parameters() if p.requires_grad], "weight_decay": weight_decay}]
     if criterion is not None and any(p.requires_grad for p in criterion.parameters()):
         groups.append({"params": [p for p in criterion.parameters() if p.requires_grad], "weight_decay": 0.0})
-    optimizer = torch.optim.AdamW(groups, lr=lr)
+    from alignkit.train.optim import AdamW  # torch's AdamW, without importing torch._dynamo (1-2 s)
+
+    optimizer = AdamW(groups, lr=lr)
     generator = torch.Generator().manual_seed(seed + 1)
     n_train = len(train_idx)
     n_batches = max(1, math.ceil(n_train / batch_size))

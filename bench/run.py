@@ -40,13 +40,13 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(__file__))
+import app as bapp
 import decoding as bdec
 import losses as bl
 import metrics as bm
 from _harness import _rss_bytes, gib
 
 import alignkit.functional as AF
-from alignkit import losses as L
 
 Setup = Callable[..., Callable[[], Any]]
 
@@ -161,37 +161,6 @@ def triplet_semi_pml(n: int, d: int, device: str) -> Callable[[], float]:
     return triplet_all_pml(n, d, device, semi_hard=True)
 
 
-def module_clip(n: int, d: int, device: str, name: str = "clip") -> Callable[[], float]:
-    a, b = bl._pair(n, d, device)
-    module = L.build(name).to(device)
-
-    def step() -> float:
-        a.grad = b.grad = None
-        module.zero_grad()
-        loss = module(a, b)
-        loss.backward()
-        return loss.item()
-
-    return step
-
-
-def functional_clip(n: int, d: int, device: str, name: str = "clip") -> Callable[[], float]:
-    """What the module does, by hand: normalise, clamp-exp the scale, call AF.clip_loss."""
-    a, b = bl._pair(n, d, device)
-    module = L.build(name).to(device)
-    log_scale, bias = module.temperature.log_scale, module.logit_bias
-
-    def step() -> float:
-        a.grad = b.grad = None
-        module.zero_grad()
-        scale = log_scale.clamp(max=math.log(100.0)).exp()
-        loss = AF.clip_loss(F.normalize(a, dim=-1), F.normalize(b, dim=-1), scale, bias)
-        loss.backward()
-        return loss.item()
-
-    return step
-
-
 def measure_graphs_once(n: int, d: int, device: str) -> Callable[[], float]:
     from alignkit.measure import measure
 
@@ -219,6 +188,7 @@ class Row:
     flop_note: str = ""
     needs: str = ""
     base_kwargs: dict[str, Any] = field(default_factory=dict)
+    memory: bool = True  # False: no peak-memory column (the row times other processes)
 
 
 def _sq(k: dict[str, Any]) -> float:
@@ -234,12 +204,6 @@ ROWS = [
     Row("CLIP loss, B={n:,}, d={d}", ("alignkit clip_loss", bl.clip_ours),
         ("pytorch-metric-learning NTXent", bl.clip_pml), {"n": 512, "d": 512}, {"n": 256, "d": 512},
         lambda k: 6 * _sq(k), "3 GEMMs of 2B²d"),
-    Row("losses.build('clip') module vs by hand, B={n:,}, d={d}", ("module", module_clip),
-        ("normalise + AF.clip_loss", functional_clip), {"n": 4096, "d": 512}, {"n": 1024, "d": 512},
-        lambda k: 6 * _sq(k), "3 GEMMs of 2B²d"),
-    Row("losses.build('siglip') module vs by hand, B={n:,}, d={d}", ("module", module_clip),
-        ("normalise + AF.clip_loss", functional_clip), {"n": 4096, "d": 512, "name": "siglip"},
-        {"n": 1024, "d": 512, "name": "siglip"}, lambda k: 6 * _sq(k), "3 GEMMs of 2B²d"),
     Row("structure loss, N={n:,}, d={d}", ("alignkit structure_loss", bl.structure_ours),
         ("N×N similarity matrices", bl.structure_naive), {"n": 8192, "d": 256}, {"n": 4096, "d": 256},
         lambda k: 3 * 2 * 2 * k["n"] * k["d"] ** 2, "Gram form: 2 d×d Grams fwd, 2× that bwd"),
@@ -285,6 +249,29 @@ ROWS = [
     Row("measure mutual_knn + cknna, N={n:,}, d={d}", ("measure (graphs shared)", measure_graphs_once),
         ("AF.mutual_knn then AF.cknna", measure_graphs_twice), {"n": 20000, "d": 384},
         {"n": 5000, "d": 384}, lambda k: 4 * _sq(k), "2 GEMMs of 2N²d"),
+    # the application's own costs (bench/app.py): start-up, the Trainer, the loss modules
+    Row("CLI start-up: alignkit --help", ("alignkit --help", bapp.cli_help),
+        ("python -c 'import torch' (floor)", bapp.import_torch), {}, {}, memory=False),
+    Row("CLI start-up: alignkit train (demo, 1 epoch) to its first progress line",
+        ("alignkit train", bapp.cli_train_first_line),
+        ("python -c 'import torch' (floor)", bapp.import_torch), {}, {}, memory=False),
+    Row("CLI start-up: alignkit train (demo, 1 epoch) to its first epoch line",
+        ("alignkit train", bapp.cli_train_first_epoch),
+        ("python -c 'import torch' (floor)", bapp.import_torch), {}, {}, memory=False),
+    Row("Trainer.fit vs a hand-written loop, clip recipe, 1 epoch of {steps} steps of {batch}",
+        ("Trainer.fit (+ 2 checkpoints)", bapp.trainer_fit), ("hand-written loop", bapp.hand_loop),
+        {"steps": 200, "batch": 128}, {"steps": 50, "batch": 128}),
+    *(
+        Row(f"losses.build('{name}') module vs by hand, B={{n:,}}, d={{d}}"
+            + (f" (× {bapp.REPEATS[name]} calls)" if name in bapp.REPEATS else ""),
+            ("module", bapp.module_loss),
+            ("the functional by hand", bapp.functional_loss), {"n": n, "d": 512, "name": name},
+            {"n": n, "d": 512, "name": name} if n == 1024 else None,
+            (lambda k: 6 * _sq(k)) if name in ("clip", "siglip", "info_nce") else None,
+            "3 GEMMs of 2B²d" if name in ("clip", "siglip", "info_nce") else "")
+        for name in bapp.LOSSES
+        for n in (1024, 4096)
+    ),
     Row("caption generation, {n} × 32 tokens, greedy", ("key/value cache", bdec.cached),
         ("re-run the sequence each step", bdec.recomputed), {"n": 360, "beams": 1}, {"n": 120, "beams": 1}),
     Row("caption generation, {n} × 32 tokens, beam search (3)", ("key/value cache", bdec.cached),
@@ -415,10 +402,11 @@ def run_row(row: Row, kw: dict[str, Any], device: str, repeat: int, threads: int
     times, values, error = timed
     if error:
         return [f"| {row.name.format(**kw)} | {error} | | | | |"]
-    mems = []
-    for _, setup in sides:
+    mems: list[int | None] = []
+    for _, setup in sides if row.memory else ():
         out = _in_child(_memory_child, (setup, kw, device, threads), {"MALLOC_MMAP_THRESHOLD_": "131072"})
         mems.append(None if out is None or out[1] else out[0])
+    mems += [None] * (len(sides) - len(mems))
     flops = row.flops(kw) if row.flops else None
     frac = f"{flops / times[0] / gemm:.0%}" if flops else "—"
 

@@ -183,9 +183,10 @@ def _caption(args: argparse.Namespace) -> int:
 
 def add_command(subparsers: Any) -> None:
     """Add ``caption RUN [--fit | --images FILE] [KEY=VALUE …]`` to ``subparsers``."""
-    from alignkit.captioning import METHODS
-    from alignkit.cli._common import add_overrides
-    from alignkit.models.captioning import SEARCHES
+    from alignkit.cli._common import LazyChoices, add_overrides
+
+    methods = LazyChoices("alignkit.captioning", "METHODS")
+    searches = LazyChoices("alignkit.models.captioning", "SEARCHES")
 
     cap = subparsers.add_parser(
         "caption",
@@ -198,8 +199,13 @@ def add_command(subparsers: Any) -> None:
     cap.add_argument("run", nargs="?", metavar="RUN", help="the run directory (the -o of alignkit train)")
     cap.add_argument("--checkpoint", metavar="RUN", help=argparse.SUPPRESS)  # the older spelling of RUN
     cap.add_argument("--images", help="images to caption (default: the digits test split)")
-    cap.add_argument("--method", default=None, choices=METHODS, help="decoder to use (default clipcap)")
-    cap.add_argument("--search", default=None, choices=SEARCHES, help="greedy or beam (default beam)")
+    cap.add_argument(
+        "--method", default=None, choices=methods, metavar="METHOD",
+        help="decoder to use: %(choices)s (default clipcap)",
+    )
+    cap.add_argument(
+        "--search", default=None, choices=searches, metavar="SEARCH", help="%(choices)s (default beam)"
+    )
     cap.add_argument("--beam-size", type=int, default=None, help="beams (default: the trained setting, 3)")
     cap.add_argument("--limit", type=int, default=None, help="caption only the first N images")
     cap.add_argument("--json", action="store_true", help="print JSON instead of lines")

@@ -21,8 +21,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from alignkit.report.html import write_comparison_page, write_report, write_text_atomic
-
 __all__ = ["COLUMNS", "DEFAULT_RECIPES", "compare", "markdown_table"]
 
 DEFAULT_RECIPES: tuple[str, ...] = ("clip", "byol", "supcon", "joint", "binder", "disentangled")
@@ -153,6 +151,8 @@ def compare(
         )
     if isinstance(seeds, bool) or not isinstance(seeds, int) or not 1 <= seeds <= 1000:
         raise ValueError(f"seeds must be an integer in [1, 1000], got {seeds!r}")
+    from alignkit.report.html import write_comparison_page, write_report, write_text_atomic
+
     run_recipe = _runner()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -49,6 +49,7 @@ from tqdm.auto import tqdm
 from alignkit.functional._checks import check_choice, check_int, check_positive
 from alignkit.train.checkpoint import Checkpoint, load_checkpoint, remove_checkpoint, save_checkpoint
 from alignkit.train.distributed import DistInfo, all_reduce_mean, dist_info, setup_distributed, shard_batches
+from alignkit.train.optim import AdamW
 from alignkit.train.schedule import warmup_cosine
 
 __all__ = [
@@ -212,7 +213,8 @@ class Trainer:
     """Train a :class:`TrainableSystem` with AdamW, linear warm-up + cosine decay, per-epoch evaluation,
     a ``metrics.jsonl`` log, best / last checkpoints, exact mid-epoch resume and DDP.
 
-    Optimiser: ``torch.optim.AdamW`` (Loshchilov & Hutter 2019) over :func:`parameter_groups` — no weight
+    Optimiser: ``torch.optim.AdamW`` (Loshchilov & Hutter 2019; as :class:`alignkit.train.optim.AdamW`,
+    which skips torch's import of ``torch._dynamo``) over :func:`parameter_groups` — no weight
     decay for parameters with ``ndim ≤ 1``. Learning rate at step ``k``:
     ``lr · warmup_cosine(k, total_steps, warmup, min_lr_ratio)`` (:mod:`alignkit.train.schedule`).
 
@@ -415,7 +417,7 @@ class Trainer:
         groups = parameter_groups(system, weight_decay)
         if not groups:
             raise ValueError(f"system ({type(system).__name__}) has no trainable parameters")
-        self.optimizer = torch.optim.AdamW(groups, lr=float(lr), betas=betas, eps=eps)
+        self.optimizer = AdamW(groups, lr=float(lr), betas=betas, eps=eps)
         total, warmup, min_ratio = self.total_steps, self.warmup_steps, float(min_lr_ratio)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda k: warmup_cosine(k, total, warmup, min_ratio)
@@ -547,11 +549,14 @@ class Trainer:
                 self._window_sums[k] = self._window_sums.get(k, 0.0) + v
             self._epoch_count += 1
             self._window_count += 1
-            elapsed = time.perf_counter() - window_start
-            rate = window_rows / elapsed if elapsed > 0 else float("nan")
-            bar.update(1)
-            bar.set_postfix(loss=f"{values['loss']:.4f}", samples_s=f"{rate:.0f}", refresh=False)
-            if self.step % self.log_every == 0 or self.step == self.total_steps:
+            logged = self.step % self.log_every == 0 or self.step == self.total_steps
+            if logged or not bar.disable:
+                elapsed = time.perf_counter() - window_start
+                rate = window_rows / elapsed if elapsed > 0 else float("nan")
+            if not bar.disable:  # a bar only in a terminal: no formatting otherwise
+                bar.update(1)
+                bar.set_postfix(loss=f"{values['loss']:.4f}", samples_s=f"{rate:.0f}", refresh=False)
+            if logged:
                 record = {
                     "type": "step",
                     "step": self.step,
@@ -621,8 +626,9 @@ class Trainer:
     def _iterate(self, batches: list[list[int]], epoch: int) -> Iterator[Any]:
         dataset = self.dataset
         if isinstance(dataset, TensorDataset) and self.num_workers == 0 and self.collate_fn is None:
-            for idx in batches:
-                index = torch.as_tensor(idx, dtype=torch.long)
+            # one list → tensor conversion per epoch (per batch it was the largest per-step cost)
+            flat = torch.tensor([i for idx in batches for i in idx], dtype=torch.long)
+            for index in torch.split(flat, [len(idx) for idx in batches]):
                 yield [t[index] for t in dataset.tensors]  # what default_collate gives for tuples
             return
         generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
