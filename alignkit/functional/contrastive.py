@@ -594,13 +594,15 @@ class _SupConTiled(torch.autograd.Function):
         scaled = anchors * inv_tau
         lse = anchors.new_empty(n)
         lse_pos = anchors.new_zeros(n) if variant == "in" else anchors.new_empty(0)
+        # every logit is at most ‖a‖·‖c‖/τ: a fixed shift instead of each row's maximum (no overflow)
+        shift = float(anchors.norm(dim=1).max()) * float(contrast.norm(dim=1).max()) * inv_tau
         for r0 in range(0, n, block):
             r1 = min(r0 + block, n)
             logits = _SupConTiled._logits(scaled, contrast, start, r0, r1)
             if variant == "in":
                 pos = anchor_class[r0:r1, None] == inverse[None, :]
                 lse_pos[r0:r1] = logits.masked_fill(~pos, -math.inf).logsumexp(1)
-            lse[r0:r1] = logits.logsumexp(1)
+            lse[r0:r1] = _SupConTiled._lse(logits, shift, scaled, contrast, start, r0, r1)
         n_pos_f = n_pos.clamp(min=1).to(anchors.dtype)
         if variant == "out":
             class_sum = anchors.new_zeros(counts.numel(), anchors.shape[1]).index_add_(0, inverse, contrast)
@@ -612,6 +614,23 @@ class _SupConTiled(torch.autograd.Function):
         ctx.save_for_backward(anchors, contrast, inverse, counts, lse, lse_pos)
         ctx.start, ctx.inv_tau, ctx.variant, ctx.block = start, inv_tau, variant, block
         return torch.where(valid, loss, torch.zeros_like(loss))
+
+    @staticmethod
+    def _lse(
+        logits: Tensor, shift: float, scaled: Tensor, contrast: Tensor, start: int, r0: int, r1: int
+    ) -> Tensor:
+        """Row log-sum-exps of a block's logits (overwritten), ``log Σ_j exp(s_ij − shift) + shift`` with
+        ``shift`` ≥ every logit: two in-place passes instead of ``logsumexp``'s four. A row whose sum is
+        so small that its largest term could be subnormal (below √tiny) is recomputed by ``logsumexp``."""
+        total = logits.sub_(shift).exp_().sum(1)
+        lse = total.log().add_(shift)
+        low = (total < torch.finfo(total.dtype).tiny ** 0.5).nonzero().squeeze(1)
+        if low.numel():
+            rows = low + r0
+            again = scaled[rows] @ contrast.T
+            again[torch.arange(low.numel(), device=again.device), rows + start] = -math.inf
+            lse[low] = again.logsumexp(1)
+        return lse
 
     @staticmethod
     def _logits(scaled: Tensor, contrast: Tensor, start: int, r0: int, r1: int) -> Tensor:
