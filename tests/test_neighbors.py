@@ -531,6 +531,10 @@ def test_blocked_topk_candidates_exact_with_ties_and_workers(
     saved = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
+        leaf = x.clone().requires_grad_()  # workers run without autograd whatever the caller's mode
+        dot = AF.knn(leaf, 3, metric="dot", backend="torch", chunk_size=64)
+        want = (x @ x.T).fill_diagonal_(-math.inf).topk(3, dim=1).values
+        torch.testing.assert_close(dot.values, want, rtol=1e-12, atol=1e-12)
         for chunk in (None, 64, 7):
             got = AF.knn(x, k, metric=metric, chunk_size=chunk, backend="torch")
             assert torch.get_num_threads() == threads  # restored after the worker threads

@@ -281,9 +281,10 @@ def _blocked_topk(
     def work(part: int) -> None:
         if workers > 1:
             torch.set_num_threads(1)
-        buf = a.new_empty(block, cols)
-        for r0, r1, first_row in row_spans[part::workers]:
-            one_block(buf, r0, r1, first_row)
+        with torch.no_grad():  # grad mode is per thread: a worker starts with it on
+            buf = a.new_empty(block, cols)
+            for r0, r1, first_row in row_spans[part::workers]:
+                one_block(buf, r0, r1, first_row)
 
     if workers <= 1:
         work(0)
