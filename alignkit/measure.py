@@ -103,11 +103,15 @@ def _graph(z: Tensor, k: int) -> Neighbors:
     return found
 
 
-def _shared_graphs(fn: Callable[..., dict[str, float]]) -> Callable[..., dict[str, float]]:
-    """Run ``fn`` with a fresh neighbour-graph cache (see :func:`_graph`)."""
+def _shared_graphs(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Run ``fn`` with a neighbour-graph cache (see :func:`_graph`): a fresh one, or the caller's when
+    ``fn`` runs inside another ``_shared_graphs`` function (so :func:`measure_files`, which measures
+    one metric per :func:`measure` call, still searches each graph once)."""
 
     @functools.wraps(fn)
-    def run(*args: Any, **kwargs: Any) -> dict[str, float]:
+    def run(*args: Any, **kwargs: Any) -> Any:
+        if _GRAPHS.get() is not None:
+            return fn(*args, **kwargs)
         token = _GRAPHS.set([])
         try:
             return fn(*args, **kwargs)
@@ -479,6 +483,7 @@ def format_json(
     return json.dumps(data, indent=2, allow_nan=False, ensure_ascii=False)
 
 
+@_shared_graphs
 def measure_files(
     path_a: str | os.PathLike[str],
     path_b: str | os.PathLike[str],

@@ -527,6 +527,46 @@ def test_supcon_blocked_grads_equal_plain():
         torch.testing.assert_close(g1[0], g0[0])
 
 
+def test_supcon_tiled_log_sum_exp_far_below_the_shift_float32():
+    """The tiled forward shifts logits by the largest possible one (‖a‖·‖c‖/τ); an anchor whose logits
+    all lie ~200 below it (its sum underflows in float32) is recomputed exactly, not reported as inf."""
+    g = torch.Generator().manual_seed(0)
+    f = 0.3 * torch.randn(6, 8, generator=g, dtype=D64)
+    f[:, 0] = -1.0
+    f[0] = 0.0
+    f[0, 0] = 1.0  # anchor 0 has cosine < −0.5 with every other row, its positive (row 2) included
+    f = torch.nn.functional.normalize(f, dim=1)
+    labels = torch.tensor([0, 1, 0, 2, 1, 2])
+    per = ref_supcon(f, labels, 0.01, "out")
+    want = torch.tensor([0.0 if x is None else x for x in per], dtype=D64)
+    got = AF.supcon_loss(f.float(), labels, 0.01, "out", reduction="none", chunk_size=2)
+    assert bool(torch.isfinite(got).all())
+    torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("variant", ["out", "in"])
+def test_supcon_tiled_on_two_worker_threads_equals_plain(variant):
+    """With two threads the tiled kernel's blocks run on two worker threads (one torch thread each,
+    separate ∂/∂C accumulators): loss and gradients equal the plain form, the thread setting is
+    restored, and gradcheck holds in float64."""
+    f, y = _rand(11, 2, 5), torch.randint(0, 3, (11,))
+    v0, g0 = _grads(lambda f: AF.supcon_loss(f, y, 0.2, variant), f)
+    saved = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        v1, g1 = _grads(lambda f: AF.supcon_loss(f, y, 0.2, variant, chunk_size=3), f)
+        assert torch.get_num_threads() == 2
+        x = _rand(7, 2, 4).requires_grad_()
+        labels = torch.tensor([0, 1, 0, 2, 1, 0, 2])
+        assert torch.autograd.gradcheck(
+            lambda x: AF.supcon_loss(x, labels, 0.5, variant, reduction="none", chunk_size=2), (x,)
+        )
+    finally:
+        torch.set_num_threads(saved)
+    torch.testing.assert_close(v1, v0)
+    torch.testing.assert_close(g1[0], g0[0])
+
+
 def test_supcon_no_positive_is_zero_with_warning():
     f = _rand(6, 4).requires_grad_()
     with pytest.warns(UserWarning, match="positive"):

@@ -339,6 +339,28 @@ def test_measure_files_pairs_unbiased_with_biased_and_auto_null(tmp_path: Path) 
         measure_files(tmp_path / "a.npy", tmp_path / "b.npy", "cka", permutations=-1)
 
 
+def test_measure_files_searches_each_graph_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """mutual_knn and cknna of one file pair share the two neighbour graphs (one search per file),
+    with the values of the separate functionals."""
+    g = np.random.default_rng(3)
+    a, b = g.normal(size=(120, 16)).astype(np.float32), g.normal(size=(120, 9)).astype(np.float32)
+    np.save(tmp_path / "a.npy", a)
+    np.save(tmp_path / "b.npy", b)
+    searched: list[tuple[int, ...]] = []
+    real_knn = AF.knn
+
+    def counting(z: Tensor, *args: object, **kwargs: object) -> object:
+        searched.append(tuple(z.shape))
+        return real_knn(z, *args, **kwargs)
+
+    monkeypatch.setattr(AF, "knn", counting)
+    report = measure_files(tmp_path / "a.npy", tmp_path / "b.npy", "mutual_knn,cknna", k=5)
+    assert sorted(searched) == [(120, 9), (120, 16)]
+    x, y = torch.from_numpy(a), torch.from_numpy(b)
+    assert report["metrics"]["mutual_knn"] == pytest.approx(float(AF.mutual_knn(x, y, k=5)))
+    assert report["metrics"]["cknna"] == pytest.approx(float(AF.cknna(x, y, k=5)))
+
+
 # --------------------------------------------------------------------------------------------------
 # layer_similarity
 

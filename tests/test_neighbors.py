@@ -506,3 +506,58 @@ def test_blocked_topk_equal_vectors_tie_exactly(monkeypatch: pytest.MonkeyPatch)
     scores = torch.empty(70, 1000).scatter_(1, idx, vals)
     dup = scores[:, ::37]
     assert bool((dup == dup[:, :1]).all())
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("metric", ["dot", "euclidean"])
+def test_blocked_topk_candidates_exact_with_ties_and_workers(
+    monkeypatch: pytest.MonkeyPatch, threads: int, metric: str
+) -> None:
+    """The CPU engine (group maxima, running k-th-best bound, one top-k per row block, row blocks on
+    worker threads) equals the float64 brute force: self excluded exactly, and with many exactly tied
+    scores (duplicated rows) the returned values are the brute-force top-k values and every index
+    scores its value."""
+    monkeypatch.setattr(neighbors, "_TILE_COLS", 192)  # several column tiles, a shifted last one
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(500, 12, generator=g, dtype=torch.float64)
+    x[::3] = x[1]  # 167 copies of one row: ties everywhere, also with self
+    x[100:110] = x[50]
+    k = 15
+    full = scores64(x, x, metric)
+    full.fill_diagonal_(-math.inf)
+    ref = full.topk(k, dim=1)
+    top = full.topk(k + 1, dim=1).values
+    plain = (top[:, :-1] > top[:, 1:]).all(1)
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        leaf = x.clone().requires_grad_()  # workers run without autograd whatever the caller's mode
+        dot = AF.knn(leaf, 3, metric="dot", backend="torch", chunk_size=64)
+        want = (x @ x.T).fill_diagonal_(-math.inf).topk(3, dim=1).values
+        torch.testing.assert_close(dot.values, want, rtol=1e-12, atol=1e-12)
+        for chunk in (None, 64, 7):
+            got = AF.knn(x, k, metric=metric, chunk_size=chunk, backend="torch")
+            assert torch.get_num_threads() == threads  # restored after the worker threads
+            expected = -ref.values if metric == "euclidean" else ref.values
+            torch.testing.assert_close(got.values, expected, rtol=1e-12, atol=1e-12)
+            assert bool((got.indices != torch.arange(500)[:, None]).all())  # never self
+            assert all(len(set(row)) == k for row in got.indices.tolist())
+            picked = full.gather(1, got.indices)
+            torch.testing.assert_close(picked, ref.values, rtol=1e-12, atol=1e-12)
+            # rows whose k + 1 best scores are distinct give exactly the brute-force indices
+            assert plain.sum() > 100
+            assert torch.equal(got.indices[plain], ref.indices[plain])
+    finally:
+        torch.set_num_threads(saved)
+
+
+def test_blocked_topk_small_tiles_and_large_k(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tiles narrower than k (no group maxima, every entry a candidate) and k = M − 1 stay exact."""
+    monkeypatch.setattr(neighbors, "_TILE_COLS", 8)
+    x = torch.randn(40, 6, dtype=torch.float64)
+    y = torch.randn(29, 6, dtype=torch.float64)
+    for k in (1, 9, 29):
+        got = AF.knn(x, k, y=y, metric="dot", backend="torch", chunk_size=5)
+        ref = (x @ y.T).topk(k, dim=1)
+        assert torch.equal(got.indices, ref.indices)
+        torch.testing.assert_close(got.values, ref.values, rtol=1e-12, atol=1e-12)

@@ -32,6 +32,9 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -557,6 +560,29 @@ def _supcon_block(
     return torch.where(valid, loss, torch.zeros_like(loss))
 
 
+def _on_workers(fn: Callable[[list[int]], Any], starts: list[int], device: torch.device) -> list[Any]:
+    """``[fn(part) for part in parts]``: the block starts dealt out to ``torch.get_num_threads()`` Python
+    threads on the CPU, each running its torch operations on one thread (``torch.set_num_threads(1)``
+    inside the workers, the caller's setting restored afterwards), without autograd recording. On a
+    loaded machine the many mid-sized per-block operations then never wait for each other's threads
+    at the end of every parallel region. One part (in this thread) elsewhere or with one thread."""
+    threads = torch.get_num_threads()
+    workers = min(threads, len(starts)) if device.type == "cpu" else 1
+    if workers <= 1:
+        return [fn(starts)]
+
+    def work(part: int) -> Any:
+        torch.set_num_threads(1)
+        with torch.no_grad():
+            return fn(starts[part::workers])
+
+    try:
+        with ThreadPoolExecutor(workers) as pool:
+            return list(pool.map(work, range(workers)))
+    finally:
+        torch.set_num_threads(threads)
+
+
 class _SupConTiled(torch.autograd.Function):
     """Per-anchor SupCon losses of anchors = contrast rows ``[start, start + n)``, row-blocked, with a
     closed-form backward.
@@ -572,7 +598,9 @@ class _SupConTiled(torch.autograd.Function):
 
     ``∂/∂a = G C / τ``, ``∂/∂C = Gᵀ A / τ``, one block of rows at a time. Saves the inputs and two (n,)
     log-sum-exps; the forward does one GEMM per block and the backward three (the block's logits are
-    recomputed once), holding O(block·M) at a time. Anchors without a positive give 0 and no gradient.
+    recomputed once), holding O(block·M) at a time per thread (blocks are shared among the CPU
+    threads by :func:`_on_workers`; each worker also holds its own (M, d) ∂/∂C accumulator). Anchors
+    without a positive give 0 and no gradient.
     """
 
     @staticmethod
@@ -594,13 +622,19 @@ class _SupConTiled(torch.autograd.Function):
         scaled = anchors * inv_tau
         lse = anchors.new_empty(n)
         lse_pos = anchors.new_zeros(n) if variant == "in" else anchors.new_empty(0)
-        for r0 in range(0, n, block):
-            r1 = min(r0 + block, n)
-            logits = _SupConTiled._logits(scaled, contrast, start, r0, r1)
-            if variant == "in":
-                pos = anchor_class[r0:r1, None] == inverse[None, :]
-                lse_pos[r0:r1] = logits.masked_fill(~pos, -math.inf).logsumexp(1)
-            lse[r0:r1] = logits.logsumexp(1)
+        # every logit is at most ‖a‖·‖c‖/τ: a fixed shift instead of each row's maximum (no overflow)
+        shift = float(anchors.norm(dim=1).max()) * float(contrast.norm(dim=1).max()) * inv_tau
+
+        def blocks(starts: list[int]) -> None:
+            for r0 in starts:
+                r1 = min(r0 + block, n)
+                logits = _SupConTiled._logits(scaled, contrast, start, r0, r1)
+                if variant == "in":
+                    pos = anchor_class[r0:r1, None] == inverse[None, :]
+                    lse_pos[r0:r1] = logits.masked_fill(~pos, -math.inf).logsumexp(1)
+                lse[r0:r1] = _SupConTiled._lse(logits, shift, scaled, contrast, start, r0, r1)
+
+        _on_workers(blocks, list(range(0, n, block)), anchors.device)
         n_pos_f = n_pos.clamp(min=1).to(anchors.dtype)
         if variant == "out":
             class_sum = anchors.new_zeros(counts.numel(), anchors.shape[1]).index_add_(0, inverse, contrast)
@@ -612,6 +646,23 @@ class _SupConTiled(torch.autograd.Function):
         ctx.save_for_backward(anchors, contrast, inverse, counts, lse, lse_pos)
         ctx.start, ctx.inv_tau, ctx.variant, ctx.block = start, inv_tau, variant, block
         return torch.where(valid, loss, torch.zeros_like(loss))
+
+    @staticmethod
+    def _lse(
+        logits: Tensor, shift: float, scaled: Tensor, contrast: Tensor, start: int, r0: int, r1: int
+    ) -> Tensor:
+        """Row log-sum-exps of a block's logits (overwritten), ``log Σ_j exp(s_ij − shift) + shift`` with
+        ``shift`` ≥ every logit: two in-place passes instead of ``logsumexp``'s four. A row whose sum is
+        so small that its largest term could be subnormal (below √tiny) is recomputed by ``logsumexp``."""
+        total = logits.sub_(shift).exp_().sum(1)
+        lse = total.log().add_(shift)
+        low = (total < torch.finfo(total.dtype).tiny ** 0.5).nonzero().squeeze(1)
+        if low.numel():
+            rows = low + r0
+            again = scaled[rows] @ contrast.T
+            again[torch.arange(low.numel(), device=again.device), rows + start] = -math.inf
+            lse[low] = again.logsumexp(1)
+        return lse
 
     @staticmethod
     def _logits(scaled: Tensor, contrast: Tensor, start: int, r0: int, r1: int) -> Tensor:
@@ -637,20 +688,28 @@ class _SupConTiled(torch.autograd.Function):
         g = torch.where(n_pos > 0, grad.to(anchors.dtype), torch.zeros_like(lse))
         scaled = anchors * inv_tau
         d_anchors = torch.empty_like(anchors)
-        d_contrast = torch.zeros_like(contrast)
-        for r0 in range(0, n, block):
-            r1 = min(r0 + block, n)
-            logits = _SupConTiled._logits(scaled, contrast, start, r0, r1)
-            positive = None
-            if variant == "in":
-                pos = anchor_class[r0:r1, None] == inverse[None, :]
-                positive = (logits - lse_pos[r0:r1, None]).exp_().masked_fill_(~pos, 0.0)
-            G = logits.sub_(lse[r0:r1, None]).exp_()  # softmax over j ≠ i, in place
-            if positive is not None:
-                G.sub_(positive)
-            G.mul_(g[r0:r1, None])
-            torch.mm(G, contrast, out=d_anchors[r0:r1])
-            d_contrast.addmm_(G.T, anchors[r0:r1])
+
+        def blocks(starts: list[int]) -> Tensor:
+            d_contrast = torch.zeros_like(contrast)  # one accumulator per worker
+            for r0 in starts:
+                r1 = min(r0 + block, n)
+                logits = _SupConTiled._logits(scaled, contrast, start, r0, r1)
+                positive = None
+                if variant == "in":
+                    pos = anchor_class[r0:r1, None] == inverse[None, :]
+                    positive = (logits - lse_pos[r0:r1, None]).exp_().masked_fill_(~pos, 0.0)
+                G = logits.sub_(lse[r0:r1, None]).exp_()  # softmax over j ≠ i, in place
+                if positive is not None:
+                    G.sub_(positive)
+                G.mul_(g[r0:r1, None])
+                torch.mm(G, contrast, out=d_anchors[r0:r1])
+                d_contrast.addmm_(G.T, anchors[r0:r1])
+            return d_contrast
+
+        parts = _on_workers(blocks, list(range(0, n, block)), anchors.device)
+        d_contrast = parts[0]
+        for part in parts[1:]:
+            d_contrast.add_(part)
         if variant == "out":  # the positive term −(g_i/|P_i|) a_i·Σ_{p∈P_i} c_p / τ
             w = (g / n_pos.clamp(min=1).to(g.dtype))[:, None]
             classes = counts.numel()

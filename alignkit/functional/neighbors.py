@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import functools
 import math
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from alignkit.functional._checks import (
@@ -48,7 +50,8 @@ __all__ = ["cknna", "csls", "csls_retrieve", "knn", "mutual_knn"]
 # has the same shape (the last row block and column tile are shifted back to overlap their neighbour
 # instead of being narrower), so every score comes from the same GEMM kernel path and equal vectors
 # score bit-identically wherever they sit (exact ties). Accelerators get one tile per row block (all
-# columns): their kernels want large launches (threshold not measured here).
+# columns): their kernels want large launches (threshold not measured here). On the CPU the top-k
+# search runs its row blocks on worker threads of one torch thread each (see ``_blocked_topk``).
 _TILE_BYTES = 32 * 2**20
 _TILE_COLS = 8192
 # Full-width (rows × M) blocks where a pass needs a whole row at once (recall with several positives
@@ -151,32 +154,57 @@ def _merge(
     return values, indices.gather(1, pick)
 
 
-def _merge_above(best_v: Tensor, best_i: Tensor, scores: Tensor, c0: int, k: int) -> None:
-    """Merge a tile's scores into a full running (rows, k) top-k, in place, touching only what beats it.
+# Columns per group of the CPU search's group maxima (see _tile_candidates).
+_GROUP = 8
 
-    A full top-k of every tile costs several times the GEMM that made it (torch's CPU top-k is a
-    per-row partial sort). Here one vectorised pass finds the rows whose tile maximum beats their
-    running k-th best; of those rows only the entries above it (few, once a few tiles are seen) are
-    gathered, padded to the widest row with −inf, and merged by a narrow top-k. Exact: an entry not
-    above the running k-th best cannot enter the top-k (an equal one loses the tie, as it may).
+
+def _group_size(cols: int, k: int) -> int:
+    """The largest power of two ≤ ``_GROUP`` dividing ``cols`` that leaves ≥ 4k groups (1: no groups)."""
+    g = _GROUP
+    while g > 1 and (cols % g or cols // g < 4 * k):
+        g //= 2
+    return g
+
+
+def _tile_candidates(scores: Tensor, bound: Tensor, k: int, g: int, c0: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Entries of a (rows, c) score tile that may belong to their row's top-k: (values, rows, columns).
+
+    ``bound`` (rows, k) holds, per row, the maxima of k disjoint sets of the columns seen so far (updated
+    here with this tile's): k distinct entries are ≥ ``thr = min(bound)``, so no entry below ``thr``
+    can be among the k best, and every entry ≥ ``thr`` is returned (ties included). To find them in
+    one vectorised pass, the tile is read as groups of ``g`` adjacent columns: their maxima (one
+    ``max_pool1d``) name the groups with an entry ≥ ``thr`` (a few per row), and only those groups'
+    entries are compared. The set maxima are contiguous ranges of group maxima.
     """
-    threshold = best_v.amin(1, keepdim=True)
-    active = (scores.amax(1, keepdim=True) > threshold).squeeze(1).nonzero().squeeze(1)
-    if not active.numel():
-        return
-    sub = scores.index_select(0, active)
-    hit = sub > threshold.index_select(0, active)
-    rows, cols = hit.nonzero(as_tuple=True)
-    counts = torch.bincount(rows, minlength=active.numel())
+    r, c = scores.shape
+    w = c // g
+    gmax = F.max_pool1d(scores.view(r, 1, c), g).view(r, w) if g > 1 else scores
+    sets = w // k
+    if sets:
+        torch.maximum(bound, F.max_pool1d(gmax[:, : sets * k].unsqueeze(1), sets).view(r, k), out=bound)
+    thr = bound.amin(1)
+    hit_rows, hit_groups = torch.ge(gmax, thr[:, None]).nonzero(as_tuple=True)
+    vals = scores.view(r * w, g).index_select(0, hit_rows * w + hit_groups)  # (hits, g)
+    keep = torch.ge(vals, thr[hit_rows, None]).view(-1).nonzero().squeeze(1)
+    hit = torch.div(keep, g, rounding_mode="floor")
+    cols = hit_groups.index_select(0, hit) * g + (keep - hit * g) + c0
+    return vals.view(-1).index_select(0, keep), hit_rows.index_select(0, hit), cols
+
+
+def _select(values: Tensor, rows: Tensor, cols: Tensor, r: int, k: int) -> tuple[Tensor, Tensor]:
+    """Per row of ``r``, the k best of the candidates (values, rows, cols), best first: (r, k) each."""
+    rows, order = rows.sort(stable=True)
+    values, cols = values[order], cols[order]
+    counts = torch.bincount(rows, minlength=r)
     width = int(counts.max())
     slot = torch.arange(rows.numel(), device=rows.device) - (counts.cumsum(0) - counts)[rows]
-    cand_v = sub.new_full((active.numel(), width), -math.inf)
-    cand_i = torch.zeros(active.numel(), width, dtype=torch.long, device=rows.device)
-    cand_v[rows, slot] = sub[rows, cols]
-    cand_i[rows, slot] = cols + c0
-    new_v, new_i = _merge(best_v[active], best_i[active], cand_v, cand_i, k)
-    best_v[active] = new_v
-    best_i[active] = new_i
+    pos = rows * width + slot
+    padded_v = values.new_full((r, width), -math.inf)
+    padded_i = torch.zeros(r, width, dtype=torch.long, device=rows.device)
+    padded_v.view(-1)[pos] = values
+    padded_i.view(-1)[pos] = cols
+    best_v, pick = padded_v.topk(k, dim=1)
+    return best_v, padded_i.gather(1, pick)
 
 
 def _blocked_topk(
@@ -191,11 +219,17 @@ def _blocked_topk(
     """Top-k (largest) per row of ``scale · a bᵀ + col_bias``: the search engine of :func:`knn`.
 
     Rows of ``a`` go in blocks of ``block``; each block meets ``b`` in column tiles (see
-    ``_TILE_BYTES``) whose scores are merged into a running (block, k) top-k while they are in cache
-    (the first tile by a top-k, the others by :func:`_merge_above`); at most one (block, tile) score
-    matrix exists.
+    ``_TILE_BYTES``). On the CPU each tile's possible top-k entries are picked out while it is in
+    cache by :func:`_tile_candidates` (a running lower bound of the k-th best, no per-tile sort), and
+    one top-k per row block ranks them (:func:`_select`); row blocks are shared among
+    ``torch.get_num_threads()`` Python threads, each running its torch operations on one thread (as
+    faiss splits queries among threads): small per-tile operations then never wait for each other, which
+    on a loaded machine costs more than they do. At most one (block, tile) score matrix exists per
+    thread. ``torch.set_num_threads`` is set to 1 inside the workers and restored afterwards.
+    Elsewhere (one full-width tile per block) a top-k per tile, merged into a running top-k.
     ``scale`` must be a power of two (it is applied to ``a`` once, exactly). ``exclude_self`` removes
-    column i from row i. Returns (values (N, k), indices (N, k)), best first.
+    column i from row i. Returns (values (N, k), indices (N, k)), best first; ties at the k-th value
+    are broken arbitrarily (deterministically).
     """
     if scale != 1.0:
         if math.frexp(scale)[0] != 0.5:
@@ -204,32 +238,62 @@ def _blocked_topk(
     n, m = a.shape[0], b.shape[0]
     values = a.new_empty(n, k)
     indices = torch.empty(n, k, dtype=torch.long, device=a.device)
-    col_spans = _spans(m, _tile_cols(m, a.device))
-    for r0, r1, first_row in _spans(n, block):
-        rows = a[r0:r1]
-        best_v = best_i = None
-        for c0, c1, first_col in col_spans:
-            scores = rows @ b[c0:c1].T
-            if col_bias is not None:
-                scores.add_(col_bias[c0:c1])
-            if first_col > c0:  # columns already seen in the previous (overlapping) tile
-                scores[:, : first_col - c0] = -math.inf
-            if exclude_self:
-                lo, hi = max(r0, c0), min(r1, c1)
-                if lo < hi:
-                    local = torch.arange(lo, hi, device=a.device)
-                    scores[local - r0, local - c0] = -math.inf
-            if best_v is None or best_i is None or best_v.shape[1] < k:
-                top_v, top_i = scores.topk(min(k, c1 - c0), dim=1, sorted=False)
-                top_i += c0
-                best_v, best_i = _merge(best_v, best_i, top_v, top_i, k)
-            else:
-                _merge_above(best_v, best_i, scores, c0, k)
-        assert best_v is not None and best_i is not None
-        best_v, order = best_v.sort(dim=1, descending=True, stable=True)
+    cols = min(_tile_cols(m, a.device), m)
+    col_spans = _spans(m, cols)
+    block = min(block, n)
+    row_spans = _spans(n, block)
+    cpu = a.device.type == "cpu"
+    g = _group_size(cols, k)
+
+    def scores_of(buf: Tensor, r0: int, r1: int, c0: int, c1: int, first_col: int) -> Tensor:
+        scores = torch.mm(a[r0:r1], b[c0:c1].T, out=buf)
+        if col_bias is not None:
+            scores.add_(col_bias[c0:c1])
+        if first_col > c0:  # columns already seen in the previous (overlapping) tile
+            scores[:, : first_col - c0] = -math.inf
+        if exclude_self:
+            scores.diagonal(r0 - c0).fill_(-math.inf)
+        return scores
+
+    def one_block(buf: Tensor, r0: int, r1: int, first_row: int) -> None:
+        if cpu:
+            bound = a.new_full((r1 - r0, k), -math.inf)
+            found = [
+                _tile_candidates(scores_of(buf, r0, r1, c0, c1, first_col), bound, k, g, c0)
+                for c0, c1, first_col in col_spans
+            ]
+            best_v, best_i = _select(*(torch.cat(part) for part in zip(*found, strict=True)), r1 - r0, k)
+        else:
+            best_v = best_i = None
+            for c0, c1, first_col in col_spans:
+                top_v, top_i = scores_of(buf, r0, r1, c0, c1, first_col).topk(min(k, c1 - c0), dim=1)
+                best_v, best_i = _merge(best_v, best_i, top_v, top_i + c0, k)
+            assert best_v is not None and best_i is not None
+            best_v, order = best_v.sort(dim=1, descending=True, stable=True)
+            best_i = best_i.gather(1, order)
         skip = first_row - r0  # rows already written by the previous (overlapping) block
         values[first_row:r1] = best_v[skip:]
-        indices[first_row:r1] = best_i.gather(1, order)[skip:]
+        indices[first_row:r1] = best_i[skip:]
+
+    threads = torch.get_num_threads()
+    workers = min(threads, len(row_spans)) if cpu else 1
+
+    def work(part: int) -> None:
+        if workers > 1:
+            torch.set_num_threads(1)
+        with torch.no_grad():  # grad mode is per thread: a worker starts with it on
+            buf = a.new_empty(block, cols)
+            for r0, r1, first_row in row_spans[part::workers]:
+                one_block(buf, r0, r1, first_row)
+
+    if workers <= 1:
+        work(0)
+        return values, indices
+    try:
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(work, range(workers)))
+    finally:
+        torch.set_num_threads(threads)
     return values, indices
 
 
@@ -275,8 +339,10 @@ def knn(
     ``‖x_i − y_j‖``. Ties are broken arbitrarily (deterministically for a given backend and block).
 
     The search runs over blocks of rows of x against column tiles of y (the blocked search engine
-    shared by every neighbour and retrieval measure: GEMM tiles that stay in cache, merged into a
-    running top-k), so at most one (chunk_size, tile) score matrix exists at a time; the top-k is
+    shared by every neighbour and retrieval measure: GEMM tiles that stay in cache; on the CPU each
+    tile yields the few entries not below a running bound of the k-th best, ranked once per block,
+    and the blocks are shared among ``torch.get_num_threads()`` worker threads of one torch thread
+    each), so at most one (chunk_size, tile) score matrix exists per thread; the top-k is
     exact, so the result does not depend on ``chunk_size`` (up to ties). Runs under
     ``torch.no_grad``: to differentiate through the neighbour similarities, recompute them from the
     returned indices.
@@ -303,7 +369,7 @@ def knn(
         :class:`Neighbors` ``(indices, values)``: (N, k) int64 indices into y, best first, and their
         similarities (cosine, dot) or distances (euclidean) in the promoted dtype of x and y.
 
-    Cost: O(N·M·d) time; O(chunk_size·min(M, 8,255) + N·k) memory on the CPU (plus O(M·d) for a
+    Cost: O(N·M·d) time; O(threads·chunk_size·min(M, 8,255) + N·k) memory on the CPU (plus O(M·d) for a
     normalised / centred copy of y). Half-precision input is computed in float32.
     """
     check_features(x, "x")
