@@ -84,6 +84,13 @@ CALLS: dict[str, Callable[[str, str], object]] = {
     ),
     "manifold_precision_recall": lambda a, b: AF.manifold_precision_recall(_t(a, N, D), _t(b, N, D), k=3),
     "adaptive_loss_weight": lambda a, b: _adaptive_loss_weight(a, b),
+    "sample_hard_negatives": lambda a, b: AF.sample_hard_negatives(
+        _t(a, N, N), torch.eye(N, dtype=torch.bool, device=b)
+    ),
+    "rerank_top_k": lambda a, b: AF.rerank_top_k(torch.randperm(N).repeat(N, 1).to(a), _t(b, N, 3)),
+    "reranked_recall_at_k": lambda a, b: AF.reranked_recall_at_k(
+        torch.randperm(N).repeat(N, 1).to(a), _t(b, N, 3), *[torch.arange(N, device=b)] * 2, k=1
+    ),
 }
 
 

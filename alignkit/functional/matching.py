@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from alignkit.functional._checks import shape_str
+from alignkit.functional._checks import one_device, shape_str
 
 __all__ = ["rerank_top_k", "reranked_recall_at_k", "sample_hard_negatives"]
 
@@ -33,6 +33,7 @@ def _check_matrix(x: object, name: str) -> Tensor:
     return x
 
 
+@one_device
 @torch.no_grad()
 def sample_hard_negatives(
     similarity: Tensor,
@@ -103,6 +104,7 @@ def _check_candidates(candidates: object, scores: object) -> tuple[Tensor, Tenso
     return c, s
 
 
+@one_device
 def rerank_top_k(candidates: Tensor, scores: Tensor) -> Tensor:
     """Merge a re-ranker into a contrastive ranking: the first k candidates re-ordered by ``scores``.
 
@@ -126,6 +128,7 @@ def rerank_top_k(candidates: Tensor, scores: Tensor) -> Tensor:
     return torch.cat([c[:, :k].gather(1, order), c[:, k:]], dim=1)
 
 
+@one_device
 def reranked_recall_at_k(
     candidates: Tensor,
     scores: Tensor,
