@@ -32,9 +32,6 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -53,6 +50,7 @@ from alignkit.functional._checks import (
     reduce,
     shape_str,
 )
+from alignkit.functional._threads import on_workers
 
 __all__ = ["clip_loss", "info_nce", "nt_xent_loss", "supcon_loss"]
 
@@ -560,29 +558,6 @@ def _supcon_block(
     return torch.where(valid, loss, torch.zeros_like(loss))
 
 
-def _on_workers(fn: Callable[[list[int]], Any], starts: list[int], device: torch.device) -> list[Any]:
-    """``[fn(part) for part in parts]``: the block starts dealt out to ``torch.get_num_threads()`` Python
-    threads on the CPU, each running its torch operations on one thread (``torch.set_num_threads(1)``
-    inside the workers, the caller's setting restored afterwards), without autograd recording. On a
-    loaded machine the many mid-sized per-block operations then never wait for each other's threads
-    at the end of every parallel region. One part (in this thread) elsewhere or with one thread."""
-    threads = torch.get_num_threads()
-    workers = min(threads, len(starts)) if device.type == "cpu" else 1
-    if workers <= 1:
-        return [fn(starts)]
-
-    def work(part: int) -> Any:
-        torch.set_num_threads(1)
-        with torch.no_grad():
-            return fn(starts[part::workers])
-
-    try:
-        with ThreadPoolExecutor(workers) as pool:
-            return list(pool.map(work, range(workers)))
-    finally:
-        torch.set_num_threads(threads)
-
-
 class _SupConTiled(torch.autograd.Function):
     """Per-anchor SupCon losses of anchors = contrast rows ``[start, start + n)``, row-blocked, with a
     closed-form backward.
@@ -599,8 +574,8 @@ class _SupConTiled(torch.autograd.Function):
     ``∂/∂a = G C / τ``, ``∂/∂C = Gᵀ A / τ``, one block of rows at a time. Saves the inputs and two (n,)
     log-sum-exps; the forward does one GEMM per block and the backward three (the block's logits are
     recomputed once), holding O(block·M) at a time per thread (blocks are shared among the CPU
-    threads by :func:`_on_workers`; each worker also holds its own (M, d) ∂/∂C accumulator). Anchors
-    without a positive give 0 and no gradient.
+    threads by :func:`~alignkit.functional._threads.on_workers`; each worker also holds its own
+    (M, d) ∂/∂C accumulator). Anchors without a positive give 0 and no gradient.
     """
 
     @staticmethod
@@ -634,7 +609,7 @@ class _SupConTiled(torch.autograd.Function):
                     lse_pos[r0:r1] = logits.masked_fill(~pos, -math.inf).logsumexp(1)
                 lse[r0:r1] = _SupConTiled._lse(logits, shift, scaled, contrast, start, r0, r1)
 
-        _on_workers(blocks, list(range(0, n, block)), anchors.device)
+        on_workers(blocks, list(range(0, n, block)), anchors.device)
         n_pos_f = n_pos.clamp(min=1).to(anchors.dtype)
         if variant == "out":
             class_sum = anchors.new_zeros(counts.numel(), anchors.shape[1]).index_add_(0, inverse, contrast)
@@ -706,7 +681,7 @@ class _SupConTiled(torch.autograd.Function):
                 d_contrast.addmm_(G.T, anchors[r0:r1])
             return d_contrast
 
-        parts = _on_workers(blocks, list(range(0, n, block)), anchors.device)
+        parts = on_workers(blocks, list(range(0, n, block)), anchors.device)
         d_contrast = parts[0]
         for part in parts[1:]:
             d_contrast.add_(part)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import functools
 import math
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple
 
 import torch
@@ -38,6 +37,7 @@ from alignkit.functional._checks import (
     one_device,
     shape_str,
 )
+from alignkit.functional._threads import on_workers
 
 __all__ = ["cknna", "csls", "csls_retrieve", "knn", "mutual_knn"]
 
@@ -275,25 +275,13 @@ def _blocked_topk(
         values[first_row:r1] = best_v[skip:]
         indices[first_row:r1] = best_i[skip:]
 
-    threads = torch.get_num_threads()
-    workers = min(threads, len(row_spans)) if cpu else 1
-
-    def work(part: int) -> None:
-        if workers > 1:
-            torch.set_num_threads(1)
-        with torch.no_grad():  # grad mode is per thread: a worker starts with it on
-            buf = a.new_empty(block, cols)
-            for r0, r1, first_row in row_spans[part::workers]:
+    def work(spans: list[tuple[int, int, int]]) -> None:
+        with torch.no_grad():
+            buf = a.new_empty(block, cols)  # one (block, tile) score matrix per worker
+            for r0, r1, first_row in spans:
                 one_block(buf, r0, r1, first_row)
 
-    if workers <= 1:
-        work(0)
-        return values, indices
-    try:
-        with ThreadPoolExecutor(workers) as pool:
-            list(pool.map(work, range(workers)))
-    finally:
-        torch.set_num_threads(threads)
+    on_workers(work, row_spans, a.device)
     return values, indices
 
 
