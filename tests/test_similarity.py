@@ -623,6 +623,19 @@ def test_svcca_matches_reference(keep: float) -> None:
     assert float(got) == pytest.approx(want, abs=1e-10)
 
 
+@pytest.mark.parametrize("keep", [0.99, 1.0, 5])
+def test_svcca_gram_path_equals_the_svd_path(keep: float) -> None:
+    """N ≥ 4·(d_x + d_y) without autograd takes the spectra from the Gram matrices (no (N, k) matrix);
+    with autograd the thin SVDs: the same value, also for a rank-deficient side and float32 input."""
+    x, y = related(1200, 12, 9, noise=1.0, seed=11)
+    x = np.hstack([x, x[:, :3] @ np.ones((3, 2))])  # two exactly dependent columns
+    for dtype, tol in ((torch.float64, 1e-10), (torch.float32, 2e-5)):
+        xt, yt = torch.tensor(x, dtype=dtype), torch.tensor(y, dtype=dtype)
+        gram = float(AF.svcca(xt, yt, keep=keep))
+        svd = float(AF.svcca(xt.clone().requires_grad_(), yt, keep=keep).detach())
+        assert gram == pytest.approx(svd, abs=tol)
+
+
 def test_pwcca_matches_references() -> None:
     x, y = related(150, 5, 7, noise=2.0, seed=6)
     got = float(AF.pwcca(t64(x), t64(y)))

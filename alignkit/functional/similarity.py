@@ -570,9 +570,10 @@ def _basis(x: Tensor) -> tuple[Tensor, Tensor]:
     to the numerical rank r (``s > s_max · max(N, d) · eps``, the numpy / torch ``matrix_rank`` rule)."""
     xc = _centred(x)
     u, s, _ = torch.linalg.svd(xc, full_matrices=False)
-    if s.numel() == 0 or not float(s[0]) > 0:
+    top = float(s[0].detach()) if s.numel() else 0.0
+    if not top > 0:
         return u[:, :0], s[:0]
-    tol = float(s[0]) * max(x.shape) * torch.finfo(x.dtype).eps
+    tol = top * max(x.shape) * torch.finfo(x.dtype).eps
     r = int((s > tol).sum())
     return u[:, :r], s[:r]
 
@@ -656,7 +657,10 @@ def svcca(x: Tensor, y: Tensor, keep: float = 0.99) -> Tensor:
     Returns:
         Scalar in [0, 1] in the promoted dtype of x and y; 0 if either side has zero variance.
 
-    Cost: O(N·(d_x² + d_y²)) time (two thin SVDs), O(N·(d_x + d_y)) memory.
+    Cost: O(N·(d_x + d_y)²) time. For N ≥ 4·(d_x + d_y) without autograd, the spectra come from the
+    centred (d, d) Gram matrices in float64 and the correlations from the cross-covariance, so memory
+    is O((d_x + d_y)²) beyond one row chunk (directions weaker than s_max·sqrt(N·eps₆₄) ≈ 10⁻⁶·s_max
+    at N = 10⁵ count as rank-deficient there); otherwise two thin SVDs, O(N·(d_x + d_y)) memory.
     """
     is_int = isinstance(keep, int) and not isinstance(keep, bool)
     if not (is_int and keep >= 1) and not (isinstance(keep, float) and 0 < keep <= 1 and math.isfinite(keep)):
@@ -665,13 +669,66 @@ def svcca(x: Tensor, y: Tensor, keep: float = 0.99) -> Tensor:
             f"(int), got {keep!r}"
         )
     dtype, out = _check_pair(x, y)
-    ux, sx = _basis(x.to(dtype))
-    uy, sy = _basis(y.to(dtype))
+    n, dx, dy = x.shape[0], x.shape[1], y.shape[1]
+    if n >= _GRAM_ROWS * (dx + dy) and not (torch.is_grad_enabled() and (x.requires_grad or y.requires_grad)):
+        rho = _svcca_from_grams(x.to(dtype), y.to(dtype), keep)
+    else:
+        ux, sx = _basis(x.to(dtype))
+        uy, sy = _basis(y.to(dtype))
+        kx, ky = _n_keep(sx, keep), _n_keep(sy, keep)
+        rho = None if kx == 0 or ky == 0 else torch.linalg.svdvals(_cross(ux[:, :kx], uy[:, :ky]))
+    if rho is None:
+        return x.new_zeros((), dtype=out)
+    return rho.clamp(0, 1).mean().to(out)
+
+
+#: :func:`svcca` takes its spectra from the (d, d) Gram matrices when N ≥ this × (d_x + d_y).
+_GRAM_ROWS = 4
+
+
+def _centred_grams(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``(X̃ᵀX̃, ỸᵀỸ, X̃ᵀỸ)`` in float64 of the centred, scaled sides (:func:`_centring`), one pass over
+    row chunks (each chunk cast to float64: no float64 copy of x or y). Cost: O(N·(d_x + d_y)²)."""
+    (mx, wx), (my, wy) = _centring(x), _centring(y)
+    gxx = x.new_zeros(x.shape[1], x.shape[1], dtype=torch.float64)
+    gyy = x.new_zeros(y.shape[1], y.shape[1], dtype=torch.float64)
+    gxy = x.new_zeros(x.shape[1], y.shape[1], dtype=torch.float64)
+    for start in range(0, x.shape[0], _ROW_CHUNK):
+        a = ((x[start : start + _ROW_CHUNK] - mx) * wx).double()
+        b = ((y[start : start + _ROW_CHUNK] - my) * wy).double()
+        gxx += a.mT @ a
+        gyy += b.mT @ b
+        gxy += a.mT @ b
+    return gxx, gyy, gxy
+
+
+def _gram_basis(gram: Tensor, n: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """``(V, s)`` of the centred data from its float64 Gram ``X̃ᵀX̃ = V·diag(s²)·Vᵀ``, descending, truncated
+    like :func:`_basis` (``s > s_max · max(N, d) · eps`` of the input dtype), and never below what a
+    Gram matrix resolves (``s > s_max · sqrt(max(N, d) · eps₆₄)``)."""
+    evals, evecs = torch.linalg.eigh(gram)
+    evals, evecs = evals.flip(0), evecs.flip(1)
+    if evals.numel() == 0 or not float(evals[0]) > 0:
+        return evecs[:, :0], evals[:0]
+    size = max(n, gram.shape[0])
+    rel = max(size * torch.finfo(dtype).eps, math.sqrt(size * torch.finfo(torch.float64).eps))
+    s = evals.clamp(min=0).sqrt()
+    r = int((s > float(s[0]) * rel).sum())
+    return evecs[:, :r], s[:r]
+
+
+def _svcca_from_grams(x: Tensor, y: Tensor, keep: float) -> Tensor | None:
+    """SVCCA's canonical correlations without an (N, k) matrix: with ``X̃ = U_x S_x V_xᵀ`` (from the Gram),
+    ``U_{x,k}ᵀ U_{y,k} = S_{x,k}⁻¹ V_{x,k}ᵀ (X̃ᵀỸ) V_{y,k} S_{y,k}⁻¹``. None when a side has no variance.
+    Memory O((d_x + d_y)²) beyond one row chunk; time O(N·(d_x + d_y)²)."""
+    gxx, gyy, gxy = _centred_grams(x, y)
+    vx, sx = _gram_basis(gxx, x.shape[0], x.dtype)
+    vy, sy = _gram_basis(gyy, y.shape[0], y.dtype)
     kx, ky = _n_keep(sx, keep), _n_keep(sy, keep)
     if kx == 0 or ky == 0:
-        return x.new_zeros((), dtype=out)
-    rho = torch.linalg.svdvals(_cross(ux[:, :kx], uy[:, :ky])).clamp(0, 1)
-    return rho.mean().to(out)
+        return None
+    left, right = vx[:, :kx] / sx[:kx], vy[:, :ky] / sy[:ky]
+    return torch.linalg.svdvals(left.mT @ gxy @ right)
 
 
 @one_device
