@@ -27,6 +27,7 @@ demo: $(STAMP)
 # make bench BENCH_ARGS=--quick   smaller sizes, a few minutes
 BENCH_ARGS ?=
 bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[faiss]'  # the kNN / retrieval peer
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 clean:
