@@ -719,6 +719,15 @@ _LOADERS = {
 }
 
 
+def _all_finite(tensor: Tensor, rows_per_chunk: int = 1 << 14) -> bool:
+    """``torch.isfinite(tensor).all()`` over row chunks: ``isfinite`` makes an ``abs`` copy of its
+    input, which for a whole (N, d) file would double the memory a load needs."""
+    return all(
+        bool(torch.isfinite(tensor[start : start + rows_per_chunk]).all())
+        for start in range(0, tensor.shape[0], rows_per_chunk)
+    )
+
+
 def _to_tensor(obj: Any, path: Path) -> Tensor:
     """An array-like read from ``path`` as a validated (N, d) float tensor."""
     if isinstance(obj, np.ndarray):
@@ -774,8 +783,8 @@ def _to_tensor(obj: Any, path: Path) -> Tensor:
         raise ValueError(f"{path}: array has no rows (shape {shape}); expected at least one sample")
     if tensor.shape[1] == 0:
         raise ValueError(f"{path}: array has no feature columns (shape {shape})")
-    finite = torch.isfinite(tensor)
-    if not bool(finite.all()):
+    if not _all_finite(tensor):
+        finite = torch.isfinite(tensor)
         nan = int(torch.isnan(tensor).sum())
         inf = int((~finite).sum()) - nan
         rows = int((~finite).any(1).sum())

@@ -697,6 +697,18 @@ def test_procrustes_matches_scipy(n: int, dx: int, dy: int) -> None:
     assert float(got) == pytest.approx(procrustes_ref(x, y), abs=1e-10)
 
 
+def test_procrustes_chunked_moments_equal_the_centred_copies() -> None:
+    """Without autograd (N > d) the moments come from row chunks in float64; with autograd from centred
+    copies: the same distance, float64 and float32, over more rows than one chunk."""
+    x, y = related(9000, 10, 7, noise=1.0, seed=12)
+    for dtype, tol in ((torch.float64, 1e-12), (torch.float32, 1e-5)):
+        xt, yt = torch.tensor(x, dtype=dtype), torch.tensor(y, dtype=dtype)
+        chunked = float(AF.procrustes_distance(xt, yt))
+        copies = float(AF.procrustes_distance(xt.clone().requires_grad_(), yt).detach())
+        assert chunked == pytest.approx(copies, abs=tol)
+    assert float(AF.procrustes_distance(t64(x), t64(y))) == pytest.approx(procrustes_ref(x, y), abs=1e-10)
+
+
 def test_procrustes_zero_for_rotated_copies() -> None:
     x = rand(40, 5, seed=1)
     q = orthogonal(5, seed=3)

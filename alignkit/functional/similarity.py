@@ -686,18 +686,21 @@ def svcca(x: Tensor, y: Tensor, keep: float = 0.99) -> Tensor:
 _GRAM_ROWS = 4
 
 
-def _centred_grams(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def _centred_grams(x: Tensor, y: Tensor, norms_only: bool = False) -> tuple[Tensor, Tensor, Tensor]:
     """``(X̃ᵀX̃, ỸᵀỸ, X̃ᵀỸ)`` in float64 of the centred, scaled sides (:func:`_centring`), one pass over
-    row chunks (each chunk cast to float64: no float64 copy of x or y). Cost: O(N·(d_x + d_y)²)."""
+    row chunks (each chunk cast to float64: no float64 copy of x or y). ``norms_only``: the first two
+    are only their traces ``‖X̃‖_F²``, ``‖Ỹ‖_F²``. Cost: O(N·(d_x + d_y)²) (O(N·d_x·d_y) with
+    ``norms_only``), O((d_x + d_y)²) memory beyond one chunk."""
     (mx, wx), (my, wy) = _centring(x), _centring(y)
-    gxx = x.new_zeros(x.shape[1], x.shape[1], dtype=torch.float64)
-    gyy = x.new_zeros(y.shape[1], y.shape[1], dtype=torch.float64)
-    gxy = x.new_zeros(x.shape[1], y.shape[1], dtype=torch.float64)
+    f64 = torch.float64
+    gxx = x.new_zeros(() if norms_only else (x.shape[1], x.shape[1]), dtype=f64)
+    gyy = x.new_zeros(() if norms_only else (y.shape[1], y.shape[1]), dtype=f64)
+    gxy = x.new_zeros(x.shape[1], y.shape[1], dtype=f64)
     for start in range(0, x.shape[0], _ROW_CHUNK):
         a = ((x[start : start + _ROW_CHUNK] - mx) * wx).double()
         b = ((y[start : start + _ROW_CHUNK] - my) * wy).double()
-        gxx += a.mT @ a
-        gyy += b.mT @ b
+        gxx += a.square().sum() if norms_only else a.mT @ a
+        gyy += b.square().sum() if norms_only else b.mT @ b
         gxy += a.mT @ b
     return gxx, gyy, gxy
 
@@ -809,12 +812,19 @@ def procrustes_distance(x: Tensor, y: Tensor) -> Tensor:
         Scalar in [0, 2] in the promoted dtype of x and y; differentiable.
 
     Cost: O(N·d_x·d_y + min(d_x, d_y)²·max(d_x, d_y)) time, O(d_x·d_y) extra memory; a side wider
-    than N is first reduced to N columns by a thin SVD (O(N²·d)), which leaves d unchanged.
+    than N is first reduced to N columns by a thin SVD (O(N²·d)), which leaves d unchanged. Without
+    autograd and N > d the moments are accumulated over row chunks in float64 (no centred copy of
+    x or y; O(N·(d_x + d_y)²) time); with autograd the centred copies are kept for the backward.
     """
     dtype, out = _check_pair(x, y)
-    xc, yc = _compress(_centred(x.to(dtype))), _compress(_centred(y.to(dtype)))
-    nx, ny = _sq_norm(xc), _sq_norm(yc)
-    nuclear = torch.linalg.svdvals(_cross(xc, yc)).sum()
+    if x.shape[0] > max(x.shape[1], y.shape[1]) and not (
+        torch.is_grad_enabled() and (x.requires_grad or y.requires_grad)
+    ):  # no centred copies: the moments over row chunks (float64)
+        nx, ny, cross = _centred_grams(x.to(dtype), y.to(dtype), norms_only=True)
+    else:
+        xc, yc = _compress(_centred(x.to(dtype))), _compress(_centred(y.to(dtype)))
+        nx, ny, cross = _sq_norm(xc), _sq_norm(yc), _cross(xc, yc)
+    nuclear = torch.linalg.svdvals(cross).sum()
     cos = _safe_ratio(nuclear, nx, ny)
     return (2 - 2 * cos).clamp(0, 2).to(out)
 
