@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
@@ -50,3 +52,19 @@ def tiny_vit(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     transformers.ViTModel(config).save_pretrained(directory)
     return directory
+
+
+def load_experiment(name: str) -> ModuleType:
+    """``experiments/<name>.py`` imported as a module (the experiments are scripts, not a package)."""
+    path = Path(__file__).resolve().parents[1] / "experiments" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"experiment_{name}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def experiment() -> object:
+    """:func:`load_experiment`, for tests that import an experiment script."""
+    return load_experiment

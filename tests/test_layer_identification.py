@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import re
 from collections import Counter
 from pathlib import Path
@@ -13,16 +12,10 @@ import torch
 
 import alignkit.functional as AF
 
-SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "layer_identification.py"
-
 
 @pytest.fixture(scope="module")
-def li():
-    spec = importlib.util.spec_from_file_location("layer_identification", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def li(experiment):
+    return experiment("layer_identification")
 
 
 def test_identify_scores_the_query_as_x_in_both_directions(li) -> None:

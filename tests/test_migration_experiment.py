@@ -3,23 +3,15 @@ that the library's default is what the rule chose."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "migration.py"
 SIZES = (100, 500, 2000, 5000)
 
 
 @pytest.fixture(scope="module")
-def mig():
-    spec = importlib.util.spec_from_file_location("migration_experiment", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def mig(experiment):
+    return experiment("migration")
 
 
 def _results(mig, val: dict[str, list[float]], test: dict[str, list[float]] | None = None) -> list[dict]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -12,23 +11,19 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _load_experiment():  # type: ignore[no-untyped-def]
-    spec = importlib.util.spec_from_file_location("repa_digits", ROOT / "experiments" / "repa_digits.py")
-    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
+@pytest.fixture(scope="module")
+def exp(experiment):  # type: ignore[no-untyped-def]
+    return experiment("repa_digits")
 
 
-def test_steps_to_reach_interpolates() -> None:
-    exp = _load_experiment()
+def test_steps_to_reach_interpolates(exp) -> None:  # type: ignore[no-untyped-def]
     assert exp.steps_to_reach([100, 200, 300], [10.0, 6.0, 2.0], 4.0) == pytest.approx(250.0)
     assert exp.steps_to_reach([100, 200], [3.0, 2.0], 5.0) == 100.0
     assert exp.steps_to_reach([100, 200], [9.0, 8.0], 5.0) is None
 
 
 @pytest.mark.slow
-def test_quick_experiment_end_to_end(tmp_path: Path) -> None:
-    exp = _load_experiment()
+def test_quick_experiment_end_to_end(exp, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     result = exp.main(["--quick", "--out", str(tmp_path), "--cache-dir", str(tmp_path / "cache")])
     written = json.loads((tmp_path / "repa_digits_quick.json").read_text())
     assert written["repa"].keys() == result["repa"].keys() == {"baseline", "REPA depth 1, λ=0.5"}
