@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from alignkit.functional._checks import one_device, shape_str
+from alignkit.functional._checks import check_finite, one_device, shape_str
 
 __all__ = ["rerank_top_k", "reranked_recall_at_k", "sample_hard_negatives"]
 
@@ -78,8 +78,7 @@ def sample_hard_negatives(
         raise ValueError(
             f"exclude must be a bool tensor of shape {tuple(s.shape)} like similarity, got {got}"
         )
-    if not torch.isfinite(s).all():
-        raise ValueError("similarity must be finite")
+    check_finite(s, "similarity")
     dtype = torch.float64 if s.dtype == torch.float64 else torch.float32
     logits = s.to(dtype).masked_fill(exclude, -torch.inf)
     none = exclude.all(dim=1)
