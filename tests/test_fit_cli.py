@@ -338,6 +338,7 @@ def test_fit_ridge_and_splits(
     [
         (["--ridge", "lots"], "--ridge must be a number ≥ 0.0"),
         (["--ridge-cv", "kfold:1"], r"--ridge-cv must be gcv, kfold or kfold:K \(K ≥ 2 folds\)"),
+        (["--ridge", "0.1", "--ridge-cv", "gcv"], "--ridge-cv chooses the ridge of --ridge auto"),
         (["--test-fraction", "1"], r"--test-fraction must be in \[0, 1\)"),
         (["--csls", "-3"], "--csls must be an integer ≥ 0"),
         (["--unpaired-source", "{x}"], "--unpaired-source and --unpaired-target go together"),

@@ -196,6 +196,7 @@ def test_config_errors_name_the_key(overrides: list[str], pattern: str) -> None:
 
 def test_config_defaults() -> None:
     c = load_config(Path(__file__).resolve().parent.parent / "configs" / "itm.yaml")
+    assert c == load_config(None, ["recipe=itm"])  # the shipped file says what the recipe's defaults are
     assert c["recipe"] == "itm" and c["model"]["image_tower"] == "vit"
     assert c["loss"]["itm_top_k"] == 16 and c["loss"]["itm_weight"] == 1.0
 

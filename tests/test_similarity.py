@@ -634,6 +634,8 @@ def test_svcca_gram_path_equals_the_svd_path(keep: float) -> None:
         gram = float(AF.svcca(xt, yt, keep=keep))
         svd = float(AF.svcca(xt.clone().requires_grad_(), yt, keep=keep).detach())
         assert gram == pytest.approx(svd, abs=tol)
+    full_rank = float(AF.svcca(t64(x[:, :12]), t64(y), keep=keep))  # the Gram path against the reference
+    assert full_rank == pytest.approx(svcca_ref(x[:, :12], y, keep), abs=1e-9)
 
 
 def test_pwcca_matches_references() -> None:

@@ -438,6 +438,11 @@ def test_checkpoint_of_another_model_is_a_one_line_value_error(tmp_path: Path) -
     two_groups = torch.optim.AdamW([{"params": [same[0].weight]}, {"params": list(same.parameters())[1:]}])
     with pytest.raises(ValueError, match=r"does not fit this optimizer.*parameter groups"):
         load_checkpoint(path).load_into(same, two_groups)
+    step = torch.optim.lr_scheduler.StepLR(opt, 1)
+    with_sched = save_checkpoint(tmp_path / "s.json", model, optimizer=opt, scheduler=step)
+    other = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: 1.0)
+    with pytest.raises(ValueError, match="does not fit this scheduler"):
+        load_checkpoint(with_sched).load_into(model, opt, other)
 
 
 # -------------------------------------------------------------------------------------------- resume

@@ -87,6 +87,10 @@ def _fit(args: argparse.Namespace) -> int:
     if options["ridge"] is None:
         raise ValueError("--ridge must be a number ≥ 0 or 'auto'")
     if args.ridge_cv is not None:
+        if options["ridge"] != "auto":
+            raise ValueError(
+                f"--ridge-cv chooses the ridge of --ridge auto; it has no effect with --ridge {args.ridge}"
+            )
         from alignkit.adapters import _ridge_selection
 
         try:

@@ -28,6 +28,8 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def add_command(subparsers: Any) -> None:
+    from alignkit.cli._common import add_output_flags
+
     """Add ``report RUN_DIR`` to ``subparsers`` (what ``ArgumentParser.add_subparsers()`` returned)."""
 
     report = subparsers.add_parser(
@@ -40,6 +42,5 @@ def add_command(subparsers: Any) -> None:
     report.add_argument("-o", "--out", help="the page to write (an .html path; default RUN_DIR/report.html)")
     report.add_argument("--samples", default=40, help="items in the similarity matrix (default 40)")
     report.add_argument("--dpi", default=110, help="resolution of the plots (default 110)")
-    report.add_argument("--json", action="store_true", help='print {"report": PATH} instead of a line')
-    report.add_argument("--quiet", action="store_true", help="print nothing on success")
+    add_output_flags(report)
     report.set_defaults(func=_report)

@@ -97,7 +97,12 @@ class Checkpoint:
         if scheduler is not None:
             if self.scheduler is None:
                 raise ValueError(f"checkpoint {self.path} holds no scheduler state")
-            scheduler.load_state_dict(self.scheduler)
+            try:
+                scheduler.load_state_dict(self.scheduler)
+            except (ValueError, RuntimeError, KeyError, TypeError) as err:
+                raise ValueError(
+                    f"checkpoint {self.path} does not fit this scheduler: {_state_dict_error(err)}"
+                ) from None
 
 
 def _state_dict_error(err: BaseException, limit: int = 3) -> str:
