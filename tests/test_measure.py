@@ -720,7 +720,7 @@ def test_measure_queries_index_is_search(tmp_path, capsys) -> None:  # type: ign
 
     rng = np.random.default_rng(0)
     index = rng.standard_normal((300, 12)).astype(np.float32)
-    queries = (index[:50] + 0.05 * rng.standard_normal((50, 12))).astype(np.float32)
+    queries = (index[:50] + 0.8 * rng.standard_normal((50, 12))).astype(np.float32)
     for name, value in (("i.npy", index), ("q.npy", queries), ("ids.npy", np.arange(50))):
         np.save(tmp_path / name, value)
     files = [str(tmp_path / n) for n in ("q.npy", "i.npy", "ids.npy")]
@@ -729,5 +729,15 @@ def test_measure_queries_index_is_search(tmp_path, capsys) -> None:  # type: ign
     assert main(["search", files[0], files[1], "--ids", files[2], "--json"]) == 0
     via_search = _json.loads(capsys.readouterr().out)
     assert via_measure == via_search
+    # both against a float64 brute force: cosine scores, the rank of each query's own row
+    qn = queries / np.linalg.norm(queries.astype(np.float64), axis=1, keepdims=True)
+    xn = index / np.linalg.norm(index.astype(np.float64), axis=1, keepdims=True)
+    scores = qn @ xn.T
+    own = scores[np.arange(50), np.arange(50)]
+    rank = (scores > own[:, None]).sum(1) + 1
+    assert 0 < (rank == 1).mean() < 1  # a case where the ranking matters
+    assert via_search["recall@1"] == pytest.approx((rank == 1).mean(), abs=1e-12)
+    assert via_search["recall@10"] == pytest.approx((rank <= 10).mean(), abs=1e-12)
+    assert via_search["mrr"] == pytest.approx((1 / rank).mean(), abs=1e-6)
     assert main(["measure", "--queries", files[0]]) == 2
     assert "go together" in capsys.readouterr().err
