@@ -47,6 +47,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, RandomSampler
 from tqdm.auto import tqdm
 
 from alignkit.functional._checks import check_choice, check_int, check_positive
+from alignkit.io import json_safe
 from alignkit.train.checkpoint import Checkpoint, load_checkpoint, remove_checkpoint, save_checkpoint
 from alignkit.train.distributed import DistInfo, all_reduce_mean, dist_info, setup_distributed, shard_batches
 from alignkit.train.optim import AdamW
@@ -144,10 +145,6 @@ def read_metrics(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
                 break
             records.append(json.loads(line))
     return records
-
-
-def _json_number(value: float) -> float | None:
-    return value if math.isfinite(value) else None
 
 
 class _StepModule(nn.Module):
@@ -720,7 +717,7 @@ class Trainer:
     def _log(self, record: Mapping[str, Any]) -> None:
         if not self.dist.is_main:
             return
-        clean = {k: (_json_number(v) if isinstance(v, float) else v) for k, v in record.items()}
+        clean = json_safe(record)
         line = json.dumps(clean, allow_nan=False)
         with open(self.metrics_path, "a", encoding="utf-8") as f:
             f.write(line + "\n")

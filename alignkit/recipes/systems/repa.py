@@ -25,7 +25,6 @@ references FD(training images) and FD(uniform noise).
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -217,7 +216,7 @@ class REPASystem(RecipeSystem):
     ) -> dict[str, Any]:
         """Test-split generation metrics into ``metrics.json``, the final grid and the FD curve into
         ``RUN/generation/``."""
-        from alignkit.io import atomic_write
+        from alignkit.io import atomic_write, json_safe
         from alignkit.report.generation import GENERATION_DIR, fd_curve
         from alignkit.train import read_metrics
 
@@ -264,7 +263,7 @@ class REPASystem(RecipeSystem):
         with atomic_write(gen_dir / "summary.json", "w") as f:
             summary = {"text": text, **{k: v for k, v in result.items() if k != "seconds"}}
             f.write(json.dumps(summary, indent=1))
-        clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in result.items()}
+        clean = json_safe(result)
         with atomic_write(run / "metrics.json", "w") as f:
             f.write(json.dumps(clean, indent=2) + "\n")
         return result
