@@ -101,5 +101,5 @@ def add_command(subparsers: Any) -> None:
     cmd.add_argument("--device", default="cpu", help="torch device (default cpu)")
     cmd.add_argument("--no-cache", action="store_true", help="neither read nor write the embedding cache")
     cmd.add_argument("--json", action="store_true", help="print a JSON summary")
-    cmd.add_argument("--quiet", action="store_true", help="print nothing on success")
+    cmd.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
     cmd.set_defaults(func=run_embed)

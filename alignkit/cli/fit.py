@@ -210,5 +210,5 @@ def add_command(subparsers: Any) -> None:
         what = f"array / column to read from {name} when it holds several ({old} is the older name)"
         fit.add_argument(flag, old, dest=flag[2:].replace("-", "_"), help=what)
     fit.add_argument("--json", action="store_true", help="print the report as JSON")
-    fit.add_argument("--quiet", action="store_true", help="print only the held-out R@1 after mapping")
+    fit.add_argument("-q", "--quiet", action="store_true", help="print only the held-out R@1 after mapping")
     fit.set_defaults(func=run_fit)

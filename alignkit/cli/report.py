@@ -30,16 +30,16 @@ def _report(args: argparse.Namespace) -> int:
 def add_command(subparsers: Any) -> None:
     from alignkit.cli._common import add_output_flags
 
-    """Add ``report RUN_DIR`` to ``subparsers`` (what ``ArgumentParser.add_subparsers()`` returned)."""
+    """Add ``report RUN`` to ``subparsers`` (what ``ArgumentParser.add_subparsers()`` returned)."""
 
     report = subparsers.add_parser(
         "report",
-        help="write RUN_DIR/report.html (plots, metrics, config, comparison) from a finished run",
-        description="Draw the run's plots into RUN_DIR/plots/ and write one self-contained "
-        "page, RUN_DIR/report.html or -o PATH (needs RUN_DIR/metrics.json).",
+        help="write RUN/report.html (plots, metrics, config, comparison) from a finished run",
+        description="Draw the run's plots into RUN/plots/ and write one self-contained "
+        "page, RUN/report.html or -o PATH (needs RUN/metrics.json).",
     )
-    report.add_argument("run_dir", metavar="RUN_DIR", help="a run directory, e.g. runs/demo")
-    report.add_argument("-o", "--out", help="the page to write (an .html path; default RUN_DIR/report.html)")
+    report.add_argument("run_dir", metavar="RUN", help="a run directory, e.g. runs/demo")
+    report.add_argument("-o", "--out", help="the page to write (an .html path; default RUN/report.html)")
     report.add_argument("--samples", default=40, help="items in the similarity matrix (default 40)")
     report.add_argument("--dpi", default=110, help="resolution of the plots (default 110)")
     add_output_flags(report)

@@ -144,5 +144,5 @@ def add_command(subparsers: Any) -> None:
         "--key-b", "--key-index", dest="key_index", help="array / column to read from INDEX (file B)"
     )
     cmd.add_argument("--json", action="store_true", help="print the measures as JSON")
-    cmd.add_argument("--quiet", action="store_true", help="print nothing on success")
+    cmd.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
     cmd.set_defaults(func=run_search)

@@ -117,6 +117,6 @@ def add_command(subparsers: Any) -> None:
     )
     transform.add_argument("--csls-k", help="CSLS neighbourhood size (default 10)")
     transform.add_argument("--key-csls", help="array / column to read from QUERIES when it holds several")
-    transform.add_argument("--quiet", action="store_true", help="print nothing on success")
+    transform.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
     transform.set_defaults(func=run_transform)
 
