@@ -1,0 +1,61 @@
+"""`alignkit measure` on two large embedding files: wall time, peak resident memory, and the machine's
+GEMM rate measured just before and after (README's "measure on 100,000 × 768" paragraph).
+
+    python bench/measure_large.py                  # N = 100,000, d = 768 (about 4 min on 2 CPU cores)
+    python bench/measure_large.py --n 20000        # smaller
+
+The two files are seeded random float32 matrices sharing a rank-64 signal plus unit noise
+(seed 0), written to a temporary folder and deleted afterwards. The command runs in a child
+process; its peak resident set size is the child's ``ru_maxrss``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(__file__))
+from run import gemm_rate
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--n", type=int, default=100_000)
+    p.add_argument("--d", type=int, default=768)
+    p.add_argument("--rank", type=int, default=64)
+    args = p.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        rng = np.random.default_rng(0)
+        z = rng.standard_normal((args.n, args.rank)).astype(np.float32)
+        files = []
+        for name in ("A", "B"):
+            mix = rng.standard_normal((args.rank, args.d)).astype(np.float32)
+            noise = rng.standard_normal((args.n, args.d)).astype(np.float32)
+            path = Path(tmp) / f"{name}.npy"
+            np.save(path, z @ mix + noise)
+            files.append(str(path))
+        del z, mix, noise
+        before = gemm_rate("cpu", 2048, 2) / 1e9
+        exe = Path(sys.executable).with_name("alignkit")
+        start = time.perf_counter()
+        subprocess.run([str(exe), "measure", *files], check=True)
+        wall = time.perf_counter() - start
+        peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        after = gemm_rate("cpu", 2048, 2) / 1e9
+    work = 2 * 2 * args.n**2 * args.d  # two neighbour graphs, each an N × N × d product
+    gib = peak_kib / 2**20
+    print(f"N = {args.n:,}, d = {args.d}: {wall:.0f} s wall, peak {peak_kib:,} KiB ({gib:.2f} GiB)")
+    print(f"GEMM rate before / after: {before:.0f} / {after:.0f} GFLOP/s; the two neighbour searches alone "
+          f"are {work / (1e9 * (before + after) / 2):.0f} s of GEMM work at their mean")
+
+
+if __name__ == "__main__":
+    main()
