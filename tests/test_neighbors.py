@@ -216,7 +216,8 @@ def test_knn_faiss_branch_with_fake_module(monkeypatch: pytest.MonkeyPatch, metr
     for other, exclude in ((None, None), (y, False), (y, True)):
         calls.clear()
         got = AF.knn(x, 5, y=other, metric=metric, exclude_self=exclude)  # auto + CPU + float32 → faiss
-        assert calls == ["l2" if metric == "euclidean" else "ip"]
+        symmetric = other is None and metric != "euclidean"  # the half-work torch self-search instead
+        assert calls == ([] if symmetric else ["l2" if metric == "euclidean" else "ip"])
         ref = AF.knn(x, 5, y=other, metric=metric, exclude_self=exclude, backend="torch")
         assert torch.equal(got.indices, ref.indices)
         torch.testing.assert_close(got.values, ref.values, rtol=1e-4, atol=1e-4)
@@ -549,6 +550,74 @@ def test_blocked_topk_candidates_exact_with_ties_and_workers(
             assert torch.equal(got.indices[plain], ref.indices[plain])
     finally:
         torch.set_num_threads(saved)
+
+
+def _total_order_topk(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row, the k largest scores with ties to the smaller column (numpy lexsort), best first."""
+    s = scores.numpy()
+    cols = np.broadcast_to(np.arange(s.shape[1]), s.shape)
+    order = np.stack([np.lexsort((c, -r)) for r, c in zip(s, cols, strict=True)])[:, :k]
+    return torch.from_numpy(np.take_along_axis(s, order, 1)), torch.from_numpy(order)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_symmetric_self_search_total_order(threads: int) -> None:
+    """The symmetric self-search (upper-triangle tiles, each pair serving both rows, worker threads in
+    no fixed order) returns exactly the top-k of the brute force under (value, then smaller index),
+    for every tile size (overlapping last tile), with self excluded or included. Integer-valued
+    features make every dot product exact, so ties are everywhere and exact."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randint(-2, 3, (301, 4), generator=g).to(torch.float64)
+    x[::5] = x[2]  # duplicated rows: ties with self as well
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for exclude in (True, False):
+            full = x @ x.T
+            if exclude:
+                full.fill_diagonal_(-math.inf)
+            for k in (1, 7, 60):
+                ref_v, ref_i = _total_order_topk(full, k)
+                for chunk in (None, 16, 64, 100, 301):
+                    for dtype in (torch.float64, torch.float32):
+                        got = AF.knn(x.to(dtype), k, metric="dot", exclude_self=exclude, chunk_size=chunk)
+                        assert torch.equal(got.indices, ref_i), (exclude, k, chunk, dtype)
+                        assert torch.equal(got.values.double(), ref_v)
+    finally:
+        torch.set_num_threads(saved)
+
+
+def test_symmetric_self_search_half_the_work_and_no_copy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Self-search multiplies only the upper-triangle tiles (T(T+1)/2 of T² square tiles) and
+    normalises rows a tile at a time, never the whole input; the cosine values equal the float64
+    reference, also for huge, tiny and zero rows."""
+    x = torch.randn(1000, 24)
+    x[3] *= 1e30
+    x[4] *= 1e-30
+    x[5] = 0
+    flops: list[int] = []
+    mm = torch.mm
+
+    def counting(a: torch.Tensor, b: torch.Tensor, **kw: object) -> torch.Tensor:
+        flops.append(a.shape[0] * a.shape[1] * b.shape[1])
+        return mm(a, b, **kw)
+
+    def normalize(z: torch.Tensor, dim: int = -1) -> torch.Tensor:
+        raise AssertionError(f"a normalised copy of {tuple(z.shape)}")
+
+    monkeypatch.setattr(torch, "mm", counting)
+    monkeypatch.setattr(neighbors, "l2_normalize", normalize)
+    got = AF.knn(x, 5, chunk_size=128)
+    tiles = math.ceil(1000 / 128)
+    assert sum(flops) == tiles * (tiles + 1) // 2 * 128 * 128 * 24  # not tiles² · 128² · 24
+    monkeypatch.undo()
+    z = x.double()
+    unit = z / z.norm(dim=1, keepdim=True).clamp_min(1e-300)  # every finite magnitude, as l2_normalize
+    full = (unit @ unit.T).fill_diagonal_(-math.inf)
+    torch.testing.assert_close(got.values.double(), full.gather(1, got.indices), rtol=0, atol=1e-6)
+    ref = full.topk(5, dim=1)
+    torch.testing.assert_close(got.values.double(), ref.values, rtol=0, atol=1e-6)
+    assert bool((got.values[5] == 0).all())  # a zero row has cosine 0 with every row
 
 
 def test_blocked_topk_small_tiles_and_large_k(monkeypatch: pytest.MonkeyPatch) -> None:

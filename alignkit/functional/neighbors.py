@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import math
+import threading
 from typing import Any, NamedTuple
 
 import torch
@@ -27,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from alignkit.functional._checks import (
+    EPS,
     check_choice,
     check_features,
     check_int,
@@ -285,6 +287,138 @@ def _blocked_topk(
     return values, indices
 
 
+# Square (t, t) score tiles of the symmetric self-search (``_self_topk``): about this many bytes.
+_SELF_TILE_BYTES = 16 * 2**20
+
+
+def _self_tile(n: int, dtype: torch.dtype) -> int:
+    """Rows (= columns) per square tile of :func:`_self_topk` for N rows: about ``_SELF_TILE_BYTES``."""
+    size = torch.empty((), dtype=dtype).element_size()
+    return _balanced(n, max(1, math.isqrt(_SELF_TILE_BYTES // size)))
+
+
+def _first_k(values: Tensor, cols: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """Per row of (r, w) candidates, the k best by value with ties to the smaller column, best first.
+
+    A total order, so the result is the same whatever order the candidates arrived in."""
+    cols, order = cols.sort(dim=1, stable=True)
+    values, order2 = values.gather(1, order).sort(dim=1, descending=True, stable=True)
+    return values[:, :k], cols.gather(1, order2[:, :k])
+
+
+def _tile_candidates_t(
+    scores: Tensor, bound: Tensor, k: int, g: int, skip: int, r0: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`_tile_candidates` of ``scores[:, skip:].T`` without forming the transpose: the entries of
+    a (c, t) tile's columns ``skip:`` that may belong to their top-k among its rows, as (values,
+    columns − skip, rows + r0). Groups are ``g`` adjacent rows (``g`` divides c); ``bound`` is
+    (t − skip, k), updated in place."""
+    c, t = scores.shape
+    w = c // g
+    gmax = scores[:, skip:].view(w, g, t - skip).amax(1).T.contiguous()  # (t − skip, w) group maxima
+    r = gmax.shape[0]
+    sets = w // k
+    if sets:
+        torch.maximum(bound, F.max_pool1d(gmax[:, : sets * k].unsqueeze(1), sets).view(r, k), out=bound)
+    thr = bound.amin(1)
+    hit_rows, hit_groups = torch.ge(gmax, thr[:, None]).nonzero(as_tuple=True)
+    within = torch.arange(g, device=scores.device)
+    flat = (hit_groups[:, None] * g + within) * t + (hit_rows[:, None] + skip)  # (hits, g) into scores
+    vals = scores.view(-1).index_select(0, flat.view(-1)).view(-1, g)
+    keep = torch.ge(vals, thr[hit_rows, None]).view(-1).nonzero().squeeze(1)
+    hit = torch.div(keep, g, rounding_mode="floor")
+    cols = hit_groups.index_select(0, hit) * g + (keep - hit * g) + r0
+    return vals.view(-1).index_select(0, keep), hit_rows.index_select(0, hit), cols
+
+
+def _self_topk(
+    a: Tensor, k: int, tile: int, normalize: bool, exclude_self: bool
+) -> tuple[Tensor, Tensor]:
+    """Top-k (largest) per row of ``â âᵀ`` (``â`` = rows of ``a``, L2-normalised when ``normalize``): the
+    CPU engine of :func:`knn` when x is searched against itself, over half the pairs.
+
+    ``S = â âᵀ`` is symmetric, so only its upper triangle of square (tile, tile) blocks is formed: block
+    (I, J), I ≤ J, gives row block I its candidates among columns J (:func:`_tile_candidates`) and row
+    block J its candidates among columns I (:func:`_tile_candidates_t`, reading the block's columns) —
+    half the GEMM work of searching all N × N pairs (``_blocked_topk``). Rows are normalised block by
+    block as the tiles need them (``(x/s)·(1/‖x/s‖)``, s = max|x| of the row, as :func:`l2_normalize`),
+    so no normalised copy of ``a`` exists. Every tile has one shape (the last block is shifted back to
+    overlap its neighbour; each row and column belongs to the one block that first covers it, and
+    entries outside it are masked), so each pair (i, j) is scored once, by one GEMM call of one shape,
+    and serves both i and j.
+
+    Each row block keeps a running top-k. A tile's candidates for it are those not below the running
+    k-th best or the tile's own set maxima (whichever bound is higher), and they are merged under a
+    per-block lock by :func:`_first_k`: a total order (value, then smaller column), so the result is
+    deterministic although the tiles are shared among ``torch.get_num_threads()`` worker threads in no
+    fixed order. Candidates are picked outside the lock from a snapshot of the running top-k: a stale
+    bound is lower, so it only lets more through.
+
+    Returns (values (N, k), indices (N, k)), best first. Memory per worker: one (tile, tile) score
+    matrix and two (tile, d) normalised blocks; O(N·k) for the result.
+    """
+    n = a.shape[0]
+    spans = _spans(n, min(tile, n))
+    size = spans[0][1] - spans[0][0]
+    floor = torch.finfo(a.dtype).min
+    g = _group_size(size, k)
+    state_v = [a.new_full((stop - first, k), -math.inf) for _, stop, first in spans]
+    state_i = [torch.full_like(v, n, dtype=torch.long) for v in state_v]
+    locks = [threading.Lock() for _ in spans]
+    if normalize:  # per row: s = max|x| (1 for a zero row) and 1 / max(‖x/s‖, EPS)
+        scale = torch.cat([a[first:r1].abs().amax(1) for _, r1, first in spans])
+        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+        inverse = torch.cat(
+            [torch.linalg.vector_norm(a[first:r1] / scale[first:r1, None], dim=1) for _, r1, first in spans]
+        ).clamp_min_(EPS).reciprocal_()
+
+    def rows_of(span: tuple[int, int, int], out: Tensor) -> Tensor:
+        r0, r1, _ = span
+        if not normalize:
+            return a[r0:r1]
+        torch.div(a[r0:r1], scale[r0:r1, None], out=out)
+        return out.mul_(inverse[r0:r1, None])
+
+    def merge(block: int, found: tuple[Tensor, Tensor, Tensor], r: int) -> None:
+        vals, rows, cols = found
+        with locks[block]:
+            # (r, k + width): the running top-k, then each row's candidates (``rows`` come sorted)
+            counts = torch.bincount(rows, minlength=r)
+            width = k + (int(counts.max()) if rows.numel() else 0)
+            slot = torch.arange(rows.numel(), device=rows.device) - (counts.cumsum(0) - counts)[rows]
+            pos = rows * width + k + slot
+            pad_v = a.new_full((r, width), -math.inf)
+            pad_i = torch.full((r, width), n, dtype=torch.long, device=a.device)
+            pad_v[:, :k], pad_i[:, :k] = state_v[block], state_i[block]
+            pad_v.view(-1)[pos] = vals
+            pad_i.view(-1)[pos] = cols
+            state_v[block], state_i[block] = _first_k(pad_v, pad_i, k)
+
+    def work(tiles: list[tuple[int, int]]) -> None:
+        buf = a.new_empty(size, size)
+        rows_i, rows_j = a.new_empty(size, a.shape[1]), a.new_empty(size, a.shape[1])
+        current = -1
+        for i, j in tiles:
+            (r0, _, first_r), (c0, _, first_c) = spans[i], spans[j]
+            if i != current:  # tiles come row by row, so block i is normalised once per row
+                a_i, current = rows_of(spans[i], rows_i), i
+            a_j = a_i if i == j else rows_of(spans[j], rows_j)
+            scores = torch.mm(a_i, a_j.T, out=buf)
+            scores[:, : first_c - c0] = -math.inf  # columns owned by the previous block
+            if i == j and exclude_self:
+                scores.fill_diagonal_(-math.inf)
+            own = scores[first_r - r0 :]
+            merge(i, _tile_candidates(own, state_v[i].clamp_min(floor), k, g, c0), own.shape[0])
+            if i != j:  # the same scores, read by column, for the rows of block j
+                scores[: first_r - r0] = -math.inf  # rows owned by the previous block
+                skip = first_c - c0
+                bound = state_v[j].clamp_min(floor)
+                merge(j, _tile_candidates_t(scores, bound, k, g, skip, r0), size - skip)
+
+    on_workers(work, [(i, j) for i in range(len(spans)) for j in range(i, len(spans))], a.device)
+    return torch.cat(state_v), torch.cat(state_i)
+
+
 def _faiss_search(faiss: Any, a: Tensor, b: Tensor, k: int, metric: str, exclude_self: bool) -> Neighbors:
     """Exact search with a flat faiss index (float32, CPU). Self is dropped by index: k + 1 are
     searched and row i's own index removed (or the last one, when i is not among them)."""
@@ -335,11 +469,18 @@ def knn(
     ``torch.no_grad``: to differentiate through the neighbour similarities, recompute them from the
     returned indices.
 
+    When x is searched against itself (``y`` is None) on the CPU with ``"cosine"`` or ``"dot"``, the
+    torch engine forms only the upper triangle of ``x xᵀ`` in square tiles of ``chunk_size`` rows
+    (each pair scored once, serving both rows: half the GEMM work) and normalises rows tile by tile
+    (no normalised copy of x); ties at the k-th value then go to the smaller index, whatever the
+    tiling or thread count.
+
     Backends: ``"torch"`` is the blocked search above. ``"faiss"`` uses an exact flat faiss index
     (``IndexFlatIP`` / ``IndexFlatL2``) in float32 on the CPU, with its own blocking (``chunk_size`` is
     ignored; faiss's euclidean distances come from its expanded float32 kernel).
     ``"auto"`` uses faiss when it is importable, the tensors are on the CPU and the compute dtype
-    is float32, and torch otherwise (float64 input always stays exact in torch).
+    is float32 — except for the symmetric self-search above, which does half faiss's work — and
+    torch otherwise (float64 input always stays exact in torch).
 
     Args:
         x: (N, d) queries.
@@ -357,8 +498,10 @@ def knn(
         :class:`Neighbors` ``(indices, values)``: (N, k) int64 indices into y, best first, and their
         similarities (cosine, dot) or distances (euclidean) in the promoted dtype of x and y.
 
-    Cost: O(N·M·d) time; O(threads·chunk_size·min(M, 8,255) + N·k) memory on the CPU (plus O(M·d) for a
-    normalised / centred copy of y). Half-precision input is computed in float32.
+    Cost: O(N·M·d) time (N²·d/2 multiply-adds for the symmetric self-search); on the CPU
+    O(threads·chunk_size·min(M, 8,255) + N·k) memory plus O(M·d) for a normalised / centred copy of y
+    (none for the symmetric self-search: O(threads·(tile² + tile·d)), tile ≈ 2,048 in float32).
+    Half-precision input is computed in float32.
     """
     check_features(x, "x")
     searched_self = y is None
@@ -389,9 +532,14 @@ def knn(
     if backend == "faiss" and (faiss is None or x.device.type != "cpu"):
         why = "faiss is not installed" if faiss is None else f"tensors are on {x.device}"
         raise ValueError(f"backend='faiss' needs faiss-cpu and CPU tensors, but {why}")
+    symmetric = searched_self and metric != "euclidean" and x.device.type == "cpu" and backend != "faiss"
     use_faiss = faiss is not None and (
-        backend == "faiss" or (x.device.type == "cpu" and dtype == torch.float32)
+        backend == "faiss" or (x.device.type == "cpu" and dtype == torch.float32 and not symmetric)
     )
+    if symmetric:  # half the pairs; rows normalised tile by tile (no normalised copy of x)
+        tile = chunk_size if chunk_size is not None else _self_tile(x.shape[0], dtype)
+        values, indices = _self_topk(x.to(dtype), k, tile, metric == "cosine", exclude)
+        return Neighbors(indices, values.to(out))
 
     a, b = x.to(dtype), y.to(dtype)
     if metric == "cosine":
