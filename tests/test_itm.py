@@ -7,6 +7,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from scipy import stats
@@ -187,11 +188,34 @@ def test_reranked_recall_bad_input() -> None:
         (["loss.itm_topk=4"], r"unknown config key 'loss\.itm_topk'.*did you mean 'loss\.itm_top_k'"),
         (["loss.itm_negative_temperature=0"], r"'loss\.itm_negative_temperature' must be a number > 0"),
         (["model.tower_b=hf"], r"'model\.tower_b' must be 'auto' or 'sentence-transformers'"),
+        (
+            ["data.source=embeddings", "data.a=a.npy", "data.b=b.npy"],
+            r"cannot train on data\.source 'embeddings': its matcher fuses image patch tokens with caption "
+            r"token sequences, and embedding files hold one pooled vector per row",
+        ),
     ],
 )
 def test_config_errors_name_the_key(overrides: list[str], pattern: str) -> None:
     with pytest.raises(ValueError, match=pattern):
         load_config(None, ["recipe=itm", *overrides])
+
+
+def test_embeddings_source_is_a_one_line_cli_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Pooled embedding files have no token axis for the matcher: refused before any file is read."""
+    for name in ("a", "b"):
+        np.save(tmp_path / f"{name}.npy", np.zeros((40, 8), np.float32))
+    out = tmp_path / "run"
+    code = main([
+        "train", "--out", str(out), "recipe=itm", "data.source=embeddings",
+        f"data.a={tmp_path / 'a.npy'}", f"data.b={tmp_path / 'b.npy'}",
+    ])
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1
+    assert err.startswith("alignkit train: error: recipe 'itm' cannot train on data.source 'embeddings'")
+    assert not out.exists()
 
 
 def test_config_defaults() -> None:
