@@ -310,3 +310,117 @@ def test_itm_recipe_end_to_end_via_the_cli(tmp_path: Path, capsys: pytest.Captur
     assert "image→text R@1, re-ranked" in printed  # the results table, chance beside it
     html = (out / "report.html").read_text()
     assert "text→image R@5, any of the group, re-ranked (+ contrastive)" in html
+
+
+# ------------------------------------------------------------------------------ kill and resume
+
+RESUME_SCRIPT = """
+import sys
+import time
+
+import alignkit.train
+from alignkit.recipes.systems.itm import ITMSystem
+
+
+class MidEpochCheckpoints(alignkit.train.Trainer):
+    # the recipe checkpoints at epoch ends only (Trainer's default 1000 steps); every 3 steps puts
+    # one in the middle of an epoch of 4 steps
+    def __init__(self, *args, **kwargs):
+        kwargs["checkpoint_every"] = 3
+        super().__init__(*args, **kwargs)
+
+
+def main(pause, argv):
+    alignkit.train.Trainer = MidEpochCheckpoints
+    original = ITMSystem.training_step
+
+    def slow(self, batch):
+        time.sleep(pause)
+        return original(self, batch)
+
+    ITMSystem.training_step = slow
+    from alignkit.cli import main as cli
+
+    return cli(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main(float(sys.argv[1]), sys.argv[2:]))
+"""
+
+#: 64 training rows in batches of 16: 4 steps an epoch, 12 in all; dropout on, so the RNG states matter,
+#: and the hard negatives are drawn from the global generator (ALBEF's multinomial) at every step
+RESUME_ARGS = [
+    "--no-report", "-q", "recipe=itm", "train.epochs=3", "data.train_subset=64", "train.batch_size=16",
+    "train.null_permutations=0", "model.image_width=32", "model.embed_dim=16", "model.dropout=0.1",
+    "loss.itm_top_k=4", "train.log_every=1",
+]
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(tmp_path: Path) -> None:
+    """SIGKILL after a checkpoint taken inside epoch 2, ``--resume`` in a fresh process: the same
+    step losses (hard-negative draws included), epoch records, final weights and test metrics as an
+    uninterrupted run, float for float."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from alignkit.train import load_checkpoint, read_metrics
+
+    script = tmp_path / "itm_train.py"
+    script.write_text(RESUME_SCRIPT)
+    ref, killed = tmp_path / "ref", tmp_path / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def start(out: Path, pause: float, *extra: str) -> subprocess.Popen[bytes]:
+        argv = [sys.executable, str(script), str(pause), "train", "--out", str(out), *RESUME_ARGS, *extra]
+        return subprocess.Popen(argv, env=env)
+
+    reference = start(ref, 0.0)  # uninterrupted, alongside (one thread each)
+    proc = start(killed, 0.3)
+    last = killed / "checkpoints" / "last.json"
+
+    def mid_epoch() -> dict | None:
+        try:
+            state = json.loads(last.read_text())["state"]
+        except (OSError, ValueError, KeyError):
+            return None
+        return state if state["epoch"] >= 1 and state["batch_in_epoch"] > 0 else None
+
+    deadline = time.monotonic() + 240
+    while mid_epoch() is None:
+        assert proc.poll() is None, "the training process ended before a mid-epoch checkpoint"
+        assert time.monotonic() < deadline, "no mid-epoch checkpoint within the deadline"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait(timeout=60) == -signal.SIGKILL  # killed, not finished
+    state = load_checkpoint(last).state  # a complete, digest-checked checkpoint
+    assert state["epoch"] == 1 and state["batch_in_epoch"] == 2 and state["step"] == 6  # inside epoch 2
+    assert not (killed / "metrics.json").exists()
+
+    assert start(killed, 0.0, "--resume").wait(timeout=300) == 0
+    assert reference.wait(timeout=300) == 0
+
+    def records(out: Path, kind: str) -> list[dict]:
+        return [
+            {k: v for k, v in r.items() if k != "samples_per_s"}
+            for r in read_metrics(out / "metrics.jsonl")
+            if r["type"] == kind
+        ]
+
+    steps, ref_steps = records(killed, "step"), records(ref, "step")
+    assert [r["step"] for r in steps] == list(range(1, 13))
+    assert steps == ref_steps  # every loss part, the matcher's accuracy and the lr, exactly
+    assert records(killed, "epoch") == records(ref, "epoch")
+    assert [r["step"] for r in records(killed, "resume")] == [6]
+    final = load_checkpoint(killed / "checkpoints" / "last.json").model
+    expected = load_checkpoint(ref / "checkpoints" / "last.json").model
+    assert final.keys() == expected.keys() and any(k.startswith("matcher.") for k in final)
+    for name in expected:
+        assert torch.equal(final[name], expected[name]), name
+    metrics, ref_metrics = (json.loads((d / "metrics.json").read_text()) for d in (killed, ref))
+    metrics.pop("seconds"), ref_metrics.pop("seconds")
+    assert "i2t_recall@1_rerank_sum" in metrics and metrics == ref_metrics
