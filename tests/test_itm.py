@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 from pathlib import Path
 
 import numpy as np
@@ -280,6 +281,88 @@ def test_training_step_never_draws_an_identical_caption(digits: object, monkeypa
     grads = [p.grad for p in system.matcher.parameters() if p.requires_grad and p.grad is not None]
     assert grads and any(float(gr.abs().sum()) > 0 for gr in grads)  # the matching loss trains the matcher
     assert system.vit.patch_embed.weight.grad is not None
+
+
+def _rank(scores: list[float], positive: int) -> int:
+    """1-based rank of ``scores[positive]``, every other score ≥ it counted against (a plain loop)."""
+    return 1 + sum(1 for j, x in enumerate(scores) if j != positive and x >= scores[positive])
+
+
+def test_reranked_metrics_match_a_float64_pair_by_pair_reference(digits: object, monkeypatch) -> None:
+    """``extra_metrics`` against a loop: each query's top k by float64 cosine, each (query, candidate)
+    pair scored by the matcher alone, then R@K by the matcher logit and by matcher logit +
+    ``logit_scale``·cos (BLIP's sum); the score matrices handed to ``reranked_recall_at_k`` are
+    compared entry by entry too. The matcher's head is scaled so that its logits spread as much as the
+    contrastive ones within a query: a sum that dropped either term, added a constant or mis-scaled a
+    term fails. Test rows with a caption of their own (no exact ties at the k-th place)."""
+    import dataclasses
+
+    import alignkit.functional
+    from alignkit.recipes import build_system
+    from alignkit.recipes.systems.base import normalize
+
+    test = digits.splits["test"]
+    seen: dict[str, int] = {}
+    for i in test.tolist():
+        seen[digits.captions[i]] = seen.get(digits.captions[i], 0) + 1
+    rows = torch.tensor([i for i in test.tolist() if seen[digits.captions[i]] == 1][:48])
+    data = dataclasses.replace(digits, splits={**digits.splits, "test": rows})
+    torch.manual_seed(0)
+    small = ["model.image_width=32", "model.embed_dim=16", "loss.itm_top_k=8"]
+    config = load_config(None, ["recipe=itm", *small])
+    system = build_system(config, data).eval()
+    calls: list[tuple[torch.Tensor, torch.Tensor]] = []
+    original = alignkit.functional.reranked_recall_at_k
+
+    def spy(candidates, scores, *args, **kwargs):
+        calls.append((candidates.clone(), scores.clone()))
+        return original(candidates, scores, *args, **kwargs)
+
+    monkeypatch.setattr(alignkit.functional, "reranked_recall_at_k", spy)
+    with torch.no_grad():
+        system.clip.log_scale.fill_(math.log(20.0))
+        head = [m for m in system.matcher.modules() if isinstance(m, torch.nn.Linear)][-1]
+        head.weight.mul_(20.0)
+        got = system.extra_metrics(data)
+
+        tokens = system.vit.forward_tokens(data.images[rows])
+        image = normalize(system.proj_image(tokens.mean(1))).double()
+        text = normalize(system.proj_text(data.text[rows])).double()
+        cos = image @ text.T
+        n, k, scale = len(rows), 8, float(system.clip.logit_scale)
+        text_tokens, padding = system.tokens[rows], system.padding[rows]
+
+        def matcher(i: int, t: int) -> float:
+            return float(system.match_logits(tokens[i : i + 1], text_tokens[t : t + 1], padding[t : t + 1]))
+
+        assert len(calls) == 6  # per direction: matcher, matcher + contrastive, the ceiling
+        spread = []
+        for d, name in enumerate(("i2t", "t2i")):
+            sim = cos if name == "i2t" else cos.T
+            cands, alone, summed = [], [], []
+            for q in range(n):
+                cand = sorted(range(n), key=lambda j: -float(sim[q, j]))[:k]
+                pairs = [(q, j) if name == "i2t" else (j, q) for j in cand]
+                m = [matcher(i, t) for i, t in pairs]
+                c = [scale * float(sim[q, j]) for j in cand]
+                cands.append(cand)
+                alone.append(m)
+                summed.append([x + y for x, y in zip(m, c, strict=True)])
+                spread.append((statistics.pstdev(m), statistics.pstdev(c)))
+            for (cand, score), want in zip(calls[3 * d : 3 * d + 2], (alone, summed), strict=True):
+                assert cand.tolist() == cands
+                want = torch.tensor(want, dtype=torch.float64)
+                torch.testing.assert_close(score.double(), want, atol=1e-4, rtol=0)
+            for tag, scores in (("rerank", alone), ("rerank_sum", summed)):
+                pairs = enumerate(zip(scores, cands, strict=True))
+                ranks = [_rank(s, c.index(q)) if q in c else k + 1 for q, (s, c) in pairs]
+                for x in (1, 5):
+                    want = sum(r <= x for r in ranks) / n
+                    assert got[f"{name}_recall@{x}_{tag}"] == pytest.approx(want, abs=1e-12), (name, tag, x)
+            ceiling = sum(q in c for q, c in enumerate(cands)) / n
+            assert got[f"{name}_recall@k_candidates"] == pytest.approx(ceiling, abs=1e-12)
+    matcher_sd, contrastive_sd = (statistics.mean(x) for x in zip(*spread, strict=True))
+    assert 0.5 < matcher_sd / contrastive_sd < 2  # within a query, the two terms spread alike
 
 
 # --------------------------------------------------------------------------------- end to end
