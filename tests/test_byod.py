@@ -11,10 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 from sklearn.datasets import load_digits
 
 from alignkit.cli import main
+from alignkit.train.checkpoint import load_checkpoint
 
 FAST = ["train.epochs=3", "train.batch_size=32", "model.embed_dim=16", "model.image_width=32"]
 
@@ -71,6 +73,18 @@ def test_embeddings_source_trains_every_recipe(tmp_path: Path, embeddings: Path,
     assert metrics["i2t_recall@10_grouped"] >= metrics["i2t_recall@10"]  # 3 correct rows per query
     assert metrics["i2t_recall@10"] > 1.5 * 10 / n  # above chance (10 / n) after 3 epochs
     assert -1.0 <= metrics["cka_unbiased"] <= 1.0
+    # the objective that ran: SigLIP's loss owns a learned bias (init −10), CLIP's loss has none
+    run = tmp_path / recipe
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    if recipe in ("clip", "siglip"):
+        assert config["loss"]["contrastive"] == recipe
+    weights = load_checkpoint(run / "checkpoints" / "last.json").model
+    bias = [name for name in weights if name.endswith("logit_bias")]
+    if recipe == "siglip":
+        assert len(bias) == 1
+        assert float(weights[bias[0]]) != -10.0  # trained, not the initial value
+    else:
+        assert bias == []
 
 
 def test_embeddings_source_bad_input(

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from scipy import stats
@@ -187,11 +189,34 @@ def test_reranked_recall_bad_input() -> None:
         (["loss.itm_topk=4"], r"unknown config key 'loss\.itm_topk'.*did you mean 'loss\.itm_top_k'"),
         (["loss.itm_negative_temperature=0"], r"'loss\.itm_negative_temperature' must be a number > 0"),
         (["model.tower_b=hf"], r"'model\.tower_b' must be 'auto' or 'sentence-transformers'"),
+        (
+            ["data.source=embeddings", "data.a=a.npy", "data.b=b.npy"],
+            r"cannot train on data\.source 'embeddings': its matcher fuses image patch tokens with caption "
+            r"token sequences, and embedding files hold one pooled vector per row",
+        ),
     ],
 )
 def test_config_errors_name_the_key(overrides: list[str], pattern: str) -> None:
     with pytest.raises(ValueError, match=pattern):
         load_config(None, ["recipe=itm", *overrides])
+
+
+def test_embeddings_source_is_a_one_line_cli_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Pooled embedding files have no token axis for the matcher: refused before any file is read."""
+    for name in ("a", "b"):
+        np.save(tmp_path / f"{name}.npy", np.zeros((40, 8), np.float32))
+    out = tmp_path / "run"
+    code = main([
+        "train", "--out", str(out), "recipe=itm", "data.source=embeddings",
+        f"data.a={tmp_path / 'a.npy'}", f"data.b={tmp_path / 'b.npy'}",
+    ])
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1
+    assert err.startswith("alignkit train: error: recipe 'itm' cannot train on data.source 'embeddings'")
+    assert not out.exists()
 
 
 def test_config_defaults() -> None:
@@ -258,6 +283,88 @@ def test_training_step_never_draws_an_identical_caption(digits: object, monkeypa
     assert system.vit.patch_embed.weight.grad is not None
 
 
+def _rank(scores: list[float], positive: int) -> int:
+    """1-based rank of ``scores[positive]``, every other score ≥ it counted against (a plain loop)."""
+    return 1 + sum(1 for j, x in enumerate(scores) if j != positive and x >= scores[positive])
+
+
+def test_reranked_metrics_match_a_float64_pair_by_pair_reference(digits: object, monkeypatch) -> None:
+    """``extra_metrics`` against a loop: each query's top k by float64 cosine, each (query, candidate)
+    pair scored by the matcher alone, then R@K by the matcher logit and by matcher logit +
+    ``logit_scale``·cos (BLIP's sum); the score matrices handed to ``reranked_recall_at_k`` are
+    compared entry by entry too. The matcher's head is scaled so that its logits spread as much as the
+    contrastive ones within a query: a sum that dropped either term, added a constant or mis-scaled a
+    term fails. Test rows with a caption of their own (no exact ties at the k-th place)."""
+    import dataclasses
+
+    import alignkit.functional
+    from alignkit.recipes import build_system
+    from alignkit.recipes.systems.base import normalize
+
+    test = digits.splits["test"]
+    seen: dict[str, int] = {}
+    for i in test.tolist():
+        seen[digits.captions[i]] = seen.get(digits.captions[i], 0) + 1
+    rows = torch.tensor([i for i in test.tolist() if seen[digits.captions[i]] == 1][:48])
+    data = dataclasses.replace(digits, splits={**digits.splits, "test": rows})
+    torch.manual_seed(0)
+    small = ["model.image_width=32", "model.embed_dim=16", "loss.itm_top_k=8"]
+    config = load_config(None, ["recipe=itm", *small])
+    system = build_system(config, data).eval()
+    calls: list[tuple[torch.Tensor, torch.Tensor]] = []
+    original = alignkit.functional.reranked_recall_at_k
+
+    def spy(candidates, scores, *args, **kwargs):
+        calls.append((candidates.clone(), scores.clone()))
+        return original(candidates, scores, *args, **kwargs)
+
+    monkeypatch.setattr(alignkit.functional, "reranked_recall_at_k", spy)
+    with torch.no_grad():
+        system.clip.log_scale.fill_(math.log(20.0))
+        head = [m for m in system.matcher.modules() if isinstance(m, torch.nn.Linear)][-1]
+        head.weight.mul_(20.0)
+        got = system.extra_metrics(data)
+
+        tokens = system.vit.forward_tokens(data.images[rows])
+        image = normalize(system.proj_image(tokens.mean(1))).double()
+        text = normalize(system.proj_text(data.text[rows])).double()
+        cos = image @ text.T
+        n, k, scale = len(rows), 8, float(system.clip.logit_scale)
+        text_tokens, padding = system.tokens[rows], system.padding[rows]
+
+        def matcher(i: int, t: int) -> float:
+            return float(system.match_logits(tokens[i : i + 1], text_tokens[t : t + 1], padding[t : t + 1]))
+
+        assert len(calls) == 6  # per direction: matcher, matcher + contrastive, the ceiling
+        spread = []
+        for d, name in enumerate(("i2t", "t2i")):
+            sim = cos if name == "i2t" else cos.T
+            cands, alone, summed = [], [], []
+            for q in range(n):
+                cand = sorted(range(n), key=lambda j: -float(sim[q, j]))[:k]
+                pairs = [(q, j) if name == "i2t" else (j, q) for j in cand]
+                m = [matcher(i, t) for i, t in pairs]
+                c = [scale * float(sim[q, j]) for j in cand]
+                cands.append(cand)
+                alone.append(m)
+                summed.append([x + y for x, y in zip(m, c, strict=True)])
+                spread.append((statistics.pstdev(m), statistics.pstdev(c)))
+            for (cand, score), want in zip(calls[3 * d : 3 * d + 2], (alone, summed), strict=True):
+                assert cand.tolist() == cands
+                want = torch.tensor(want, dtype=torch.float64)
+                torch.testing.assert_close(score.double(), want, atol=1e-4, rtol=0)
+            for tag, scores in (("rerank", alone), ("rerank_sum", summed)):
+                pairs = enumerate(zip(scores, cands, strict=True))
+                ranks = [_rank(s, c.index(q)) if q in c else k + 1 for q, (s, c) in pairs]
+                for x in (1, 5):
+                    want = sum(r <= x for r in ranks) / n
+                    assert got[f"{name}_recall@{x}_{tag}"] == pytest.approx(want, abs=1e-12), (name, tag, x)
+            ceiling = sum(q in c for q, c in enumerate(cands)) / n
+            assert got[f"{name}_recall@k_candidates"] == pytest.approx(ceiling, abs=1e-12)
+    matcher_sd, contrastive_sd = (statistics.mean(x) for x in zip(*spread, strict=True))
+    assert 0.5 < matcher_sd / contrastive_sd < 2  # within a query, the two terms spread alike
+
+
 # --------------------------------------------------------------------------------- end to end
 
 
@@ -286,3 +393,117 @@ def test_itm_recipe_end_to_end_via_the_cli(tmp_path: Path, capsys: pytest.Captur
     assert "image→text R@1, re-ranked" in printed  # the results table, chance beside it
     html = (out / "report.html").read_text()
     assert "text→image R@5, any of the group, re-ranked (+ contrastive)" in html
+
+
+# ------------------------------------------------------------------------------ kill and resume
+
+RESUME_SCRIPT = """
+import sys
+import time
+
+import alignkit.train
+from alignkit.recipes.systems.itm import ITMSystem
+
+
+class MidEpochCheckpoints(alignkit.train.Trainer):
+    # the recipe checkpoints at epoch ends only (Trainer's default 1000 steps); every 3 steps puts
+    # one in the middle of an epoch of 4 steps
+    def __init__(self, *args, **kwargs):
+        kwargs["checkpoint_every"] = 3
+        super().__init__(*args, **kwargs)
+
+
+def main(pause, argv):
+    alignkit.train.Trainer = MidEpochCheckpoints
+    original = ITMSystem.training_step
+
+    def slow(self, batch):
+        time.sleep(pause)
+        return original(self, batch)
+
+    ITMSystem.training_step = slow
+    from alignkit.cli import main as cli
+
+    return cli(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main(float(sys.argv[1]), sys.argv[2:]))
+"""
+
+#: 64 training rows in batches of 16: 4 steps an epoch, 12 in all; dropout on, so the RNG states matter,
+#: and the hard negatives are drawn from the global generator (ALBEF's multinomial) at every step
+RESUME_ARGS = [
+    "--no-report", "-q", "recipe=itm", "train.epochs=3", "data.train_subset=64", "train.batch_size=16",
+    "train.null_permutations=0", "model.image_width=32", "model.embed_dim=16", "model.dropout=0.1",
+    "loss.itm_top_k=4", "train.log_every=1",
+]
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(tmp_path: Path) -> None:
+    """SIGKILL after a checkpoint taken inside epoch 2, ``--resume`` in a fresh process: the same
+    step losses (hard-negative draws included), epoch records, final weights and test metrics as an
+    uninterrupted run, float for float."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from alignkit.train import load_checkpoint, read_metrics
+
+    script = tmp_path / "itm_train.py"
+    script.write_text(RESUME_SCRIPT)
+    ref, killed = tmp_path / "ref", tmp_path / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def start(out: Path, pause: float, *extra: str) -> subprocess.Popen[bytes]:
+        argv = [sys.executable, str(script), str(pause), "train", "--out", str(out), *RESUME_ARGS, *extra]
+        return subprocess.Popen(argv, env=env)
+
+    reference = start(ref, 0.0)  # uninterrupted, alongside (one thread each)
+    proc = start(killed, 0.3)
+    last = killed / "checkpoints" / "last.json"
+
+    def mid_epoch() -> dict | None:
+        try:
+            state = json.loads(last.read_text())["state"]
+        except (OSError, ValueError, KeyError):
+            return None
+        return state if state["epoch"] >= 1 and state["batch_in_epoch"] > 0 else None
+
+    deadline = time.monotonic() + 240
+    while mid_epoch() is None:
+        assert proc.poll() is None, "the training process ended before a mid-epoch checkpoint"
+        assert time.monotonic() < deadline, "no mid-epoch checkpoint within the deadline"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait(timeout=60) == -signal.SIGKILL  # killed, not finished
+    state = load_checkpoint(last).state  # a complete, digest-checked checkpoint
+    assert state["epoch"] == 1 and state["batch_in_epoch"] == 2 and state["step"] == 6  # inside epoch 2
+    assert not (killed / "metrics.json").exists()
+
+    assert start(killed, 0.0, "--resume").wait(timeout=300) == 0
+    assert reference.wait(timeout=300) == 0
+
+    def records(out: Path, kind: str) -> list[dict]:
+        return [
+            {k: v for k, v in r.items() if k != "samples_per_s"}
+            for r in read_metrics(out / "metrics.jsonl")
+            if r["type"] == kind
+        ]
+
+    steps, ref_steps = records(killed, "step"), records(ref, "step")
+    assert [r["step"] for r in steps] == list(range(1, 13))
+    assert steps == ref_steps  # every loss part, the matcher's accuracy and the lr, exactly
+    assert records(killed, "epoch") == records(ref, "epoch")
+    assert [r["step"] for r in records(killed, "resume")] == [6]
+    final = load_checkpoint(killed / "checkpoints" / "last.json").model
+    expected = load_checkpoint(ref / "checkpoints" / "last.json").model
+    assert final.keys() == expected.keys() and any(k.startswith("matcher.") for k in final)
+    for name in expected:
+        assert torch.equal(final[name], expected[name]), name
+    metrics, ref_metrics = (json.loads((d / "metrics.json").read_text()) for d in (killed, ref))
+    metrics.pop("seconds"), ref_metrics.pop("seconds")
+    assert "i2t_recall@1_rerank_sum" in metrics and metrics == ref_metrics

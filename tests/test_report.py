@@ -792,7 +792,21 @@ def test_retrieval_examples_show_the_nearest_captions(tmp_path: Path) -> None:
             same = bool(emb["labels"][j] == emb["labels"][q])
             want = ("near", "≈") if same else ("miss", "✗")
             assert (css, sign) == (("hit", "✓") if captions[j] == captions[q] else want)
-    assert section.count('class="thumb hit"') >= 3  # each caption query finds its own image
+    # caption → images: each row's thumbnails are the loop reference's top 5 images of the query
+    # caption, ✓ exactly on the own image and on images whose caption is identical
+    rows = re.findall(r"<tr><td>([^<]*)</td><td class=\"num\">\d</td><td>(.*?)</td></tr>", section)
+    assert len(rows) == 3
+    for caption, cells in rows:
+        found = re.findall(r'class="thumb (\w+)" alt=". test image (\d+)"', cells)
+        thumbs = [(css, int(j)) for css, j in found]
+        q = thumbs[0][1]  # image ≈ text: the own image comes first
+        assert captions[q] == html_unescape(caption)
+        ref = sorted(range(len(image)), key=lambda j: -_cos(text[q], image[j]))[:5]
+        assert [j for _, j in thumbs] == ref
+        assert [css == "hit" for css, _ in thumbs] == [captions[j] == captions[q] for j in ref]
+    # exactly 3: the 3 caption queries (caption_queries=3) each find their own image, and in this
+    # seeded split none of the other 4 images in each top 5 has the identical caption
+    assert section.count('class="thumb hit"') == 3
     digits_shown = re.findall(r'<td class="num">(\d)</td>', section)
     assert len(set(digits_shown[:4])) == 4  # image queries of distinct digits
     shuffled = dict(emb, labels=emb["labels"].roll(1))

@@ -23,6 +23,10 @@ from typing import Any
 
 __all__ = ["COLUMNS", "DEFAULT_RECIPES", "compare", "markdown_table"]
 
+#: the recipes ``compare`` trains unless told otherwise: every retrieval recipe that trains in seconds.
+#: Not ``itm`` (one seed of its default config trains for 96-149 s on the 2-core CI machine, 10-30× the
+#: others' 5-17 s; README has its own table, ``bench/readme_tables.py itm``) nor ``repa`` (a generative
+#: recipe: its metrics are sample quality, not the table's retrieval columns). Name them in ``recipes``.
 DEFAULT_RECIPES: tuple[str, ...] = ("clip", "byol", "supcon", "joint", "binder", "disentangled")
 
 #: (metrics.json key, column title, format) of the comparison table, in order

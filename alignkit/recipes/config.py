@@ -492,7 +492,9 @@ def _check_itm(c: Mapping[str, Any]) -> None:
         )
     if c["data.source"] == "embeddings":
         raise ValueError(
-            "recipe 'itm' needs images and caption text: data.source must be 'digits' or 'pairs'"
+            "recipe 'itm' cannot train on data.source 'embeddings': its matcher fuses image patch tokens "
+            "with caption token sequences, and embedding files hold one pooled vector per row; use "
+            "'digits' or 'pairs' (image files and captions)"
         )
     if c["model.image_width"] % c["model.fusion_heads"]:
         raise ValueError(
