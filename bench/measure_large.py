@@ -50,7 +50,7 @@ def main() -> None:
         wall = time.perf_counter() - start
         peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
         after = gemm_rate("cpu", 2048, 2) / 1e9
-    work = 2 * 2 * args.n**2 * args.d  # two neighbour graphs, each an N × N × d product
+    work = 2 * args.n**2 * args.d  # two neighbour graphs, each the upper triangle of an N × N × d product
     gib = peak_kib / 2**20
     print(f"N = {args.n:,}, d = {args.d}: {wall:.0f} s wall, peak {peak_kib:,} KiB ({gib:.2f} GiB)")
     print(f"GEMM rate before / after: {before:.0f} / {after:.0f} GFLOP/s; the two neighbour searches alone "
