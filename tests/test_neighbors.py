@@ -620,6 +620,17 @@ def test_symmetric_self_search_half_the_work_and_no_copy(monkeypatch: pytest.Mon
     assert bool((got.values[5] == 0).all())  # a zero row has cosine 0 with every row
 
 
+def test_symmetric_self_search_scores_bitwise_like_the_general_engine() -> None:
+    """Rows normalised tile by tile are bitwise l2_normalize's, so self-search gives the general
+    engine's float32 values exactly (and its neighbours, without exact ties)."""
+    x = torch.randn(3000, 40) * torch.logspace(-3, 3, 3000)[:, None]
+    for metric in ("cosine", "dot"):
+        sym = AF.knn(x, 8, metric=metric, backend="torch")
+        general = AF.knn(x, 8, y=x, exclude_self=True, metric=metric, backend="torch")
+        assert torch.equal(sym.values, general.values)
+        assert torch.equal(sym.indices, general.indices)
+
+
 def test_blocked_topk_small_tiles_and_large_k(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tiles narrower than k (no group maxima, every entry a candidate) and k = M − 1 stay exact."""
     monkeypatch.setattr(neighbors, "_TILE_COLS", 8)

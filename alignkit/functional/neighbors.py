@@ -341,7 +341,7 @@ def _self_topk(
     (I, J), I ≤ J, gives row block I its candidates among columns J (:func:`_tile_candidates`) and row
     block J its candidates among columns I (:func:`_tile_candidates_t`, reading the block's columns) —
     half the GEMM work of searching all N × N pairs (``_blocked_topk``). Rows are normalised block by
-    block as the tiles need them (``(x/s)·(1/‖x/s‖)``, s = max|x| of the row, as :func:`l2_normalize`),
+    block as the tiles need them (``(x/s)/‖x/s‖``, s = max|x| of the row: bitwise :func:`l2_normalize`),
     so no normalised copy of ``a`` exists. Every tile has one shape (the last block is shifted back to
     overlap its neighbour; each row and column belongs to the one block that first covers it, and
     entries outside it are masked), so each pair (i, j) is scored once, by one GEMM call of one shape,
@@ -365,19 +365,19 @@ def _self_topk(
     state_v = [a.new_full((stop - first, k), -math.inf) for _, stop, first in spans]
     state_i = [torch.full_like(v, n, dtype=torch.long) for v in state_v]
     locks = [threading.Lock() for _ in spans]
-    if normalize:  # per row: s = max|x| (1 for a zero row) and 1 / max(‖x/s‖, EPS)
+    if normalize:  # per row: s = max|x| (1 for a zero row) and max(‖x/s‖, EPS)
         scale = torch.cat([a[first:r1].abs().amax(1) for _, r1, first in spans])
         scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-        inverse = torch.cat(
+        norm = torch.cat(
             [torch.linalg.vector_norm(a[first:r1] / scale[first:r1, None], dim=1) for _, r1, first in spans]
-        ).clamp_min_(EPS).reciprocal_()
+        ).clamp_min_(EPS)
 
     def rows_of(span: tuple[int, int, int], out: Tensor) -> Tensor:
         r0, r1, _ = span
         if not normalize:
             return a[r0:r1]
         torch.div(a[r0:r1], scale[r0:r1, None], out=out)
-        return out.mul_(inverse[r0:r1, None])
+        return out.div_(norm[r0:r1, None])  # bitwise l2_normalize's rows (two divisions, as it does)
 
     def merge(block: int, found: tuple[Tensor, Tensor, Tensor], r: int) -> None:
         vals, rows, cols = found
