@@ -631,7 +631,7 @@ def main(argv: list[str] | None = None) -> int:
     default_work = Path(os.environ.get("ALIGNKIT_CACHE", Path.home() / ".cache" / "alignkit")) / "migration"
     parser.add_argument("--work", type=Path, default=default_work)
     parser.add_argument("--quick", action="store_true", help="n = 100, 500 and five methods")
-    parser.add_argument("--all", action="store_true", help="every method (≈ 40 min on 2 cores)")
+    parser.add_argument("--all", action="store_true", help="every method × objective (the longest run)")
     parser.add_argument(
         "--prepare-only", action="store_true", help="build the corpus and embeddings, then stop"
     )
