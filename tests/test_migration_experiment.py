@@ -58,6 +58,21 @@ def test_decide_best_mean_rank_when_the_winners_alternate(mig) -> None:
     assert rule.startswith(gcv)
 
 
+def test_decide_equal_scores_tie_exactly_whatever_the_float_sum(mig) -> None:
+    clip, gcv = "mlp / clip", mig.GCV
+    # at n = 100 both average to 0.15, but 0.1 + 0.2 > 0.3 + 0.0 in floating point: a tie shares rank 1
+    results = [r for r in _results(mig, {}) if r["method"] not in (clip, gcv)]
+    for label, (l3, lsa) in ((clip, (0.1, 0.2)), (gcv, (0.3, 0.0))):
+        for old, v in (("L3", l3), ("LSA", lsa)):
+            for n in SIZES:
+                score = v if n == 100 else {clip: 0.5, gcv: 0.4}[label]
+                rows = {"old": old, "method": label, "n": n, "val_after": {"recall@1": score}}
+                results.append({**rows, "columns": {"after": {"recall@1": 0.0}}})
+    text, rule = mig.decide(results, SIZES, ["L3", "LSA"])
+    assert f"| {clip} | 0.150 (1) |" in text and f"| {gcv} | 0.150 (1) |" in text
+    assert rule == "mlp / clip at every n (rule 1)"  # the tie at n = 100 broken by the higher mean R@1
+
+
 def test_the_library_default_is_what_the_benchmark_chose(mig) -> None:
     from alignkit.adapters import fit_adapter
 
