@@ -248,7 +248,7 @@ ROWS = [
     Row("retrieval ranks, {n:,} × {n:,}, d={d}, vs the previous form", ("alignkit recall_at_k", recall_ours),
         ("96 MiB blocks, int64 count", recall_naive), {"n": 50000, "d": 256}, {"n": 10000, "d": 256},
         lambda k: 2 * _sq(k), "1 GEMM of 2N²d"),
-    Row("kNN (k=10) of N={n:,} queries among N other rows, d={d}", ("alignkit knn, torch", knn_other_torch),
+    Row("kNN (k=10) against other rows, N={n:,} × N, d={d}", ("alignkit knn, torch", knn_other_torch),
         ("alignkit knn, faiss (IndexFlatIP)", knn_other_faiss), {"n": 50000, "d": 256},
         {"n": 10000, "d": 256}, lambda k: 2 * _sq(k), "1 GEMM of 2N²d", needs="faiss"),
     Row("kNN (k=10) self-search, N={n:,}, d={d}", ("alignkit knn, torch (symmetric)", knn_torch),
