@@ -96,3 +96,37 @@ def test_exported_from_the_functional_namespace_and_adapters() -> None:
     assert AF.ridge_kfold is ridge_kfold is adapters.ridge_kfold
     assert AF.RIDGE_GRID is RIDGE_GRID is adapters.RIDGE_GRID
     assert RIDGE_GRID[0] == pytest.approx(1e-6) and RIDGE_GRID[-1] == pytest.approx(100.0)
+
+
+def _ref_kfold_refit(x: np.ndarray, y: np.ndarray, rel: float, folds: int, seed: int) -> float:
+    """K-fold error by refitting every fold from its rows in numpy (lstsq on the augmented system)."""
+    n = x.shape[0]
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).numpy()
+    total = 0.0
+    for part in np.array_split(order, min(folds, n)):
+        fit = np.setdiff1d(np.arange(n), part)
+        w = _ref_ridge(x[fit], y[fit], rel)
+        total += float(np.sum(((x[part] - x[fit].mean(0)) @ w + y[fit].mean(0) - y[part]) ** 2))
+    return total / (n * y.shape[1])
+
+
+@pytest.mark.parametrize(
+    ("n", "d", "folds", "offset"),
+    [
+        (80, 10, 5, 0.0),  # (d, d) Grams downdated
+        (80, 10, 5, 1e4),  # … with an offset 10⁴× the spread: centring once first keeps every digit
+        (30, 50, 5, 3.0),  # fewer fitting rows than d: blocks of the (n, n) Gram
+        (11, 4, 11, 0.0),  # leave-one-out, 10 fitting rows ≥ d
+    ],
+)
+def test_kfold_from_downdated_moments_equals_refitting_every_fold(
+    n: int, d: int, folds: int, offset: float
+) -> None:
+    rng = np.random.default_rng(n * d)
+    x = rng.standard_normal((n, d)) * np.linspace(0.3, 2, d) + offset
+    y = (x - offset) @ rng.standard_normal((d, 3)) / np.sqrt(d) + 0.5 * rng.standard_normal((n, 3)) + offset
+    grid = (0.0, 1e-4, 1e-2, 0.3, 10.0) if n > d else (1e-4, 1e-2, 0.3, 10.0)
+    best, scores = ridge_kfold(torch.from_numpy(x), torch.from_numpy(y), folds=folds, seed=5, grid=grid)
+    for rel, score in zip(grid, scores.tolist(), strict=True):
+        assert score == pytest.approx(_ref_kfold_refit(x, y, rel, folds, 5), rel=1e-9)
+    assert best == grid[int(scores.argmin())]

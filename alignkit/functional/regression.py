@@ -189,10 +189,20 @@ def ridge_kfold(
     held-out parts, so it stays honest where GCV's approximation is loose (n ≈ d, heavy-tailed
     leverage); ``folds = n`` is exact leave-one-out.
 
-    Each fold needs the spectrum ``Xᶜ = U S Vᵀ`` of its fitting rows (from the smaller Gram matrix);
-    with ``P = (X_f − μ) V``, ``B = S Uᵀ Yᶜ = VᵀXᶜᵀYᶜ`` and ``D(λ) = diag(1 / (s² + λ))`` the fold's
-    prediction is ``P D B`` and its error ``‖Y_fᶜ‖² − 2 Σ_k D_k (PᵀY_fᶜBᵀ)_kk + Dᵀ((PᵀP) ∘ (BBᵀ)) D``,
-    so every grid value costs O(r²), r = rank(Xᶜ) ≤ min(n, d_s).
+    No fold is refitted from its rows. The rows are centred once (a shift changes nothing here, and
+    the folds' means are then small, so no digits are lost to an offset) and the moments of all rows
+    are taken once; a fold's fitting moments are the total minus its held-out part's, centred on the
+    fitting mean by a rank-one correction::
+
+        XᶜᵀXᶜ = (XᵀX − X_fᵀX_f) − n₋f μμᵀ,   XᶜᵀYᶜ = (XᵀY − X_fᵀY_f) − n₋f μ μ_yᵀ
+
+    and its spectrum ``XᶜᵀXᶜ = V S² Vᵀ`` gives ``B = VᵀXᶜᵀYᶜ = S UᵀYᶜ`` and, for ``P = (X_f − μ) V``,
+    ``PᵀP`` and ``PᵀY_fᶜ`` from the part's own moments ``X_fᵀX_f``, ``X_fᵀY_f`` (P is never formed). When a
+    fold fits on fewer rows than d_s, the (n, n) Gram ``XXᵀ`` of all rows is taken instead: a fold's
+    row Gram is its fitting block, double-centred, ``XᶜXᶜᵀ = U S² Uᵀ``, and ``P = Kᶜ_{f,fit} U / s``,
+    ``B = S UᵀYᶜ`` (no (d_s, ·) basis). With ``D(λ) = diag(1 / (s² + λ))`` the fold's prediction is
+    ``P D B`` and its error ``‖Y_fᶜ‖² − 2 Σ_k D_k (PᵀY_fᶜBᵀ)_kk + Dᵀ((PᵀP) ∘ (BBᵀ)) D``, so every grid
+    value costs O(r²), r = rank(Xᶜ) ≤ min(n, d_s).
 
     Args:
         source: (n, d_s) training rows.
@@ -206,8 +216,11 @@ def ridge_kfold(
         (len(grid),) float64 cross-validated errors (CPU). With n < 2 every score is +inf and the
         largest value is chosen.
 
-    Cost: ``folds`` eigendecompositions of a Gram matrix, O(folds·(n·d_s·(min(n, d_s) + d_t) + d_s²·d_t
-    + min(n, d_s)³)) time, O(n·(d_s + d_t) + d_s²) memory; O(len(grid)·folds·r²) for the grid.
+    Cost (K = folds): with every fitting set of at least d_s rows, one pass of O(n·d_s·(d_s + d_t)) for
+    the moments, the held-out parts' moments O((n/K)·d_s·(d_s + d_t)) per fold (one more pass in all),
+    and O(d_s²·(d_s + d_t)) per fold for the spectrum and the projections: O(n·d_s·(d_s + d_t) +
+    K·d_s²·(d_s + d_t)) time instead of K refits' O(K·n·d_s·(d_s + d_t)); else O(n²·(d_s + d_t) + K·n³).
+    Memory O(n·(d_s + d_t) + min(n, d_s)²); O(len(grid)·K·r²) for the grid.
     """
     source, target = _check_pair(source, target)
     check_int(folds, "folds", 2)
@@ -220,21 +233,49 @@ def ridge_kfold(
         return float(max(grid)), torch.full((len(grid),), math.inf, dtype=torch.float64)
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).to(x.device)
     parts = order.tensor_split(min(folds, n))
+    x, y = x - x.mean(0), y - y.mean(0)  # shift-invariant; keeps the rank-one centring below exact
+    primal = n - max(len(part) for part in parts) >= d  # every fold fits on ≥ d rows: (d, d) Grams
+    if primal:
+        gram, cross, sum_x, sum_y = x.T @ x, x.T @ y, x.sum(0), y.sum(0)
+    else:
+        kernel = x @ x.T  # (n, n)
     for part in parts:
-        fit = torch.ones(n, dtype=torch.bool, device=x.device)
-        fit[part] = False
-        mu_x, mu_y = x[fit].mean(0), y[fit].mean(0)
-        xc, yc = x[fit] - mu_x, y[fit] - mu_y
-        s2, v = _spectrum(xc)
-        p = (x[part] - mu_x) @ v  # (m, r)
-        yf = y[part] - mu_y  # (m, d_t)
-        b = v.T @ (xc.T @ yc)  # S Uᵀ Yᶜ, (r, d_t)
-        cross = ((p.T @ yf) * b).sum(1)  # (PᵀY_fᶜBᵀ)_kk, (r,)
-        quad = (p.T @ p) * (b @ b.T)  # (r, r)
-        total = float(yf.square().sum())
-        base = float(xc.square().sum()) / d
+        m = len(part)
+        n_fit = n - m
+        xp, yp = x[part], y[part]
+        if primal:
+            gram_p, cross_p, sx_p, sy_p = xp.T @ xp, xp.T @ yp, xp.sum(0), yp.sum(0)
+            mu_x, mu_y = (sum_x - sx_p) / n_fit, (sum_y - sy_p) / n_fit
+            g = gram - gram_p - n_fit * torch.outer(mu_x, mu_x)  # XᶜᵀXᶜ of the fitting rows
+            c = cross - cross_p - n_fit * torch.outer(mu_x, mu_y)  # XᶜᵀYᶜ
+            v, s = _gram_basis(g, n_fit, torch.float64)
+            b = v.T @ c  # S Uᵀ Yᶜ, (r, d_t)
+            trace = float(g.diagonal().sum())
+            # PᵀP and PᵀY_fᶜ from the part's moments, P = (X_f − μ)V never formed: O(d²·(d + d_t))
+            outer = torch.outer
+            pp = v.T @ (gram_p - outer(sx_p, mu_x) - outer(mu_x, sx_p) + m * outer(mu_x, mu_x)) @ v
+            py = v.T @ (cross_p - outer(sx_p, mu_y) - outer(mu_x, sy_p) + m * outer(mu_x, mu_y))
+        else:
+            fit = torch.ones(n, dtype=torch.bool, device=x.device)
+            fit[part] = False
+            k = kernel[fit][:, fit]
+            k_mean = k.mean(0)  # μ·x_j for the fitting rows j
+            kc = k - k_mean[None, :] - k_mean[:, None] + k_mean.mean()  # XᶜXᶜᵀ
+            u, s = _gram_basis(kc, d, torch.float64)
+            kp = kernel[part][:, fit]  # x_p·x_j, (m, n_fit)
+            kp = kp - kp.mean(1, keepdim=True) - k_mean[None, :] + k_mean.mean()  # (x_p − μ)·(x_j − μ)
+            p = (kp @ u) / s  # (X_f − μ) V with V = XᶜᵀU / s
+            mu_y = y[fit].mean(0)
+            b = s[:, None] * (u.T @ (y[fit] - mu_y))
+            trace = float(kc.diagonal().sum())
+            pp, py = p.T @ p, p.T @ (yp - mu_y)
+        s2 = s.square()
+        cross_k = (py * b).sum(1)  # (PᵀY_fᶜBᵀ)_kk, (r,)
+        quad = pp * (b @ b.T)  # (r, r)
+        total = float((yp - mu_y).square().sum())
+        base = trace / d
         for i, rel in enumerate(grid):
             dk = 1.0 / (s2 + rel * base)  # W = V diag(1 / (s² + λ)) S UᵀYᶜ; λ = 0: the pseudo-inverse
-            scores[i] += total - 2.0 * float(dk @ cross) + float(dk @ quad @ dk)
+            scores[i] += total - 2.0 * float(dk @ cross_k) + float(dk @ quad @ dk)
     scores = (scores / (n * y.shape[1])).clamp_min(0.0).cpu()
     return float(grid[int(scores.argmin())]), scores
