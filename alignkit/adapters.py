@@ -44,7 +44,6 @@ import json
 import math
 import numbers
 import os
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -70,6 +69,7 @@ from alignkit.functional.regression import RIDGE_GRID, ridge_fit, ridge_gcv, rid
 from alignkit.io import atomic_write, load_safetensors, sha256_tensors
 from alignkit.losses.contrastive import CLIPLoss, InfoNCELoss
 from alignkit.nn.heads import ACTIVATIONS, ProjectionHead
+from alignkit.progress import Progress
 
 __all__ = [
     "DEFAULT_OBJECTIVE",
@@ -988,8 +988,6 @@ def _train(
     progress: bool,
 ) -> tuple[int, int]:
     """AdamW on the adapter's core (and the criterion's temperature); returns (epochs run, best epoch)."""
-    from tqdm.auto import tqdm
-
     with torch.no_grad():
         z = (xp - adapter.source_mean) / adapter.source_scale  # xp is already row-normalised if needed
         t = (yp - adapter.target_mean) / adapter.target_scale
@@ -1024,30 +1022,24 @@ def _train(
     best_epoch, best_state = 0, _snapshot(adapter, criterion)
     since_best = 0
     epoch = 0
-    label = f"fit {adapter.method}/{objective}"
-    tty = sys.stderr.isatty()
-    bar = tqdm(range(1, epochs + 1), desc=label, disable=not (progress and tty), leave=False)
-    every = max(1, epochs // 10)  # outside a terminal: about ten flushed lines
     adapter.train()
-    for epoch in bar:
-        order = train_idx[torch.randperm(n_train, generator=generator).to(train_idx.device)]
-        for rows in order.tensor_split(n_batches):
-            loss = loss_of(rows)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-        value = evaluate(monitor)
-        bar.set_postfix(loss=f"{float(loss.detach()):.4g}", monitored=f"{value:.4g}")
-        if progress and not tty and (epoch % every == 0 or epoch == epochs):
-            line = f"{label}: epoch {epoch}/{epochs} loss {float(loss.detach()):.4g} monitored {value:.4g}"
-            print(line, file=sys.stderr, flush=True)
-        if value < best:
-            best, best_epoch, best_state, since_best = value, epoch, _snapshot(adapter, criterion), 0
-        elif len(val_idx):
-            since_best += 1
-            if since_best >= patience:
-                break
-    bar.close()
+    # a bar in a terminal, else about ten flushed lines ``fit mlp/clip: epoch 10/100 loss … monitored …``
+    with Progress(epochs, f"fit {adapter.method}/{objective}", unit="epoch", enabled=progress) as shown:
+        for epoch in range(1, epochs + 1):
+            order = train_idx[torch.randperm(n_train, generator=generator).to(train_idx.device)]
+            for rows in order.tensor_split(n_batches):
+                loss = loss_of(rows)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+            value = evaluate(monitor)
+            shown.update(loss=f"{float(loss.detach()):.4g}", monitored=f"{value:.4g}")
+            if value < best:
+                best, best_epoch, best_state, since_best = value, epoch, _snapshot(adapter, criterion), 0
+            elif len(val_idx):
+                since_best += 1
+                if since_best >= patience:
+                    break
     adapter.load_state_dict(best_state[0])
     if criterion is not None:
         criterion.load_state_dict(best_state[1])
