@@ -27,14 +27,27 @@ def _modules_after(code: str) -> set[str]:
     return set(out.stdout.split())
 
 
-def test_parser_and_help_import_no_torch() -> None:
+def test_parser_and_every_commands_help_import_no_torch() -> None:
+    """``alignkit --help`` and ``--help`` of every command and sub-command (walked from the parser,
+    so a new command is covered) print their help and import no torch."""
     code = (
-        "import contextlib, io\n"
+        "import argparse, contextlib, io\n"
         "from alignkit.cli import _parser, main\n"
-        "parser = _parser()\n"
-        "for argv in (['--help'], ['compare', '--help'], ['train', '--help'], ['fit', '--help']):\n"
-        "    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
-        "        main(argv)\n"
+        "def commands(parser, path):\n"
+        "    yield path\n"
+        "    for action in parser._actions:\n"
+        "        if isinstance(action, argparse._SubParsersAction):\n"
+        "            for name, sub in action.choices.items():\n"
+        "                yield from commands(sub, [*path, name])\n"
+        "paths = list(commands(_parser(), []))\n"
+        "for path in paths:\n"
+        "    out = io.StringIO()\n"
+        "    with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):\n"
+        "        main([*path, '--help'])\n"
+        "    assert out.getvalue().startswith('usage: alignkit'), (path, out.getvalue()[:200])\n"
+        "names = {p[0] for p in paths if p}\n"
+        "assert {'caption', 'train', 'fit', 'measure', 'search', 'config'} <= names, names\n"
+        "print(len(paths), file=__import__('sys').stderr)\n"
     )
     assert _modules_after(code) == set()
 
