@@ -546,7 +546,7 @@ def test_digit_captions() -> None:
     from sklearn.datasets import load_digits
 
     captions = digit_captions(120)
-    labels = load_digits().target[:120]
+    labels = load_digits().target[:120]  # digit_captions reads scikit-learn's file without importing it
     words = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
     assert len(captions) == 120
     assert all(f" {words[label]} " in caption for caption, label in zip(captions, labels, strict=True))
