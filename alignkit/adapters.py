@@ -44,7 +44,6 @@ import json
 import math
 import numbers
 import os
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -66,9 +65,11 @@ from alignkit.functional._checks import (
     check_same_rows,
     shape_str,
 )
+from alignkit.functional.regression import RIDGE_GRID, ridge_fit, ridge_gcv, ridge_kfold
 from alignkit.io import atomic_write, load_safetensors, sha256_tensors
 from alignkit.losses.contrastive import CLIPLoss, InfoNCELoss
 from alignkit.nn.heads import ACTIVATIONS, ProjectionHead
+from alignkit.progress import Progress
 
 __all__ = [
     "DEFAULT_OBJECTIVE",
@@ -527,11 +528,6 @@ def _check_fraction(value: object, name: str = "val_fraction") -> None:
         raise ValueError(f"{name} must be in [0, 1), got {value}")
 
 
-def _centred(x: Tensor) -> tuple[Tensor, Tensor]:
-    mean = x.mean(0)
-    return x - mean, mean
-
-
 def _rms(xc: Tensor) -> Tensor:
     """Root-mean-square of centred coordinates; 1 for constant data (no division by zero)."""
     value = xc.square().mean().sqrt()
@@ -548,153 +544,6 @@ def _procrustes(xc: Tensor, yc: Tensor, scale: bool) -> tuple[Tensor, float]:
     return rotation, (float(s.sum()) / norm if norm > 0 else 0.0)
 
 
-def _ridge(xc: Tensor, yc: Tensor, ridge: float) -> Tensor:
-    """``W (d_s, d_t) = (XᶜᵀXᶜ + λI)⁻¹ XᶜᵀYᶜ``, ``λ = ridge·tr(XᶜᵀXᶜ)/d_s``; min-norm lstsq at λ = 0."""
-    gram = xc.T @ xc
-    lam = ridge * float(gram.diagonal().sum()) / xc.shape[1]
-    if lam > 0:
-        gram.diagonal().add_(lam)
-        return torch.linalg.solve(gram, xc.T @ yc)
-    return torch.linalg.pinv(xc) @ yc
-
-
-#: Relative ridge strengths searched by ``ridge="auto"``: 10^-6 … 10^2 in quarter decades.
-RIDGE_GRID: tuple[float, ...] = tuple(10.0 ** (e / 4) for e in range(-24, 9))
-
-
-def ridge_gcv(
-    source: Tensor, target: Tensor, grid: tuple[float, ...] = RIDGE_GRID
-) -> tuple[float, Tensor]:
-    """Choose the relative ridge strength by generalised cross-validation, in closed form from one SVD.
-
-    For ridge regression with an unpenalised intercept on centred rows ``Xᶜ = U S Vᵀ`` (n × d) and
-    ``λ = ridge·tr(XᶜᵀXᶜ)/d`` (the scale :func:`fit_adapter` uses), the hat matrix is
-    ``H = 11ᵀ/n + U diag(s²/(s² + λ)) Uᵀ`` and (Golub, Heath & Wahba 1979, "Generalized
-    Cross-Validation as a Method for Choosing a Good Ridge Parameter", Technometrics)::
-
-        GCV(λ) = ‖(I − H) Y‖_F² / (n · (1 − tr H / n)²),
-        ‖(I − H) Y‖_F² = ‖Yᶜ‖² − ‖UᵀYᶜ‖² + Σ_k (λ / (s_k² + λ))² ‖(UᵀYᶜ)_k‖²,
-        tr H = 1 + Σ_k s_k² / (s_k² + λ),
-
-    summed over all target columns (one λ shared by every output). GCV approximates leave-one-out
-    error, is invariant to rotations of the data, and needs no held-out rows: only the training
-    pairs are used. A λ whose effective degrees of freedom reach n scores +inf.
-
-    Args:
-        source: (n, d_s) training rows (centred here).
-        target: (n, d_t) training rows.
-        grid: relative strengths to try (each ≥ 0).
-
-    Returns:
-        ``(best, scores)``: the chosen relative ridge and the (len(grid),) float64 GCV scores.
-        With n ≤ 2 (nothing to cross-validate) every score is +inf and the largest value is chosen.
-
-    Cost: the spectrum of ``Xᶜ`` from its smaller Gram matrix, O(n·d_s·(min(n, d_s) + d_t) + min(n, d_s)³)
-    time; O(len(grid)·min(n, d_s)) after it.
-    """
-    check_features(source, "source")
-    check_features(target, "target")
-    check_same_rows(source, target, "source", "target")
-    if not grid or any(not math.isfinite(g) or g < 0 for g in grid):
-        raise ValueError(f"grid must be a non-empty sequence of finite numbers ≥ 0, got {grid!r}")
-    xc, _ = _centred(source.detach().double())
-    yc, _ = _centred(target.detach().double())
-    n, d = xc.shape
-    s2, v = _spectrum(xc)
-    proj = (v.T @ (xc.T @ yc)).square().sum(1) / s2  # ‖(UᵀYᶜ)_k‖² = ‖(VᵀXᶜᵀYᶜ)_k‖² / s_k², (r,)
-    total = float(yc.square().sum())
-    base = float(xc.square().sum()) / d
-    scores = torch.full((len(grid),), math.inf, dtype=torch.float64)
-    for i, rel in enumerate(grid):
-        lam = rel * base
-        if lam > 0:
-            shrink = lam / (s2 + lam)
-            fit = s2 / (s2 + lam)
-        else:
-            shrink, fit = torch.zeros_like(s2), torch.ones_like(s2)  # _spectrum kept only s² > 0
-        rss = total - float(proj.sum()) + float((shrink.square() * proj).sum())
-        slack = 1.0 - (1.0 + float(fit.sum())) / n
-        if slack > 1e-9:
-            scores[i] = max(rss, 0.0) / (n * slack * slack)
-    finite = torch.isfinite(scores)
-    if not bool(finite.any()):
-        return float(max(grid)), scores
-    best = int(torch.where(finite, scores, torch.full_like(scores, math.inf)).argmin())
-    return float(grid[best]), scores
-
-
-def ridge_kfold(
-    source: Tensor, target: Tensor, folds: int = 5, grid: tuple[float, ...] = RIDGE_GRID, seed: int = 0
-) -> tuple[float, Tensor]:
-    """Choose the relative ridge strength by k-fold cross-validation on the training pairs.
-
-    The rows are shuffled (``torch.randperm`` seeded by ``seed``) and cut into ``folds`` parts of
-    near-equal size. For each part, ridge regression with an unpenalised intercept is fitted on the
-    other rows exactly as :func:`fit_adapter` fits it (centred rows, ``λ = ridge·tr(XᶜᵀXᶜ)/d`` on the
-    fitting rows; ``ridge = 0``: minimum-norm least squares) and scored by its squared error on the
-    part; the score of a grid value is the mean squared error per target coordinate over all rows::
-
-        CV(λ) = Σ_f ‖Y_f − ((X_f − μ_x⁻ᶠ) W⁻ᶠ(λ) + μ_y⁻ᶠ)‖_F² / (n · d_t)
-
-    (Stone 1974, "Cross-validatory choice and assessment of statistical predictions", JRSS B). Unlike
-    GCV (:func:`ridge_gcv`, a rotation-invariant approximation of leave-one-out) it refits on actual
-    held-out parts, so it stays honest where GCV's approximation is loose (n ≈ d, heavy-tailed
-    leverage); ``folds = n`` is exact leave-one-out.
-
-    Each fold needs the spectrum ``Xᶜ = U S Vᵀ`` of its fitting rows (from the smaller Gram matrix);
-    with ``P = (X_f − μ) V``, ``B = S Uᵀ Yᶜ = VᵀXᶜᵀYᶜ`` and ``D(λ) = diag(1 / (s² + λ))`` the fold's
-    prediction is ``P D B`` and its error ``‖Y_fᶜ‖² − 2 Σ_k D_k (PᵀY_fᶜBᵀ)_kk + Dᵀ((PᵀP) ∘ (BBᵀ)) D``,
-    so every grid value costs O(r²), r = rank(Xᶜ) ≤ min(n, d_s).
-
-    Args:
-        source: (n, d_s) training rows.
-        target: (n, d_t) training rows.
-        folds: number of parts (≥ 2); at most n (fewer rows: leave-one-out).
-        grid: relative strengths to try (each ≥ 0).
-        seed: shuffling seed (≥ 0).
-
-    Returns:
-        ``(best, scores)``: the chosen relative ridge (the smallest-error grid value) and the
-        (len(grid),) float64 cross-validated errors. With n < 2 every score is +inf and the largest
-        value is chosen.
-
-    Cost: ``folds`` eigendecompositions of a Gram matrix, O(folds·(n·d_s·(min(n, d_s) + d_t) + d_s²·d_t
-    + min(n, d_s)³)) time, O(n·(d_s + d_t) + d_s²) memory; O(len(grid)·folds·r²) for the grid.
-    """
-    check_features(source, "source")
-    check_features(target, "target")
-    check_same_rows(source, target, "source", "target")
-    check_int(folds, "folds", 2)
-    check_int(seed, "seed", 0)
-    if not grid or any(not math.isfinite(g) or g < 0 for g in grid):
-        raise ValueError(f"grid must be a non-empty sequence of finite numbers ≥ 0, got {grid!r}")
-    x, y = source.detach().double(), target.detach().double()
-    n, d = x.shape
-    scores = torch.zeros(len(grid), dtype=torch.float64, device=x.device)
-    if n < 2:
-        return float(max(grid)), torch.full((len(grid),), math.inf, dtype=torch.float64)
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).to(x.device)
-    parts = order.tensor_split(min(folds, n))
-    for part in parts:
-        fit = torch.ones(n, dtype=torch.bool, device=x.device)
-        fit[part] = False
-        xc, mu_x = _centred(x[fit])
-        yc, mu_y = _centred(y[fit])
-        s2, v = _spectrum(xc)
-        p = (x[part] - mu_x) @ v  # (m, r)
-        yf = y[part] - mu_y  # (m, d_t)
-        b = v.T @ (xc.T @ yc)  # S Uᵀ Yᶜ, (r, d_t)
-        cross = ((p.T @ yf) * b).sum(1)  # (PᵀY_fᶜBᵀ)_kk, (r,)
-        quad = (p.T @ p) * (b @ b.T)  # (r, r)
-        total = float(yf.square().sum())
-        base = float(xc.square().sum()) / d
-        for i, rel in enumerate(grid):
-            dk = 1.0 / (s2 + rel * base)  # W = V diag(1 / (s² + λ)) S UᵀYᶜ; λ = 0: the pseudo-inverse
-            scores[i] += total - 2.0 * float(dk @ cross) + float(dk @ quad @ dk)
-    scores = (scores / (n * y.shape[1])).clamp_min(0.0).cpu()
-    return float(grid[int(scores.argmin())]), scores
-
-
 def _ridge_selection(value: object) -> int:
     """``ridge_cv`` → 0 for ``"gcv"``, else the number of folds of ``"kfold"`` (5) / ``"kfold:K"``."""
     if value == "gcv":
@@ -706,24 +555,6 @@ def _ridge_selection(value: object) -> int:
         if rest.startswith(":") and rest[1:].isdigit() and int(rest[1:]) >= 2:
             return int(rest[1:])
     raise ValueError(f"ridge_cv must be 'gcv', 'kfold' or 'kfold:K' with K ≥ 2 folds, got {value!r}")
-
-
-def _spectrum(xc: Tensor) -> tuple[Tensor, Tensor]:
-    """``(s², V)`` of the thin SVD ``Xᶜ = U S Vᵀ`` (n, d), keeping ``s² > 10⁻¹²·max s²`` (the numerical rank,
-    the pseudo-inverse's cut-off), from ``eigh`` of the smaller Gram matrix: ``XᶜᵀXᶜ = V S² Vᵀ`` when
-    n ≥ d, else ``XᶜXᶜᵀ = U S² Uᵀ`` and ``V = XᶜᵀU / s``. Float64 in, O(n·d·min(n, d) + min(n, d)³) time
-    (several times faster than an SVD of a tall matrix on CPU)."""
-    n, d = xc.shape
-    if n >= d:
-        s2, v = torch.linalg.eigh(xc.T @ xc)
-    else:
-        s2, u = torch.linalg.eigh(xc @ xc.T)
-    top = float(s2.max()) if s2.numel() else 0.0
-    keep = s2 > max(top, 0.0) * 1e-12 if top > 0 else torch.zeros_like(s2, dtype=torch.bool)
-    s2 = s2[keep]
-    if n >= d:
-        return s2, v[:, keep]
-    return s2, (xc.T @ u[:, keep]) / s2.sqrt()
 
 
 def _objective_fn(objective: str, criterion: nn.Module | None) -> Callable[[Tensor, Tensor], Tensor]:
@@ -738,15 +569,15 @@ def _objective_fn(objective: str, criterion: nn.Module | None) -> Callable[[Tens
 
 def _fit_closed(adapter: Adapter, xp: Tensor, yp: Tensor, ridge: float, scale: bool) -> None:
     """Set the adapter to the closed form (Procrustes or ridge) on prepared rows ``xp``, ``yp``."""
-    xc, mu_x = _centred(xp.double())
-    yc, mu_y = _centred(yp.double())
+    x64, y64 = xp.double(), yp.double()
     with torch.no_grad():
         if adapter.method == "procrustes":
-            rotation, c = _procrustes(xc, yc, scale)
+            mu_x, mu_y = x64.mean(0), y64.mean(0)
+            rotation, c = _procrustes(x64 - mu_x, y64 - mu_y, scale)
             weight = c * rotation
             adapter.info["scale"] = c
         else:
-            weight = _ridge(xc, yc, ridge)
+            weight, mu_x, mu_y = ridge_fit(x64, y64, ridge)
         adapter.source_mean.copy_(mu_x)
         adapter.source_scale.fill_(1.0)
         adapter.target_mean.copy_(mu_y)
@@ -1042,14 +873,14 @@ def fit_adapter(
             info["refined_pairs"] = refined
     else:
         with torch.no_grad():
-            xc, mu_x = _centred(xp[train_idx].double())
-            yc, mu_y = _centred(yp[train_idx].double())
-            sx, sy = _rms(xc), _rms(yc)
+            x64, y64 = xp[train_idx].double(), yp[train_idx].double()
+            weight, mu_x, mu_y = ridge_fit(x64, y64, chosen or 0.0)
+            sx, sy = _rms(x64 - mu_x), _rms(y64 - mu_y)  # the ridge map in standardised units: W·σ_s/σ_t
             adapter.source_mean.copy_(mu_x)
             adapter.source_scale.copy_(sx)
             adapter.target_mean.copy_(mu_y)
             adapter.target_scale.copy_(sy)
-            adapter.linear.weight.copy_(_ridge(xc / sx, yc / sy, chosen or 0.0).T)
+            adapter.linear.weight.copy_((weight * sx / sy).T)
             adapter.linear.bias.zero_()
         if objective == "clip":
             criterion = CLIPLoss(init_temperature=temperature).to(device=device, dtype=dtype)
@@ -1157,8 +988,6 @@ def _train(
     progress: bool,
 ) -> tuple[int, int]:
     """AdamW on the adapter's core (and the criterion's temperature); returns (epochs run, best epoch)."""
-    from tqdm.auto import tqdm
-
     with torch.no_grad():
         z = (xp - adapter.source_mean) / adapter.source_scale  # xp is already row-normalised if needed
         t = (yp - adapter.target_mean) / adapter.target_scale
@@ -1193,30 +1022,24 @@ def _train(
     best_epoch, best_state = 0, _snapshot(adapter, criterion)
     since_best = 0
     epoch = 0
-    label = f"fit {adapter.method}/{objective}"
-    tty = sys.stderr.isatty()
-    bar = tqdm(range(1, epochs + 1), desc=label, disable=not (progress and tty), leave=False)
-    every = max(1, epochs // 10)  # outside a terminal: about ten flushed lines
     adapter.train()
-    for epoch in bar:
-        order = train_idx[torch.randperm(n_train, generator=generator).to(train_idx.device)]
-        for rows in order.tensor_split(n_batches):
-            loss = loss_of(rows)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-        value = evaluate(monitor)
-        bar.set_postfix(loss=f"{float(loss.detach()):.4g}", monitored=f"{value:.4g}")
-        if progress and not tty and (epoch % every == 0 or epoch == epochs):
-            line = f"{label}: epoch {epoch}/{epochs} loss {float(loss.detach()):.4g} monitored {value:.4g}"
-            print(line, file=sys.stderr, flush=True)
-        if value < best:
-            best, best_epoch, best_state, since_best = value, epoch, _snapshot(adapter, criterion), 0
-        elif len(val_idx):
-            since_best += 1
-            if since_best >= patience:
-                break
-    bar.close()
+    # a bar in a terminal, else about ten flushed lines ``fit mlp/clip: epoch 10/100 loss … monitored …``
+    with Progress(epochs, f"fit {adapter.method}/{objective}", unit="epoch", enabled=progress) as shown:
+        for epoch in range(1, epochs + 1):
+            order = train_idx[torch.randperm(n_train, generator=generator).to(train_idx.device)]
+            for rows in order.tensor_split(n_batches):
+                loss = loss_of(rows)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+            value = evaluate(monitor)
+            shown.update(loss=f"{float(loss.detach()):.4g}", monitored=f"{value:.4g}")
+            if value < best:
+                best, best_epoch, best_state, since_best = value, epoch, _snapshot(adapter, criterion), 0
+            elif len(val_idx):
+                since_best += 1
+                if since_best >= patience:
+                    break
     adapter.load_state_dict(best_state[0])
     if criterion is not None:
         criterion.load_state_dict(best_state[1])

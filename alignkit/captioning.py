@@ -61,6 +61,7 @@ from alignkit.data.tokenizer import WordTokenizer
 from alignkit.functional._checks import check_dropout
 from alignkit.io import atomic_write, sha256_json
 from alignkit.models.captioning import MAPPINGS, SEARCHES, CoCa, PrefixCaptioner
+from alignkit.names import CAPTION_METHODS
 
 __all__ = [
     "METHODS",
@@ -76,7 +77,7 @@ __all__ = [
     "stale_reason",
 ]
 
-METHODS = ("clipcap", "capdec", "decap", "iterative-memory", "iterative-beam", "coca")
+METHODS = CAPTION_METHODS  # defined without torch, for `alignkit caption --help`
 TRAINED = {
     "clipcap": "clipcap",
     "capdec": "capdec",

@@ -187,27 +187,19 @@ def _chunks(
     progress: bool,
 ) -> Any:
     """Yield ``(start, (rows, d) float32 tensor)`` for consecutive chunks of ``texts``."""
+    from alignkit.progress import Progress
     from alignkit.towers.base import embed_frozen
 
     n = len(texts)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=n, desc="embed", unit="item")
-    try:
+    with Progress(n, "embed", unit="items", enabled=progress) as shown:
         for start in range(0, n, chunk_size):
             items = [prefix + t for t in texts[start : start + chunk_size]]
             out = embed_frozen(tower, items, batch_size=batch_size, progress=False, cache=cache,
                                cache_dir=cache_dir)  # fmt: skip
             if normalize:
                 out = F.normalize(out, dim=-1, eps=EPS)
-            if bar is not None:
-                bar.update(len(items))
+            shown.update(len(items))
             yield start, out
-    finally:
-        if bar is not None:
-            bar.close()
 
 
 def _check_options(texts: object, prefix: object, batch_size: object, chunk_size: object) -> list[str]:
@@ -249,7 +241,8 @@ def embed_texts(
         chunk_size: texts per cached chunk.
         cache, cache_dir: the on-disk cache (default ``$ALIGNKIT_CACHE`` or ``~/.cache/alignkit``).
         device: where the model runs.
-        progress: a tqdm bar over items on stderr.
+        progress: progress over items on stderr (:mod:`alignkit.progress`: a bar in a terminal, else
+            about ten lines).
 
     Cost: one forward per batch, O(N·(T²·d + T·d²)·layers); a cached chunk is one file read.
     """

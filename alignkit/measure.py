@@ -781,11 +781,12 @@ def digit_captions(n: int = 300) -> list[str]:
     if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= 1797:
         raise ValueError(f"n must be an integer in [1, 1797] (scikit-learn's digits), got {n!r}")
     import numpy as np
-    from sklearn.datasets import load_digits
 
-    digits = load_digits()
-    images = digits.images[:n] / 16.0
-    labels = digits.target[:n]
+    from alignkit.data.digits import _sklearn_digits  # load_digits()'s arrays, without scikit-learn
+
+    raw_images, raw_labels = _sklearn_digits()
+    images = raw_images[:n] / 16.0
+    labels = raw_labels[:n]
     ink = images.sum((1, 2))
     low, high = np.quantile(ink, [1 / 3, 2 / 3])
     width = (images.sum(1) > 0.5).sum(1)

@@ -592,6 +592,24 @@ def test_paired_split_stratified_disjoint_deterministic() -> None:
     assert [len(p) for p in plain.split((0.5, 0.5))] == [4, 3]
 
 
+@pytest.mark.parametrize("stratify", [True, False])
+def test_paired_split_peels_parts_off_like_train_test_split(stratify: bool) -> None:
+    """The parts are scikit-learn's ``train_test_split`` of the remaining rows, one integer size at a
+    time, with the same seed (computed without scikit-learn; the oracle here uses it)."""
+    model_selection = pytest.importorskip("sklearn.model_selection")
+    labels = np.array([0] * 25 + [1] * 15 + [2] * 10)
+    ds = PairedEmbeddings(torch.randn(50, 3), torch.randn(50, 2), labels=labels)
+    parts = ds.split((0.5, 0.3, 0.2), seed=7, stratify=stratify)
+    remaining, expected = np.arange(50), []
+    for size in (25, 15):
+        remaining, part = model_selection.train_test_split(
+            remaining, test_size=size, stratify=labels[remaining] if stratify else None, random_state=7
+        )
+        expected.append(np.sort(part))
+    expected.append(np.sort(remaining))
+    assert [p.indices.tolist() for p in parts] == [e.tolist() for e in expected]
+
+
 def test_paired_split_bad_arguments() -> None:
     ds = PairedEmbeddings(torch.randn(6, 2), torch.randn(6, 2), labels=[0, 0, 0, 0, 0, 1])
     with pytest.raises(ValueError, match="fractions must be two or more numbers"):

@@ -17,7 +17,8 @@ from alignkit.recipes.config import RECIPES, _schema, load_config
         (["train.epochs=1.0e+29"], r"'train\.epochs' .*≤ 100000 \(epochs\), got 1e\+29"),
         (["model.embed_dim=1e8"], r"'model\.embed_dim' .*≤ 65536 \(dimensions\)"),
         (["model.image_width=100000000"], r"'model\.image_width' .*≤ 65536 \(features\)"),
-        (["train.batch_size=1e30"], r"'train\.batch_size' .*\(samples\)"),
+        (["train.batch_size=1e30"], r"'train\.batch_size' .*≤ 1073741824 \(samples\)"),
+        (["seed=1e10"], r"'seed' must be an integer ≥ 0 and ≤ 4294967295 \(seed\)"),
         (["train=3", "train.epochs=2"], r"'train' is a section .*cannot also be set"),
         (["train.epochs=2", "train=3"], r"'train' is a section .*cannot also be set"),
         (["model.embed_dim.x=2"], r"'model\.embed_dim' is a section|unknown config key"),
@@ -35,6 +36,13 @@ def test_every_numeric_key_has_an_upper_bound_with_its_unit() -> None:
             if field.kind in ("int", "float"):
                 assert field.high is not None, f"{recipe}: {key} has no upper bound"
                 assert field.unit or field.high <= 1.0, f"{recipe}: {key} names no unit"
+            if field.kind == "int":  # integer bounds printed in full, never as 1.07374e+09
+                assert f"≤ {int(field.high)}" in field.allowed() and "e+" not in field.allowed(), key
+
+
+def test_itm_top_k_bound_is_printed_as_an_integer() -> None:
+    with pytest.raises(ValueError, match=r"'loss\.itm_top_k' .*≤ 1073741824 \(candidates\), got 2000000000$"):
+        load_config(None, ["recipe=itm", "loss.itm_top_k=2000000000"])
 
 
 def test_yaml_bombs_in_config_files(tmp_path: Path) -> None:

@@ -546,7 +546,7 @@ def test_digit_captions() -> None:
     from sklearn.datasets import load_digits
 
     captions = digit_captions(120)
-    labels = load_digits().target[:120]
+    labels = load_digits().target[:120]  # digit_captions reads scikit-learn's file without importing it
     words = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
     assert len(captions) == 120
     assert all(f" {words[label]} " in caption for caption, label in zip(captions, labels, strict=True))
@@ -741,3 +741,35 @@ def test_measure_queries_index_is_search(tmp_path, capsys) -> None:  # type: ign
     assert via_search["mrr"] == pytest.approx((1 / rank).mean(), abs=1e-6)
     assert main(["measure", "--queries", files[0]]) == 2
     assert "go together" in capsys.readouterr().err
+
+
+def test_measure_queries_passes_search_every_option_search_has(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """``measure --queries`` runs ``search``'s code with search's own defaults: an option added to
+    ``search`` (here ``--extra``) reaches it from ``measure`` too, instead of an AttributeError (exit 1)."""
+    import argparse
+
+    import alignkit.cli.search as search_cli
+
+    original = search_cli.add_command
+
+    def with_extra(subparsers: object) -> None:
+        original(subparsers)
+        parser = subparsers.choices["search"]  # type: ignore[attr-defined]
+        parser.add_argument("--extra", default="default-of-extra")
+
+    seen: list[argparse.Namespace] = []
+    monkeypatch.setattr(search_cli, "add_command", with_extra)
+    monkeypatch.setattr(search_cli, "run_search", lambda args: seen.append(args) or 0)
+    rng = np.random.default_rng(1)
+    for name in ("q.npy", "i.npy"):
+        np.save(tmp_path / name, rng.standard_normal((20, 4)).astype(np.float32))
+    assert main(["measure", "--queries", str(tmp_path / "q.npy"), "--index", str(tmp_path / "i.npy")]) == 0
+    (args,) = seen
+    full = argparse.ArgumentParser()
+    with_extra(full.add_subparsers())
+    expected = vars(full.parse_args(["search", str(tmp_path / "q.npy"), str(tmp_path / "i.npy")]))
+    assert set(vars(args)) >= set(expected)
+    assert args.extra == "default-of-extra" and args.quiet is False and args.csls is None
+    assert (args.queries, args.index, args.k) == (str(tmp_path / "q.npy"), str(tmp_path / "i.npy"), "10")
+    with pytest.raises(TypeError, match="no option"):
+        search_cli.search_args(not_an_option=1)

@@ -231,3 +231,33 @@ def test_biased_cka_shrinks_as_one_over_n_and_unbiased_is_centred() -> None:
         mean, sd = unbiased[n]
         assert abs(mean) < 4 * sd / math.sqrt(draws) + 1e-3, (n, mean, sd)
         assert abs(mean) < 0.25 * biased[n]  # far below the biased floor at the same N
+
+
+def test_joint_space_nulls_are_json_ready_and_agree_with_null_baselines() -> None:
+    """alignkit.recipes.evaluate.joint_space_nulls: the metrics.json block of value / chance / null, with
+    non-finite entries (no closed-form chance level for CKA, CKNNA, Procrustes) as None, like every
+    other metrics.json writer (alignkit.io.json_safe); the finite ones are null_baselines' and measure's."""
+    import json
+
+    from alignkit.measure import measure, null_baselines
+    from alignkit.recipes.evaluate import NULL_KEYS, joint_space_nulls
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(20, 5, generator=g)
+    y = x + 0.3 * torch.randn(20, 5, generator=g)
+    out = joint_space_nulls(x, y, knn=3, permutations=6, seed=2)
+    json.dumps(out, allow_nan=False)  # no NaN anywhere
+    names = ["cka", "unbiased_cka", "mutual_knn", "cknna", "procrustes", "retrieval"]
+    values = measure(x, y, names, 3)
+    nulls = null_baselines(x, y, names, k=3, permutations=6, seed=2)
+    assert set(out) == {key for key, source in NULL_KEYS.items() if source in nulls}
+    assert out["cka_linear"]["chance"] is None and out["procrustes"]["chance"] is None
+    for key, row in out.items():
+        source = NULL_KEYS[key]
+        expected = {"value": float(values[source]), **{k: float(v) for k, v in nulls[source].items()}}
+        assert set(row) == set(expected)
+        for name, value in row.items():
+            if math.isfinite(expected[name]):
+                assert value == expected[name]
+            else:
+                assert value is None

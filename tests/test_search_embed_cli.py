@@ -93,8 +93,14 @@ def test_embed_command_with_a_tiny_model(tmp_path: Path, capsys: pytest.CaptureF
     out = tmp_path / "x.npy"
     argv = ["embed", str(texts), "-o", str(out), "--model", str(model_dir), "--column", "body"]
     assert main([*argv, "--prefix", "passage: ", "--normalize", "--json", "--no-cache"]) == 0
-    payload = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    payload = json.loads(captured.out)
     assert (payload["rows"], payload["dim"]) == (3, 8)
+    # progress: a line on stderr outside a terminal (after transformers' own loading bars), none with -q
+    assert captured.err.splitlines()[-1].startswith("embed: items 3/3 (")
+    quiet = ["embed", str(texts), "-o", str(tmp_path / "q.npy"), "--model", str(model_dir)]
+    assert main([*quiet, "--column", "body", "--json", "--no-cache", "-q"]) == 0
+    assert "embed: items" not in capsys.readouterr().err
     x = np.load(out)
     assert x.shape == (3, 8) and np.allclose(np.linalg.norm(x, axis=1), 1.0, atol=1e-5)
     assert main([*argv, "--pooling", "max"]) == 2

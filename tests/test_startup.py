@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 import alignkit.train.optim as optim_module
-from alignkit.data.splits import stratified_holdout
+from alignkit.data.splits import holdout, stratified_holdout
 from alignkit.train.optim import AdamW
 
 
@@ -27,14 +27,27 @@ def _modules_after(code: str) -> set[str]:
     return set(out.stdout.split())
 
 
-def test_parser_and_help_import_no_torch() -> None:
+def test_parser_and_every_commands_help_import_no_torch() -> None:
+    """``alignkit --help`` and ``--help`` of every command and sub-command (walked from the parser,
+    so a new command is covered) print their help and import no torch."""
     code = (
-        "import contextlib, io\n"
+        "import argparse, contextlib, io\n"
         "from alignkit.cli import _parser, main\n"
-        "parser = _parser()\n"
-        "for argv in (['--help'], ['compare', '--help'], ['train', '--help'], ['fit', '--help']):\n"
-        "    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
-        "        main(argv)\n"
+        "def commands(parser, path):\n"
+        "    yield path\n"
+        "    for action in parser._actions:\n"
+        "        if isinstance(action, argparse._SubParsersAction):\n"
+        "            for name, sub in action.choices.items():\n"
+        "                yield from commands(sub, [*path, name])\n"
+        "paths = list(commands(_parser(), []))\n"
+        "for path in paths:\n"
+        "    out = io.StringIO()\n"
+        "    with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):\n"
+        "        main([*path, '--help'])\n"
+        "    assert out.getvalue().startswith('usage: alignkit'), (path, out.getvalue()[:200])\n"
+        "names = {p[0] for p in paths if p}\n"
+        "assert {'caption', 'train', 'fit', 'measure', 'search', 'config'} <= names, names\n"
+        "print(len(paths), file=__import__('sys').stderr)\n"
     )
     assert _modules_after(code) == set()
 
@@ -158,6 +171,42 @@ def test_stratified_holdout_is_train_test_split() -> None:
         )
         rest, held = stratified_holdout(index, labels, fraction, seed)
         assert np.array_equal(rest, expected[0]) and np.array_equal(held, expected[1])
+
+
+def test_holdout_of_an_integer_size_is_train_test_split() -> None:
+    """``holdout(index, n_test, seed, labels)`` = ``train_test_split(index, test_size=n_test, stratify=labels,
+    random_state=seed)``, with and without labels (PairedEmbeddings.split peels its parts off with it)."""
+    model_selection = pytest.importorskip("sklearn.model_selection")
+    rng = np.random.default_rng(1)
+    for _ in range(60):
+        n, k = int(rng.integers(20, 300)), int(rng.integers(2, 7))
+        labels = rng.integers(0, k, n)
+        labels[: 2 * k] = np.repeat(np.arange(k), 2)
+        n_test, seed = int(rng.integers(k, n - k)), int(rng.integers(0, 10_000))
+        index = rng.permutation(n) + 3
+        for stratify in (None, labels):
+            expected = model_selection.train_test_split(
+                index, test_size=n_test, stratify=stratify, random_state=seed
+            )
+            rest, held = holdout(index, n_test, seed, stratify)
+            assert np.array_equal(rest, expected[0]) and np.array_equal(held, expected[1])
+    with pytest.raises(ValueError, match="n_test must be an integer"):
+        holdout(np.arange(5), 5, 0)
+    with pytest.raises(ValueError, match="n_test=1 of N=6"):
+        holdout(np.arange(6), 1, 0, np.array([0, 0, 1, 1, 2, 2]))
+
+
+def test_digit_captions_and_paired_splits_import_no_sklearn() -> None:
+    code = (
+        "import numpy as np\n"
+        "from alignkit.measure import digit_captions\n"
+        "from alignkit.data.paired import PairedEmbeddings\n"
+        "assert len(digit_captions(50)) == 50\n"
+        "x = np.arange(80.0).reshape(40, 2)\n"
+        "PairedEmbeddings(x, -x, labels=[0, 1] * 20).split((0.5, 0.25, 0.25), seed=1)\n"
+        "PairedEmbeddings(x, -x).split((0.7, 0.3), seed=2)\n"
+    )
+    assert "sklearn" not in _modules_after(code)
 
 
 def test_stratified_holdout_rejects_bad_input() -> None:

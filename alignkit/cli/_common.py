@@ -4,50 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator, Sequence
-from importlib import import_module
 from pathlib import Path
-from typing import Any, overload
+from typing import Any
 
-__all__ = ["LazyChoices", "check_out_dir", "number", "one_line", "parse_overrides", "same_file"]
-
-
-class LazyChoices(Sequence[str]):
-    """The ``choices`` of an option, read from ``module.name`` only when argparse first needs them
-    (to check a given value or to print that command's ``--help``), so building the parser does not
-    import the module (and torch). Give the option a ``metavar``: argparse then leaves the choices
-    alone when the option is added; ``%(choices)s`` in its help lists them."""
-
-    def __init__(self, module: str, name: str) -> None:
-        self.module, self.name = module, name
-        self._values: tuple[str, ...] | None = None
-
-    @property
-    def values(self) -> tuple[str, ...]:
-        if self._values is None:
-            self._values = tuple(getattr(import_module(self.module), self.name))
-        return self._values
-
-    @overload
-    def __getitem__(self, index: int) -> str: ...
-
-    @overload
-    def __getitem__(self, index: slice) -> Sequence[str]: ...
-
-    def __getitem__(self, index: int | slice) -> str | Sequence[str]:
-        return self.values[index]
-
-    def __len__(self) -> int:
-        return len(self.values)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.values)
-
-    def __contains__(self, value: object) -> bool:
-        return value in self.values
-
-    def __repr__(self) -> str:
-        return f"LazyChoices({self.module}.{self.name})"
+__all__ = ["check_out_dir", "number", "one_line", "parse_overrides", "same_file"]
 
 
 def one_line(err: BaseException) -> str:

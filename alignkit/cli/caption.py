@@ -183,10 +183,9 @@ def _caption(args: argparse.Namespace) -> int:
 
 def add_command(subparsers: Any) -> None:
     """Add ``caption RUN [--fit | --images FILE] [KEY=VALUE …]`` to ``subparsers``."""
-    from alignkit.cli._common import LazyChoices, add_overrides
+    from alignkit.cli._common import add_overrides
+    from alignkit.names import CAPTION_METHODS, CAPTION_SEARCHES  # no torch: --help lists them
 
-    methods = LazyChoices("alignkit.captioning", "METHODS")
-    searches = LazyChoices("alignkit.models.captioning", "SEARCHES")
 
     cap = subparsers.add_parser(
         "caption",
@@ -200,11 +199,12 @@ def add_command(subparsers: Any) -> None:
     cap.add_argument("--checkpoint", metavar="RUN", help=argparse.SUPPRESS)  # the older spelling of RUN
     cap.add_argument("--images", help="images to caption (default: the digits test split)")
     cap.add_argument(
-        "--method", default=None, choices=methods, metavar="METHOD",
+        "--method", default=None, choices=CAPTION_METHODS, metavar="METHOD",
         help="decoder to use: %(choices)s (default clipcap)",
     )
     cap.add_argument(
-        "--search", default=None, choices=searches, metavar="SEARCH", help="%(choices)s (default beam)"
+        "--search", default=None, choices=CAPTION_SEARCHES, metavar="SEARCH",
+        help="%(choices)s (default beam)",
     )
     cap.add_argument("--beam-size", type=int, default=None, help="beams (default: the trained setting, 3)")
     cap.add_argument("--limit", type=int, default=None, help="caption only the first N images")

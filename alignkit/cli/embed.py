@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +59,7 @@ def _embed(args: argparse.Namespace) -> int:
         normalize=args.normalize,
         cache=not args.no_cache,
         device=args.device,
-        progress=sys.stderr.isatty() and not args.quiet and not args.json,
+        progress=not args.quiet,  # a bar in a terminal, else a few lines; stderr, so --json stays clean
         **kwargs,
     )
     seconds = time.perf_counter() - start

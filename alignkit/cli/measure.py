@@ -32,25 +32,20 @@ def _measure(args: argparse.Namespace) -> int:
 def _index_search(args: argparse.Namespace) -> int:
     """``measure --queries Q --index I``: retrieval of a query set in an index of another size, the
     same as ``alignkit search Q I`` (R@k, MRR, hubness; ``--ids`` gives each query's true row)."""
-    from alignkit.cli.search import run_search
+    from alignkit.cli.search import run_search, search_args
 
     if args.a is not None or args.b is not None or args.layers:
         raise ValueError("--queries / --index search an index; they take no A B files and no --layers")
     if args.queries is None or args.index is None:
         raise ValueError("--queries and --index go together: measure --queries Q.npy --index I.npy")
-    search = argparse.Namespace(
+    search = search_args(  # search's own defaults for every option measure does not have
         queries=args.queries,
         index=args.index,
         ids=args.ids,
         k=args.k,
-        csls=None,
-        overlap=None,
-        overlap_queries=None,
-        out=None,
         key_queries=args.key_a,
         key_index=args.key_b,
         json=args.json,
-        quiet=False,
     )
     return run_search(search)
 

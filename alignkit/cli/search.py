@@ -16,7 +16,27 @@ from typing import Any
 
 from alignkit.cli._common import check_out_dir, number, one_line
 
-__all__ = ["add_command", "run_search"]
+__all__ = ["add_command", "run_search", "search_args"]
+
+
+def search_args(**options: Any) -> argparse.Namespace:
+    """The arguments ``alignkit search`` parses with no command line — every option at its default,
+    taken from :func:`add_command`'s parser, so an option added there is never missing — updated by
+    ``options`` (argparse destinations: ``queries``, ``index``, ``ids``, ``k``, ``key_queries``, …).
+    Other commands that run a search (``measure --queries``) build their arguments here.
+
+    Raises:
+        TypeError: an option that ``search`` does not have (a programming error, not bad input).
+    """
+    parser = argparse.ArgumentParser(add_help=False)
+    add_command(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["search"])
+    unknown = sorted(set(options) - set(vars(args)))
+    if unknown:
+        raise TypeError(f"alignkit search has no option(s) {unknown}")
+    for name, value in options.items():
+        setattr(args, name, value)
+    return args
 
 
 def run_search(args: argparse.Namespace) -> int:

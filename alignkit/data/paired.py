@@ -189,9 +189,10 @@ class PairedEmbeddings(Dataset):
     ) -> tuple[PairedEmbeddings, ...]:
         """Random disjoint parts of sizes ``fractions·N`` (largest-remainder rounding), fixed by ``seed``.
 
-        The parts are peeled off in order with ``sklearn.model_selection.train_test_split`` (integer
-        sizes, ``random_state=seed``), stratified by label when there are labels and ``stratify`` is
-        true; each part keeps its rows in their original order.
+        The parts are peeled off in order as ``sklearn.model_selection.train_test_split`` would (integer
+        sizes, ``random_state=seed``; computed by :func:`alignkit.data.splits.holdout` without
+        importing scikit-learn), stratified by label when there are labels and ``stratify`` is true;
+        each part keeps its rows in their original order.
 
         Args:
             fractions: two or more numbers > 0 summing to 1.
@@ -204,7 +205,7 @@ class PairedEmbeddings(Dataset):
 
         Cost: O(N) indices plus copying the rows.
         """
-        from sklearn.model_selection import train_test_split
+        from alignkit.data.splits import holdout  # train_test_split's rows, without scikit-learn
 
         parts = _check_fractions(fractions)
         if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
@@ -222,11 +223,8 @@ class PairedEmbeddings(Dataset):
         out: list[np.ndarray] = []
         for size in sizes[:-1]:
             try:
-                remaining, part = train_test_split(
-                    remaining,
-                    test_size=size,
-                    stratify=None if labels is None else labels[remaining],
-                    random_state=int(seed),
+                remaining, part = holdout(
+                    remaining, size, int(seed), None if labels is None else labels[remaining]
                 )
             except ValueError as err:
                 raise ValueError(

@@ -26,6 +26,7 @@ __all__ = [
     "factorize",
     "group_positives",
     "group_split",
+    "holdout",
     "read_split_file",
     "splits_from_labels",
     "stratified_holdout",
@@ -138,7 +139,47 @@ def stratified_holdout(
         raise ValueError(f"labels must have shape ({n},) like index, got {labels.shape}")
     if not 0.0 < float(test_fraction) < 1.0:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction!r}")
-    n_test = int(np.ceil(test_fraction * n))
+    return _stratified(index, labels, int(np.ceil(test_fraction * n)), seed, f"test_fraction {test_fraction}")
+
+
+def holdout(
+    index: np.ndarray, n_test: int, seed: int, labels: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(rest, held_out)`` with ``n_test`` held-out rows: ``sklearn.model_selection.train_test_split(index,
+    test_size=n_test, stratify=labels, random_state=seed)`` (an integer size) computed here, to the same
+    rows in the same order, without importing scikit-learn.
+
+    Without labels, scikit-learn's ``ShuffleSplit``: one ``numpy.random.RandomState(seed).permutation(N)``,
+    its first ``n_test`` positions held out and the rest kept, both in permutation order. With labels,
+    the stratified split of :func:`stratified_holdout` with ``n_test`` given instead of a fraction.
+
+    Args:
+        index: (N,) the row ids to split.
+        n_test: held-out rows, 1 ≤ n_test ≤ N − 1.
+        seed: integer ≥ 0.
+        labels: (N,) the class of each row (every class needs two or more rows), or None.
+
+    Cost: O(N log N).
+    """
+    index = np.asarray(index)
+    n = index.shape[0]
+    if isinstance(n_test, bool) or not isinstance(n_test, (int, np.integer)) or not 1 <= n_test <= n - 1:
+        raise ValueError(f"n_test must be an integer in [1, {n - 1}] (N={n} rows), got {n_test!r}")
+    if labels is None:
+        order = np.random.RandomState(seed).permutation(n)
+        return index[order[n_test:]], index[order[:n_test]]
+    labels = np.asarray(labels)
+    if labels.shape != (n,):
+        raise ValueError(f"labels must have shape ({n},) like index, got {labels.shape}")
+    return _stratified(index, labels, int(n_test), seed, f"n_test={n_test}")
+
+
+def _stratified(
+    index: np.ndarray, labels: np.ndarray, n_test: int, seed: int, asked: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's ``StratifiedShuffleSplit`` of ``index`` with ``n_test`` held-out rows (see
+    :func:`stratified_holdout`); ``asked`` names the requested size in errors."""
+    n = index.shape[0]
     n_train = n - n_test
     classes, y, counts = np.unique(labels, return_inverse=True, return_counts=True)
     if counts.min() < 2:
@@ -146,7 +187,7 @@ def stratified_holdout(
         raise ValueError(f"labels: every class needs at least 2 rows to stratify; classes {few} have 1")
     if n_train < len(classes) or n_test < len(classes):
         raise ValueError(
-            f"test_fraction {test_fraction} of N={n} leaves {n_train} / {n_test} rows for "
+            f"{asked} of N={n} leaves {n_train} / {n_test} rows for "
             f"{len(classes)} classes; each part needs one row per class"
         )
     by_class = np.split(np.argsort(y, kind="stable"), np.cumsum(counts)[:-1])

@@ -162,41 +162,28 @@ def text_cache_path(
 
 
 def _encode_with_progress(encoder: Any, items: list[str], batch_size: int, model: str) -> Tensor:
-    """Encode in chunks, saying so on stderr: a bar in a terminal, else one line per chunk (a cold
-    MiniLM pass over the digits' captions takes ≈ 20 s on two cores)."""
-    import sys
-    import time
+    """Encode in chunks, saying so on stderr (:class:`alignkit.progress.Progress`: a bar in a terminal,
+    else a first line and about ten more; a cold MiniLM pass over the digits' captions takes ≈ 20 s
+    on two cores)."""
+    from alignkit.progress import Progress
 
     chunk = max(batch_size, 512)
     starts = range(0, len(items), chunk)
-    tty = sys.stderr.isatty()
-    bar = None
-    if tty and len(starts) > 1:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(items), desc=f"embedding with {model}", unit="text", leave=False)
-    elif len(starts) > 1:
-        print(f"embedding {len(items):,} texts with {model} (once; then cached)", file=sys.stderr, flush=True)
-    parts, start = [], time.perf_counter()
-    with torch.no_grad():
-        for i in starts:
-            block = items[i : i + chunk]
-            out = encoder.encode(
-                block,
-                batch_size=batch_size,
-                convert_to_tensor=True,
-                show_progress_bar=False,
-                normalize_embeddings=False,
-            )
-            parts.append(out.detach().to(device="cpu", dtype=torch.float32))
-            done = min(i + chunk, len(items))
-            if bar is not None:
-                bar.update(len(block))
-            elif len(starts) > 1:
-                line = f"  embedded {done:,}/{len(items):,} texts ({time.perf_counter() - start:.1f} s)"
-                print(line, file=sys.stderr, flush=True)
-    if bar is not None:
-        bar.close()
+    parts = []
+    with Progress(len(items), f"embedding with {model}", unit="texts", enabled=len(starts) > 1) as shown:
+        shown.line(f"{len(items):,} texts (once; then cached)")
+        with torch.no_grad():
+            for i in starts:
+                block = items[i : i + chunk]
+                out = encoder.encode(
+                    block,
+                    batch_size=batch_size,
+                    convert_to_tensor=True,
+                    show_progress_bar=False,
+                    normalize_embeddings=False,
+                )
+                parts.append(out.detach().to(device="cpu", dtype=torch.float32))
+                shown.update(len(block))
     return torch.cat(parts).contiguous()
 
 

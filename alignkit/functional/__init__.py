@@ -18,6 +18,7 @@ from alignkit.functional import (
     matching,
     neighbors,
     nulls,
+    regression,
     retrieval,
     scores,
     similarity,
@@ -33,6 +34,7 @@ from alignkit.functional.losses import *  # noqa: F403
 from alignkit.functional.matching import *  # noqa: F403
 from alignkit.functional.neighbors import *  # noqa: F403
 from alignkit.functional.nulls import *  # noqa: F403
+from alignkit.functional.regression import *  # noqa: F403
 from alignkit.functional.retrieval import *  # noqa: F403
 from alignkit.functional.scores import *  # noqa: F403
 from alignkit.functional.similarity import *  # noqa: F403
@@ -48,6 +50,7 @@ __all__ = [
     *matching.__all__,
     *neighbors.__all__,
     *nulls.__all__,
+    *regression.__all__,
     *retrieval.__all__,
     *scores.__all__,
     *similarity.__all__,

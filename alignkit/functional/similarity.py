@@ -708,7 +708,8 @@ def _centred_grams(x: Tensor, y: Tensor, norms_only: bool = False) -> tuple[Tens
 def _gram_basis(gram: Tensor, n: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
     """``(V, s)`` of the centred data from its float64 Gram ``X̃ᵀX̃ = V·diag(s²)·Vᵀ``, descending, truncated
     like :func:`_basis` (``s > s_max · max(N, d) · eps`` of the input dtype), and never below what a
-    Gram matrix resolves (``s > s_max · sqrt(max(N, d) · eps₆₄)``)."""
+    Gram matrix resolves (``s > s_max · sqrt(max(N, d) · eps₆₄)``). Shared with the ridge solvers
+    (:mod:`alignkit.functional.regression`), which pass float64 and an (N, N) Gram when N < d."""
     evals, evecs = torch.linalg.eigh(gram)
     evals, evecs = evals.flip(0), evecs.flip(1)
     if evals.numel() == 0 or not float(evals[0]) > 0:

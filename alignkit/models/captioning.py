@@ -33,6 +33,7 @@ from alignkit.functional._checks import (
     shape_str,
 )
 from alignkit.losses import CLIPLoss
+from alignkit.names import CAPTION_SEARCHES
 from alignkit.nn.attention import AttentionalPooler
 from alignkit.nn.decoder import (
     CausalDecoder,
@@ -47,7 +48,7 @@ from alignkit.nn.decoder import (
 __all__ = ["MAPPINGS", "SEARCHES", "CoCa", "PrefixCaptioner"]
 
 MAPPINGS = ("mlp", "transformer")
-SEARCHES = ("greedy", "beam")
+SEARCHES = CAPTION_SEARCHES  # defined without torch, for `alignkit caption --help`
 PAD, BOS, EOS = 0, 1, 2
 
 

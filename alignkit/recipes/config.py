@@ -63,11 +63,15 @@ class _Field:
             text = "one of " + ", ".join(repr(c) for c in self.choices)
         elif self.kind in ("int", "float"):
             noun = "an integer" if self.kind == "int" else "a number"
+
+            def bound(v: float) -> str:  # an integer bound in full (1073741824, not 1.07374e+09)
+                return str(int(v)) if self.kind == "int" else f"{v:g}"
+
             parts = []
             if self.low is not None:
-                parts.append(f"{'>' if self.open_low else '≥'} {self.low:g}")
+                parts.append(f"{'>' if self.open_low else '≥'} {bound(self.low)}")
             if self.high is not None:
-                parts.append(f"≤ {self.high:g}")
+                parts.append(f"≤ {bound(self.high)}")
             text = noun + (" " + " and ".join(parts) if parts else "")
             text += f" ({self.unit})" if self.unit else ""
         elif self.kind == "bool":

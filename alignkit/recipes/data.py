@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from alignkit.progress import track
 from alignkit.recipes.config import ATTRIBUTES
 from alignkit.recipes.towers import PreparedRows, load_tower, resolve
 from alignkit.towers.base import is_frozen, prepare_inputs
@@ -186,13 +187,10 @@ def caption_tokens(
     tower = SentenceTransformerTower(text_model, frozen=True)
     inputs = tower.prepare(list(captions))  # padded to the longest caption
     chunks = []
-    starts = range(0, len(captions), batch_size)
-    if progress and len(starts) > 1:
-        from tqdm.auto import tqdm
-
-        starts = tqdm(starts, desc=f"token embeddings of {len(captions)} captions", unit="batch", leave=False)
+    batches = range(0, len(captions), batch_size)
+    label = f"token embeddings of {len(captions)} captions"
     with torch.no_grad():
-        for start in starts:
+        for start in track(batches, len(batches), label, unit="batch", enabled=progress and len(batches) > 1):
             part = {k: v[start : start + batch_size] for k, v in inputs.items()}
             chunks.append(tower.forward_tokens(part).float().cpu())
     tokens = torch.cat(chunks).contiguous()

@@ -35,7 +35,6 @@ Files are written atomically (temporary file in the same directory, then ``os.re
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -151,7 +150,7 @@ def joint_space_nulls(
     for key, source in NULL_KEYS.items():
         if source in nulls:
             parts = {"value": float(values[source]), **{k: float(v) for k, v in nulls[source].items()}}
-            out[key] = {k: (v if math.isfinite(v) else None) for k, v in parts.items()}  # JSON: no NaN
+            out[key] = json_safe(parts)  # JSON: no NaN
     return out
 
 

@@ -47,6 +47,7 @@ from torch import Tensor, nn
 
 from alignkit.data.text import default_cache_dir
 from alignkit.io import load_embeddings, save_embeddings
+from alignkit.progress import track
 
 __all__ = [
     "Inputs",
@@ -287,7 +288,8 @@ def embed_frozen(
         items: N ≥ 1 raw items (list of strings, or a tensor with one row per item).
         batch_size: items per forward pass, ≥ 1.
         cache_key: identity of the tower for the cache key (default: the tower's own).
-        progress: show a progress bar (tqdm, on stderr) when there is more than one batch.
+        progress: show progress on stderr when there is more than one batch (:mod:`alignkit.progress`:
+            a bar in a terminal, else about ten lines).
         cache_dir: cache root (default ``$ALIGNKIT_CACHE`` or ``~/.cache/alignkit``).
         cache: read and write the disk cache.
 
@@ -322,11 +324,9 @@ def embed_frozen(
     first = next(iter(tower.parameters()), None)
     device = first.device if first is not None else torch.device("cpu")
     was_training = tower.training
-    starts = range(0, n, batch_size)
-    if progress and len(starts) > 1:
-        from tqdm.auto import tqdm
-
-        starts = tqdm(starts, desc=f"embedding {n} items", unit="batch", leave=False)
+    batches = range(0, n, batch_size)
+    shown = progress and len(batches) > 1
+    starts = track(batches, len(batches), f"embedding {n} items", unit="batch", enabled=shown)
     chunks: list[Tensor] = []
     tower.eval()
     try:

@@ -32,7 +32,6 @@ import json
 import math
 import os
 import random
-import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -44,10 +43,10 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset, RandomSampler, Sampler, TensorDataset
-from tqdm.auto import tqdm
 
 from alignkit.functional._checks import check_choice, check_int, check_positive
 from alignkit.io import json_safe
+from alignkit.progress import Progress
 from alignkit.train.checkpoint import Checkpoint, load_checkpoint, remove_checkpoint, save_checkpoint
 from alignkit.train.distributed import DistInfo, all_reduce_mean, dist_info, setup_distributed, shard_batches
 from alignkit.train.optim import AdamW
@@ -485,25 +484,24 @@ class Trainer:
             self._fresh_start()
         result = FitResult(global_step=self.step)
         label = self.progress if isinstance(self.progress, str) else ""
-        show = bool(self.progress) and self.dist.is_main and sys.stderr.isatty()
-        self._plain = bool(self.progress) and self.dist.is_main and not show
-        if self.progress and self.dist.is_main and self.step:  # --resume must not look like a fresh run
-            where = f"epoch {self.epoch}/{self.epochs}, step {self.step}"
-            print(f"{label}resumed after {where}", file=sys.stderr, flush=True)
-        bar = tqdm(
-            total=self.total_steps,
-            initial=self.step,
-            disable=not show,
-            dynamic_ncols=True,
+        # a bar of steps in a terminal, else one line per epoch (printed at each epoch's end); rank 0 only
+        shown = Progress(
+            self.total_steps,
+            label,
             unit="step",
+            enabled=bool(self.progress) and self.dist.is_main,
+            lines=0,
+            initial=self.step,
             leave=True,
         )
+        if self.step:  # --resume must not look like a fresh run
+            shown.say(f"resumed after epoch {self.epoch}/{self.epochs}, step {self.step}")
         try:
             self.system.train()
             while self.epoch < self.epochs:
-                self._run_epoch(bar, result)
+                self._run_epoch(shown, result)
         finally:
-            bar.close()
+            shown.close()
         if self.dist.distributed:
             dist.barrier()
         result.global_step = self.step
@@ -521,7 +519,7 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------- the loop
 
-    def _run_epoch(self, bar: Any, result: FitResult) -> None:
+    def _run_epoch(self, shown: Progress, result: FitResult) -> None:
         epoch = self.epoch
         self._epoch_gen_state = self._gen.get_state()
         order = (
@@ -530,8 +528,7 @@ class Trainer:
             else torch.arange(self.num_samples)
         )
         batches = shard_batches(order, self.batch_size, self.dist.rank, self.dist.world_size, self.drop_last)
-        label = self.progress if isinstance(self.progress, str) else ""
-        bar.set_description(f"{label}epoch {epoch + 1}/{self.epochs}")
+        shown.describe(f"{shown.prefix}epoch {epoch + 1}/{self.epochs}")
         window_start = time.perf_counter()
         window_rows = 0
         for b, batch in enumerate(
@@ -547,12 +544,11 @@ class Trainer:
             self._epoch_count += 1
             self._window_count += 1
             logged = self.step % self.log_every == 0 or self.step == self.total_steps
-            if logged or not bar.disable:
+            if logged or shown.drawing:
                 elapsed = time.perf_counter() - window_start
                 rate = window_rows / elapsed if elapsed > 0 else float("nan")
-            if not bar.disable:  # a bar only in a terminal: no formatting otherwise
-                bar.update(1)
-                bar.set_postfix(loss=f"{values['loss']:.4f}", samples_s=f"{rate:.0f}", refresh=False)
+            if shown.drawing:  # a bar only in a terminal: no formatting otherwise
+                shown.update(1, loss=f"{values['loss']:.4f}", samples_s=f"{rate:.0f}")
             if logged:
                 record = {
                     "type": "step",
@@ -599,13 +595,13 @@ class Trainer:
             self.best_value, self.best_epoch = float(value), epoch + 1
         self._log(record)
         result.epochs.append(record)
-        if getattr(self, "_plain", False):
-            shown = " ".join(
+        if shown.plain:
+            values = " ".join(
                 f"{'loss' if k == 'train_loss' else k} {v:.4g}"
                 for k, v in record.items()
                 if (k == "train_loss" or k.startswith("val_")) and isinstance(v, float)
             )
-            print(f"{label}epoch {self.epoch}/{self.epochs} {shown}", file=sys.stderr, flush=True)
+            shown.line(f"epoch {self.epoch}/{self.epochs} {values}")
         if improved and self.dist.is_main:
             save_checkpoint(
                 self.best_path,
