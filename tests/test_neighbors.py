@@ -631,6 +631,21 @@ def test_symmetric_self_search_scores_bitwise_like_the_general_engine() -> None:
         assert torch.equal(sym.indices, general.indices)
 
 
+def test_searches_hand_worker_memory_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both CPU engines release the worker threads' freed heap (glibc arenas keep freed tiles
+    resident otherwise; see ``_threads.release_memory``) once per search."""
+    from alignkit.functional import _threads
+
+    calls: list[int] = []
+    monkeypatch.setattr(neighbors, "release_memory", lambda: calls.append(1))
+    x = torch.randn(300, 8)
+    AF.knn(x, 3, backend="torch")  # symmetric self-search
+    AF.knn(x, 3, y=x[:200], backend="torch")  # general engine
+    assert calls == [1, 1]
+    monkeypatch.undo()
+    _threads.release_memory()  # glibc's malloc_trim where there is one; a no-op elsewhere
+
+
 def test_blocked_topk_small_tiles_and_large_k(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tiles narrower than k (no group maxima, every entry a candidate) and k = M − 1 stay exact."""
     monkeypatch.setattr(neighbors, "_TILE_COLS", 8)

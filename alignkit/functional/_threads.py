@@ -3,16 +3,41 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 
 _T = TypeVar("_T")
 _R = TypeVar("_R")
 
-__all__ = ["on_workers"]
+__all__ = ["on_workers", "release_memory"]
+
+
+@functools.cache
+def _malloc_trim() -> Any | None:
+    """glibc's ``malloc_trim``, or None where the C library has none (checked once)."""
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+def release_memory() -> None:
+    """Hand the heap memory freed by worker threads back to the operating system (glibc only).
+
+    Each worker thread allocates from its own glibc arena, and tile-sized buffers (16–32 MiB) fall
+    under glibc's mmap threshold once the first one is freed, so a freed tile stays resident in its
+    arena: without this, every neighbour search on 2 threads left 60–200 MiB more resident than the
+    one before (measured with 20,000 × 64 and 50,000 × 768 inputs). ``malloc_trim(0)`` returns it in
+    about 1 ms."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def on_workers(fn: Callable[[list[_T]], _R], parts: Sequence[_T], device: torch.device) -> list[_R]:

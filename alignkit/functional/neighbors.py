@@ -39,7 +39,7 @@ from alignkit.functional._checks import (
     one_device,
     shape_str,
 )
-from alignkit.functional._threads import on_workers
+from alignkit.functional._threads import on_workers, release_memory
 
 __all__ = ["cknna", "csls", "csls_retrieve", "knn", "mutual_knn"]
 
@@ -284,6 +284,7 @@ def _blocked_topk(
                 one_block(buf, r0, r1, first_row)
 
     on_workers(work, row_spans, a.device)
+    release_memory()
     return values, indices
 
 
@@ -416,6 +417,7 @@ def _self_topk(
                 merge(j, _tile_candidates_t(scores, bound, k, g, skip, r0), size - skip)
 
     on_workers(work, [(i, j) for i in range(len(spans)) for j in range(i, len(spans))], a.device)
+    release_memory()
     return torch.cat(state_v), torch.cat(state_i)
 
 
