@@ -631,6 +631,28 @@ def test_symmetric_self_search_scores_bitwise_like_the_general_engine() -> None:
         assert torch.equal(sym.indices, general.indices)
 
 
+def test_knn_dot_products_that_overflow_are_rejected() -> None:
+    """Finite rows whose float32 dot products overflow (±inf, or NaN from inf − inf) have no ranking:
+    the symmetric self-search kept no column for them (index N, out of range) and a NaN threshold
+    dropped the row's finite neighbours too; the general engine returned self with self excluded. A
+    ValueError instead, whenever ‖x_i‖·‖y_j‖ (which bounds every partial sum) could overflow; float64
+    holds the same products, and rows just inside float32's range stay exact."""
+    x = torch.tensor([[1e20, 1e20], [1e20, -1e20], [1.0, 1.0]])  # x0·x1 = inf − inf = NaN in float32
+    for dtype in (torch.float32, torch.bfloat16):
+        with pytest.raises(ValueError, match="overflow"):
+            AF.knn(x.to(dtype), 2, metric="dot")
+        with pytest.raises(ValueError, match="overflow"):
+            AF.knn(x.to(dtype), 1, y=x[:, :1].to(dtype).expand(3, 2), metric="dot", backend="torch")
+    assert torch.equal(AF.knn(x, 2).indices, torch.tensor([[2, 1], [0, 2], [0, 1]]))  # cosine is fine
+    for z in (x.double(), torch.tensor([[1e19], [-1e19], [1.0]])):  # 1e19² = 1e38 < float32's max / 2
+        full = (z.double() @ z.double().T).fill_diagonal_(-math.inf)
+        ref_v, ref_i = _total_order_topk(full, 2)
+        for chunk in (None, 1):
+            got = AF.knn(z, 2, metric="dot", chunk_size=chunk)
+            assert torch.equal(got.indices, ref_i)
+            assert torch.equal(got.values, ref_v.to(z.dtype))  # one product each: correctly rounded
+
+
 def test_blocked_topk_small_tiles_and_large_k(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tiles narrower than k (no group maxima, every entry a candidate) and k = M − 1 stay exact."""
     monkeypatch.setattr(neighbors, "_TILE_COLS", 8)
