@@ -608,8 +608,11 @@ def test_symmetric_self_search_half_the_work_and_no_copy(monkeypatch: pytest.Mon
     monkeypatch.setattr(torch, "mm", counting)
     monkeypatch.setattr(neighbors, "l2_normalize", normalize)
     got = AF.knn(x, 5, chunk_size=128)
-    tiles = math.ceil(1000 / 128)
-    assert sum(flops) == tiles * (tiles + 1) // 2 * 128 * 128 * 24  # not tiles² · 128² · 24
+    tiles = math.ceil(1000 / 128)  # of 125 rows (balanced: no overlapping last tile)
+    assert sum(flops) == tiles * (tiles + 1) // 2 * 125 * 125 * 24  # not tiles² · 125² · 24
+    flops.clear()
+    AF.knn(x[:129], 5, chunk_size=128)  # N = chunk + 1: 3 tiles of 65 rows, not 3 of 128 (> N²)
+    assert sum(flops) == 3 * 65 * 65 * 24
     monkeypatch.undo()
     z = x.double()
     unit = z / z.norm(dim=1, keepdim=True).clamp_min(1e-300)  # every finite magnitude, as l2_normalize

@@ -487,7 +487,7 @@ def knn(
     returned indices.
 
     When x is searched against itself (``y`` is None) on the CPU with ``"cosine"`` or ``"dot"``, the
-    torch engine forms only the upper triangle of ``x xᵀ`` in square tiles of ``chunk_size`` rows
+    torch engine forms only the upper triangle of ``x xᵀ`` in square tiles of ≤ ``chunk_size`` rows
     (each pair scored once, serving both rows: half the GEMM work) and normalises rows tile by tile
     (no normalised copy of x); ties at the k-th value then go to the smaller index, whatever the
     tiling or thread count.
@@ -557,7 +557,8 @@ def knn(
         backend == "faiss" or (x.device.type == "cpu" and dtype == torch.float32 and not symmetric)
     )
     if symmetric:  # half the pairs; rows normalised tile by tile (no normalised copy of x)
-        tile = chunk_size if chunk_size is not None else _self_tile(x.shape[0], dtype)
+        n = x.shape[0]  # chunk_size balanced: as many tiles, of ≤ chunk_size rows, least overlap
+        tile = _balanced(n, chunk_size, align=1) if chunk_size is not None else _self_tile(n, dtype)
         values, indices = _self_topk(x.to(dtype), k, tile, metric == "cosine", exclude)
         return Neighbors(indices, values.to(out))
 
