@@ -623,17 +623,6 @@ def test_symmetric_self_search_half_the_work_and_no_copy(monkeypatch: pytest.Mon
     assert bool((got.values[5] == 0).all())  # a zero row has cosine 0 with every row
 
 
-def test_symmetric_self_search_scores_bitwise_like_the_general_engine() -> None:
-    """Rows normalised tile by tile are bitwise l2_normalize's, so self-search gives the general
-    engine's float32 values exactly (and its neighbours, without exact ties)."""
-    x = torch.randn(3000, 40) * torch.logspace(-3, 3, 3000)[:, None]
-    for metric in ("cosine", "dot"):
-        sym = AF.knn(x, 8, metric=metric, backend="torch")
-        general = AF.knn(x, 8, y=x, exclude_self=True, metric=metric, backend="torch")
-        assert torch.equal(sym.values, general.values)
-        assert torch.equal(sym.indices, general.indices)
-
-
 @pytest.mark.parametrize("threads", [1, 4])
 def test_symmetric_self_search_edge_shapes_exact_cosine(threads: int) -> None:
     """Tiny N (1 to 3 rows), N below, at and one above the tile, chunk_size 1, k above the tile and
@@ -692,6 +681,17 @@ def test_knn_dot_products_that_overflow_are_rejected() -> None:
             got = AF.knn(z, 2, metric="dot", chunk_size=chunk)
             assert torch.equal(got.indices, ref_i)
             assert torch.equal(got.values, ref_v.to(z.dtype))  # one product each: correctly rounded
+
+
+def test_symmetric_self_search_scores_bitwise_like_the_general_engine() -> None:
+    """Rows normalised tile by tile are bitwise l2_normalize's, so self-search gives the general
+    engine's float32 values exactly (and its neighbours, without exact ties)."""
+    x = torch.randn(3000, 40) * torch.logspace(-3, 3, 3000)[:, None]
+    for metric in ("cosine", "dot"):
+        sym = AF.knn(x, 8, metric=metric, backend="torch")
+        general = AF.knn(x, 8, y=x, exclude_self=True, metric=metric, backend="torch")
+        assert torch.equal(sym.values, general.values)
+        assert torch.equal(sym.indices, general.indices)
 
 
 def test_blocked_topk_small_tiles_and_large_k(monkeypatch: pytest.MonkeyPatch) -> None:
