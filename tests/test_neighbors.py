@@ -608,8 +608,11 @@ def test_symmetric_self_search_half_the_work_and_no_copy(monkeypatch: pytest.Mon
     monkeypatch.setattr(torch, "mm", counting)
     monkeypatch.setattr(neighbors, "l2_normalize", normalize)
     got = AF.knn(x, 5, chunk_size=128)
-    tiles = math.ceil(1000 / 128)
-    assert sum(flops) == tiles * (tiles + 1) // 2 * 128 * 128 * 24  # not tiles² · 128² · 24
+    tiles = math.ceil(1000 / 128)  # of 125 rows (balanced: no overlapping last tile)
+    assert sum(flops) == tiles * (tiles + 1) // 2 * 125 * 125 * 24  # not tiles² · 125² · 24
+    flops.clear()
+    AF.knn(x[:129], 5, chunk_size=128)  # N = chunk + 1: 3 tiles of 65 rows, not 3 of 128 (> N²)
+    assert sum(flops) == 3 * 65 * 65 * 24
     monkeypatch.undo()
     z = x.double()
     unit = z / z.norm(dim=1, keepdim=True).clamp_min(1e-300)  # every finite magnitude, as l2_normalize
@@ -618,6 +621,66 @@ def test_symmetric_self_search_half_the_work_and_no_copy(monkeypatch: pytest.Mon
     ref = full.topk(5, dim=1)
     torch.testing.assert_close(got.values.double(), ref.values, rtol=0, atol=1e-6)
     assert bool((got.values[5] == 0).all())  # a zero row has cosine 0 with every row
+
+
+@pytest.mark.parametrize("threads", [1, 4])
+def test_symmetric_self_search_edge_shapes_exact_cosine(threads: int) -> None:
+    """Tiny N (1 to 3 rows), N below, at and one above the tile, chunk_size 1, k above the tile and
+    k = N − 1, self included (duplicates then tie with self, to the smaller index), zero rows
+    (cosine 0 with every row, itself included), strided and half-precision input: exactly the
+    total-order top-k of the float64 brute force. Rows of 0, 1 or 4 entries ±2^e have cosines exact
+    in float32 (normalised entries ±1 or ±1/2), so every tie is exact."""
+    g = torch.Generator().manual_seed(11)
+    base = torch.zeros(37, 6, dtype=torch.float64)
+    for i in range(37):
+        m = (0, 1, 4)[i % 3]
+        signs = torch.randint(0, 2, (m,), generator=g).double() * 2 - 1
+        base[i, torch.randperm(6, generator=g)[:m]] = signs * 2.0 ** (i % 5 - 2)
+    base[[7, 20, 34]] = base[4].clone()  # duplicates of row 4, also scaled copies
+    base[25] = base[4] * 8
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        shapes = ((1, None), (2, None), (3, 1), (3, 2), (12, 1), (16, 17), (16, 16), (17, 16), (37, 5))
+        for n, chunk in shapes:  # (17, 16): two tiles of 9 rows, overlapping by one
+            x = base[:n]
+            unit = x / x.norm(dim=1, keepdim=True).clamp_min(1e-300)
+            for exclude in (False, True):
+                full = unit @ unit.T
+                if exclude:
+                    full.fill_diagonal_(-math.inf)
+                for k in sorted({1, min(9, n - exclude), n - exclude}) if n > exclude else ():
+                    ref_v, ref_i = _total_order_topk(full, k)
+                    strided = x.float().repeat_interleave(2, 1)[:, ::2]  # float32: searched in place
+                    for z in (strided, x.T.contiguous().T.half(), x.bfloat16()):
+                        got = AF.knn(z, k, exclude_self=exclude, chunk_size=chunk)
+                        assert torch.equal(got.indices, ref_i), (n, chunk, exclude, k, z.dtype)
+                        assert got.values.dtype == z.dtype
+                        assert torch.equal(got.values.double(), ref_v)
+    finally:
+        torch.set_num_threads(saved)
+
+
+def test_knn_dot_products_that_overflow_are_rejected() -> None:
+    """Finite rows whose float32 dot products overflow (±inf, or NaN from inf − inf) have no ranking:
+    the symmetric self-search kept no column for them (index N, out of range) and a NaN threshold
+    dropped the row's finite neighbours too; the general engine returned self with self excluded. A
+    ValueError instead, whenever ‖x_i‖·‖y_j‖ (which bounds every partial sum) could overflow; float64
+    holds the same products, and rows just inside float32's range stay exact."""
+    x = torch.tensor([[1e20, 1e20], [1e20, -1e20], [1.0, 1.0]])  # x0·x1 = inf − inf = NaN in float32
+    for dtype in (torch.float32, torch.bfloat16):
+        with pytest.raises(ValueError, match="overflow"):
+            AF.knn(x.to(dtype), 2, metric="dot")
+        with pytest.raises(ValueError, match="overflow"):
+            AF.knn(x.to(dtype), 1, y=x[:, :1].to(dtype).expand(3, 2), metric="dot", backend="torch")
+    assert torch.equal(AF.knn(x, 2).indices, torch.tensor([[2, 1], [0, 2], [0, 1]]))  # cosine is fine
+    for z in (x.double(), torch.tensor([[1e19], [-1e19], [1.0]])):  # 1e19² = 1e38 < float32's max / 2
+        full = (z.double() @ z.double().T).fill_diagonal_(-math.inf)
+        ref_v, ref_i = _total_order_topk(full, 2)
+        for chunk in (None, 1):
+            got = AF.knn(z, 2, metric="dot", chunk_size=chunk)
+            assert torch.equal(got.indices, ref_i)
+            assert torch.equal(got.values, ref_v.to(z.dtype))  # one product each: correctly rounded
 
 
 def test_symmetric_self_search_scores_bitwise_like_the_general_engine() -> None:

@@ -88,6 +88,23 @@ def _check_width(x: Tensor, y: Tensor, name_x: str, name_y: str) -> None:
         )
 
 
+def _check_dot_range(x: Tensor, y: Tensor, dtype: torch.dtype, searched_self: bool) -> None:
+    """Raise when dot products of rows of x and y could overflow ``dtype``: ``|x_i·y_j| ≤ ‖x_i‖·‖y_j‖``
+    (Cauchy–Schwarz, for every partial sum too), so largest row norms whose product stays below half
+    the dtype's maximum (room for the rounding of d ≤ 2²³ float32 products) keep every score finite.
+    Overflowed scores (±inf, NaN from inf − inf) have no ranking: the search would return arbitrary
+    or missing neighbours. Cost: one O((N + M)·d) pass."""
+    nx = float(torch.linalg.vector_norm(x, dim=1, dtype=torch.float64).max())
+    ny = nx if searched_self else float(torch.linalg.vector_norm(y, dim=1, dtype=torch.float64).max())
+    if nx * ny > torch.finfo(dtype).max / 2:
+        names = "x" if searched_self else "x and y"
+        raise ValueError(
+            f"metric='dot': rows of {names} have norms up to {max(nx, ny):.3g}, so their dot products can "
+            f"overflow {str(dtype).removeprefix('torch.')} (max {torch.finfo(dtype).max:.3g}); "
+            "scale them down or pass float64"
+        )
+
+
 def _default_block(columns: int, dtype: torch.dtype, per_element: int = 1) -> int:
     """Rows per full-width block so that a (rows, columns) block of ``dtype`` (times ``per_element``)
     is about ``_BLOCK_BYTES``."""
@@ -472,7 +489,7 @@ def knn(
     returned indices.
 
     When x is searched against itself (``y`` is None) on the CPU with ``"cosine"`` or ``"dot"``, the
-    torch engine forms only the upper triangle of ``x xᵀ`` in square tiles of ``chunk_size`` rows
+    torch engine forms only the upper triangle of ``x xᵀ`` in square tiles of ≤ ``chunk_size`` rows
     (each pair scored once, serving both rows: half the GEMM work) and normalises rows tile by tile
     (no normalised copy of x); ties at the k-th value then go to the smaller index, whatever the
     tiling or thread count.
@@ -488,7 +505,8 @@ def knn(
         x: (N, d) queries.
         k: neighbours per row, 1 ≤ k ≤ M (M − 1 when self is excluded).
         y: (M, d) rows to search; ``None`` searches x itself.
-        metric: ``"cosine"`` | ``"dot"`` | ``"euclidean"``.
+        metric: ``"cosine"`` | ``"dot"`` | ``"euclidean"``. ``"dot"`` raises ValueError when the largest
+            row norms could make a dot product overflow the compute dtype (max‖x_i‖·max‖y_j‖ > max / 2).
         exclude_self: drop column i from row i (row i's own sample). ``None``: True when ``y`` is
             None, else False. With ``y`` given it means "x_i and y_i are the same sample".
         chunk_size: rows of x per block; ``None``: cache-sized tiles on the CPU, about 32 MiB of
@@ -529,6 +547,8 @@ def knn(
     if chunk_size is not None:
         check_int(chunk_size, "chunk_size", 1)
     dtype = compute_dtype(x, y)
+    if metric == "dot":
+        _check_dot_range(x, y, dtype, searched_self)
     out = torch.promote_types(x.dtype, y.dtype)
     faiss = _faiss() if backend != "torch" else None
     if backend == "faiss" and (faiss is None or x.device.type != "cpu"):
@@ -539,7 +559,8 @@ def knn(
         backend == "faiss" or (x.device.type == "cpu" and dtype == torch.float32 and not symmetric)
     )
     if symmetric:  # half the pairs; rows normalised tile by tile (no normalised copy of x)
-        tile = chunk_size if chunk_size is not None else _self_tile(x.shape[0], dtype)
+        n = x.shape[0]  # chunk_size balanced: as many tiles, of ≤ chunk_size rows, least overlap
+        tile = _balanced(n, chunk_size, align=1) if chunk_size is not None else _self_tile(n, dtype)
         values, indices = _self_topk(x.to(dtype), k, tile, metric == "cosine", exclude)
         return Neighbors(indices, values.to(out))
 
