@@ -428,7 +428,7 @@ def _self_topk(
             own = scores[first_r - r0 :]
             merge(i, _tile_candidates(own, state_v[i].clamp_min(floor), k, g, c0), own.shape[0])
             if i != j:  # the same scores, read by column, for the rows of block j
-                scores[: first_r - r0] = -math.inf  # rows owned by the previous block
+                # (block i < j is never the shifted last block, so all its rows are its own)
                 skip = first_c - c0
                 bound = state_v[j].clamp_min(floor)
                 merge(j, _tile_candidates_t(scores, bound, k, g, skip, r0), size - skip)
