@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 import alignkit.functional as AF
 from alignkit.functional._checks import check_features, check_same_device, shape_str
+from alignkit.functional._threads import release_memory
 from alignkit.functional.neighbors import Neighbors
 from alignkit.metrics.cka import MultiLayerCKA
 from alignkit.nn.features import FLATTEN_MODES, FeatureExtractor
@@ -335,6 +336,8 @@ def measure(
             raise ValueError(
                 f"metric {name!r} failed on x {shape_str(x)} and y {shape_str(y)}: {_one_line(err)}"
             ) from err
+        finally:
+            release_memory()  # the heap a metric freed goes back before the next one allocates
         results.update(values)
     return results
 
