@@ -709,6 +709,27 @@ def test_searches_hand_worker_memory_back(monkeypatch: pytest.MonkeyPatch) -> No
     _threads.release_memory()  # glibc's malloc_trim where there is one; a no-op elsewhere
 
 
+@pytest.mark.parametrize("magnitude", [1e20, 1e-25, 1.0])
+def test_euclidean_exact_at_huge_and_tiny_magnitudes(magnitude: float) -> None:
+    """Euclidean neighbours of float32 rows of any finite magnitude equal the float64 brute force:
+    the expanded score's squares would overflow (1e20) or underflow (1e-25) without the exact
+    power-of-two scaling."""
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(300, 8, generator=g) * magnitude
+    y = torch.randn(200, 8, generator=g) * magnitude
+    for other in (None, y):
+        ref = scores64(x, x if other is None else other, "euclidean")
+        if other is None:
+            ref.fill_diagonal_(-math.inf)
+        ref = ref.topk(5, dim=1)
+        for backend in ("torch", "auto"):
+            got = AF.knn(x, 5, y=other, metric="euclidean", backend=backend)
+            assert torch.equal(got.indices, ref.indices), (backend, other is None)
+            torch.testing.assert_close(got.values.double(), -ref.values, rtol=1e-5, atol=0)
+    assert bool(torch.isfinite(x).all())  # the input is not modified in place
+    torch.testing.assert_close(x, torch.randn(300, 8, generator=torch.Generator().manual_seed(5)) * magnitude)
+
+
 def test_blocked_topk_small_tiles_and_large_k(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tiles narrower than k (no group maxima, every entry a candidate) and k = M − 1 stay exact."""
     monkeypatch.setattr(neighbors, "_TILE_COLS", 8)

@@ -477,7 +477,9 @@ def knn(
     ``"euclidean"`` by ``‖x_i − y_j‖`` (smallest first). Euclidean candidates are selected with the
     expanded score ``2·x_i·y_j − ‖y_j‖²`` on features centred by y's mean (exact in real arithmetic;
     centring limits cancellation) and the k kept distances are then recomputed exactly as
-    ``‖x_i − y_j‖``. Ties are broken arbitrarily (deterministically for a given backend and block).
+    ``‖x_i − y_j‖``; the rows are first scaled by a power of two to entries below 1 and the
+    distances scaled back (both exact), so squares neither overflow for huge rows nor underflow for
+    tiny ones. Ties are broken arbitrarily (deterministically for a given backend and block).
 
     The search runs over blocks of rows of x against column tiles of y (the blocked search engine
     shared by every neighbour and retrieval measure: GEMM tiles that stay in cache; on the CPU each
@@ -568,12 +570,20 @@ def knn(
     if metric == "cosine":
         a = l2_normalize(a)
         b = a if searched_self else l2_normalize(b)
-    elif metric == "euclidean":
+    unit = 1.0
+    if metric == "euclidean":  # rows scaled by a power of two to entries below 1 (exact), then centred
+        top = max(float(a.abs().amax()), 0.0 if searched_self else float(b.abs().amax()))
+        unit = 2.0 ** -math.frexp(top)[1] if top > 0 else 1.0
+        a = a * unit
+        b = a if searched_self else b * unit
         center = b.mean(0)
-        a, b = a - center, (a - center if searched_self else b - center)
+        a.sub_(center)
+        if not searched_self:
+            b.sub_(center)
     if use_faiss:
         found = _faiss_search(faiss, a, b, k, metric, exclude)
-        return Neighbors(found.indices.to(x.device), found.values.to(device=x.device, dtype=out))
+        values = found.values / unit if unit != 1.0 else found.values
+        return Neighbors(found.indices.to(x.device), values.to(device=x.device, dtype=out))
 
     block = chunk_size if chunk_size is not None else _tile_rows(m, dtype, x.device, x.shape[0])
     if metric == "euclidean":
@@ -586,6 +596,7 @@ def knn(
                 values[start : start + block, j] = torch.linalg.vector_norm(rows - b[kept[:, j]], dim=1)
         values, order = values.sort(dim=1, stable=True)
         indices = indices.gather(1, order)
+        values.div_(unit)  # exact: a power of two
     else:
         values, indices = _blocked_topk(a, b, k, block, exclude_self=exclude)
     return Neighbors(indices, values.to(out))
