@@ -683,6 +683,19 @@ def test_knn_dot_products_that_overflow_are_rejected() -> None:
             assert torch.equal(got.values, ref_v.to(z.dtype))  # one product each: correctly rounded
 
 
+def test_l2_row_factors_give_l2_normalize_bitwise() -> None:
+    """The factors the self-search normalises its tiles with reproduce l2_normalize exactly, at every
+    magnitude, for zero rows and across row chunks."""
+    from alignkit.functional._checks import l2_normalize, l2_row_factors
+
+    x = torch.randn(1000, 33) * torch.logspace(-30, 30, 1000)[:, None]
+    x[7] = 0
+    for dtype in (torch.float32, torch.float64):
+        z = x.to(dtype)
+        scale, norm = l2_row_factors(z, rows=128)
+        assert torch.equal((z / scale) / norm, l2_normalize(z))
+
+
 def test_symmetric_self_search_scores_bitwise_like_the_general_engine() -> None:
     """Rows normalised tile by tile are bitwise l2_normalize's, so self-search gives the general
     engine's float32 values exactly (and its neighbours, without exact ties)."""

@@ -86,9 +86,24 @@ def l2_normalize(x: Tensor, dim: int = -1) -> Tensor:
 
     Cost: one extra read of ``x`` (the max) and one elementwise division, O(N·d).
     """
+    return F.normalize(x / _max_scale(x, dim), dim=dim, eps=EPS)
+
+
+def _max_scale(x: Tensor, dim: int) -> Tensor:
+    """max|x| along ``dim`` (kept), 1 where it is 0; detached."""
     scale = x.detach().abs().amax(dim=dim, keepdim=True)
-    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-    return F.normalize(x / scale, dim=dim, eps=EPS)
+    return torch.where(scale > 0, scale, torch.ones_like(scale))
+
+
+@torch.no_grad()
+def l2_row_factors(x: Tensor, rows: int = 8192) -> tuple[Tensor, Tensor]:
+    """(s, n), each (N, 1), with ``(x_i / s_i) / n_i`` bitwise row i of ``l2_normalize(x)`` for (N, d) x:
+    ``s`` = max|x_i| (1 for a zero row), ``n = max(‖x_i/s_i‖, EPS)``. For normalising rows a block at a
+    time (no normalised copy of x). Cost: O(N·d) over chunks of ``rows`` rows, O(rows·d) extra memory."""
+    starts = range(0, x.shape[0], rows)
+    scale = torch.cat([_max_scale(x[i : i + rows], 1) for i in starts])
+    norm = torch.cat([(x[i : i + rows] / scale[i : i + rows]).norm(dim=1, keepdim=True) for i in starts])
+    return scale, norm.clamp_min_(EPS)
 
 
 def check_finite(x: Tensor, name: str) -> None:

@@ -28,7 +28,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from alignkit.functional._checks import (
-    EPS,
     check_choice,
     check_features,
     check_int,
@@ -36,6 +35,7 @@ from alignkit.functional._checks import (
     check_same_rows,
     compute_dtype,
     l2_normalize,
+    l2_row_factors,
     one_device,
     shape_str,
 )
@@ -193,35 +193,64 @@ def _tile_candidates(scores: Tensor, bound: Tensor, k: int, g: int, c0: int) -> 
     can be among the k best, and every entry ≥ ``thr`` is returned (ties included). To find them in
     one vectorised pass, the tile is read as groups of ``g`` adjacent columns: their maxima (one
     ``max_pool1d``) name the groups with an entry ≥ ``thr`` (a few per row), and only those groups'
-    entries are compared. The set maxima are contiguous ranges of group maxima.
+    entries are compared (:func:`_group_hits`, :func:`_kept`).
     """
     r, c = scores.shape
     w = c // g
     gmax = F.max_pool1d(scores.view(r, 1, c), g).view(r, w) if g > 1 else scores
+    thr, hit_rows, hit_groups = _group_hits(gmax, bound, k)
+    vals = scores.view(r * w, g).index_select(0, hit_rows * w + hit_groups)  # (hits, g)
+    return _kept(vals, thr, hit_rows, hit_groups, c0)
+
+
+def _group_hits(gmax: Tensor, bound: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
+    """From (r, w) group maxima: ``bound`` (r, k) updated in place with the maxima of k disjoint sets of
+    groups (contiguous ranges), and (thr (r,) = min of the bound, rows, groups) of every group whose
+    maximum is ≥ its row's thr."""
+    r, w = gmax.shape
     sets = w // k
     if sets:
         torch.maximum(bound, F.max_pool1d(gmax[:, : sets * k].unsqueeze(1), sets).view(r, k), out=bound)
     thr = bound.amin(1)
     hit_rows, hit_groups = torch.ge(gmax, thr[:, None]).nonzero(as_tuple=True)
-    vals = scores.view(r * w, g).index_select(0, hit_rows * w + hit_groups)  # (hits, g)
+    return thr, hit_rows, hit_groups
+
+
+def _kept(
+    vals: Tensor, thr: Tensor, hit_rows: Tensor, hit_groups: Tensor, offset: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The entries ≥ their row's ``thr`` of the (hits, g) values of the hit groups: (values, rows,
+    ``group·g + position + offset``), rows in the order of ``hit_rows``."""
+    g = vals.shape[1]
     keep = torch.ge(vals, thr[hit_rows, None]).view(-1).nonzero().squeeze(1)
     hit = torch.div(keep, g, rounding_mode="floor")
-    cols = hit_groups.index_select(0, hit) * g + (keep - hit * g) + c0
+    cols = hit_groups.index_select(0, hit) * g + (keep - hit * g) + offset
     return vals.view(-1).index_select(0, keep), hit_rows.index_select(0, hit), cols
+
+
+def _padded(
+    values: Tensor, rows: Tensor, cols: Tensor, r: int, fill: int, lead: tuple[Tensor, Tensor] | None = None
+) -> tuple[Tensor, Tensor]:
+    """(r, width) value and column tables holding each row's candidates (``rows`` sorted), after the
+    (r, k₀) columns of ``lead`` when given; padding −inf with column ``fill``."""
+    counts = torch.bincount(rows, minlength=r)
+    first = 0 if lead is None else lead[0].shape[1]
+    width = first + (int(counts.max()) if rows.numel() else 0)
+    slot = torch.arange(rows.numel(), device=rows.device) - (counts.cumsum(0) - counts)[rows]
+    pos = rows * width + first + slot
+    padded_v = values.new_full((r, width), -math.inf)
+    padded_i = torch.full((r, width), fill, dtype=torch.long, device=rows.device)
+    if lead is not None:
+        padded_v[:, :first], padded_i[:, :first] = lead
+    padded_v.view(-1)[pos] = values
+    padded_i.view(-1)[pos] = cols
+    return padded_v, padded_i
 
 
 def _select(values: Tensor, rows: Tensor, cols: Tensor, r: int, k: int) -> tuple[Tensor, Tensor]:
     """Per row of ``r``, the k best of the candidates (values, rows, cols), best first: (r, k) each."""
     rows, order = rows.sort(stable=True)
-    values, cols = values[order], cols[order]
-    counts = torch.bincount(rows, minlength=r)
-    width = int(counts.max())
-    slot = torch.arange(rows.numel(), device=rows.device) - (counts.cumsum(0) - counts)[rows]
-    pos = rows * width + slot
-    padded_v = values.new_full((r, width), -math.inf)
-    padded_i = torch.zeros(r, width, dtype=torch.long, device=rows.device)
-    padded_v.view(-1)[pos] = values
-    padded_i.view(-1)[pos] = cols
+    padded_v, padded_i = _padded(values[order], rows, cols[order], r, 0)
     best_v, pick = padded_v.topk(k, dim=1)
     return best_v, padded_i.gather(1, pick)
 
@@ -334,19 +363,11 @@ def _tile_candidates_t(
     c, t = scores.shape
     w = c // g
     gmax = scores[:, skip:].view(w, g, t - skip).amax(1).T.contiguous()  # (t − skip, w) group maxima
-    r = gmax.shape[0]
-    sets = w // k
-    if sets:
-        torch.maximum(bound, F.max_pool1d(gmax[:, : sets * k].unsqueeze(1), sets).view(r, k), out=bound)
-    thr = bound.amin(1)
-    hit_rows, hit_groups = torch.ge(gmax, thr[:, None]).nonzero(as_tuple=True)
+    thr, hit_rows, hit_groups = _group_hits(gmax, bound, k)
     within = torch.arange(g, device=scores.device)
     flat = (hit_groups[:, None] * g + within) * t + (hit_rows[:, None] + skip)  # (hits, g) into scores
     vals = scores.view(-1).index_select(0, flat.view(-1)).view(-1, g)
-    keep = torch.ge(vals, thr[hit_rows, None]).view(-1).nonzero().squeeze(1)
-    hit = torch.div(keep, g, rounding_mode="floor")
-    cols = hit_groups.index_select(0, hit) * g + (keep - hit * g) + r0
-    return vals.view(-1).index_select(0, keep), hit_rows.index_select(0, hit), cols
+    return _kept(vals, thr, hit_rows, hit_groups, r0)
 
 
 def _self_topk(
@@ -383,34 +404,21 @@ def _self_topk(
     state_v = [a.new_full((stop - first, k), -math.inf) for _, stop, first in spans]
     state_i = [torch.full_like(v, n, dtype=torch.long) for v in state_v]
     locks = [threading.Lock() for _ in spans]
-    if normalize:  # per row: s = max|x| (1 for a zero row) and max(‖x/s‖, EPS)
-        scale = torch.cat([a[first:r1].abs().amax(1) for _, r1, first in spans])
-        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-        norm = torch.cat(
-            [torch.linalg.vector_norm(a[first:r1] / scale[first:r1, None], dim=1) for _, r1, first in spans]
-        ).clamp_min_(EPS)
+    if normalize:
+        scale, norm = l2_row_factors(a, size)
 
     def rows_of(span: tuple[int, int, int], out: Tensor) -> Tensor:
         r0, r1, _ = span
         if not normalize:
             return a[r0:r1]
-        torch.div(a[r0:r1], scale[r0:r1, None], out=out)
-        return out.div_(norm[r0:r1, None])  # bitwise l2_normalize's rows (two divisions, as it does)
+        torch.div(a[r0:r1], scale[r0:r1], out=out)
+        return out.div_(norm[r0:r1])  # bitwise l2_normalize's rows
 
     def merge(block: int, found: tuple[Tensor, Tensor, Tensor], r: int) -> None:
-        vals, rows, cols = found
+        vals, rows, cols = found  # rows come sorted
         with locks[block]:
-            # (r, k + width): the running top-k, then each row's candidates (``rows`` come sorted)
-            counts = torch.bincount(rows, minlength=r)
-            width = k + (int(counts.max()) if rows.numel() else 0)
-            slot = torch.arange(rows.numel(), device=rows.device) - (counts.cumsum(0) - counts)[rows]
-            pos = rows * width + k + slot
-            pad_v = a.new_full((r, width), -math.inf)
-            pad_i = torch.full((r, width), n, dtype=torch.long, device=a.device)
-            pad_v[:, :k], pad_i[:, :k] = state_v[block], state_i[block]
-            pad_v.view(-1)[pos] = vals
-            pad_i.view(-1)[pos] = cols
-            state_v[block], state_i[block] = _first_k(pad_v, pad_i, k)
+            lead = (state_v[block], state_i[block])
+            state_v[block], state_i[block] = _first_k(*_padded(vals, rows, cols, r, n, lead), k)
 
     def work(tiles: list[tuple[int, int]]) -> None:
         buf = a.new_empty(size, size)
