@@ -8,7 +8,9 @@ one warm-up.
 
 from __future__ import annotations
 
+import argparse
 import multiprocessing as mp
+import os
 import resource
 import statistics
 import time
@@ -29,6 +31,15 @@ class Result:
     peak_bytes: int
     value: float | None = None
     error: str | None = None
+
+
+def parser(doc: str | None) -> argparse.ArgumentParser:
+    """The bench scripts' argument parser: the script's docstring as its help, ``--device`` (cuda when
+    available) and ``--threads`` (all cores)."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    return p
 
 
 def _rss_bytes() -> int:

@@ -11,7 +11,6 @@ median of repeats after a warm-up; peak memory is beyond the inputs (see bench/_
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from collections.abc import Callable
@@ -20,6 +19,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 from _harness import measure, table
+from _harness import parser as bench_parser
 
 from alignkit.models import PrefixCaptioner
 from alignkit.nn import DecoderCache, beam_search, greedy_search
@@ -72,11 +72,7 @@ def recomputed(n: int, beams: int, device: str) -> Callable[[], float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser = bench_parser(__doc__)
     parser.add_argument("--n", type=int, default=360)
     args = parser.parse_args()
     print(f"# bench/decoding.py on {args.device} ({args.threads} threads), torch {torch.__version__}")

@@ -10,7 +10,6 @@ beyond the inputs (see bench/_harness.py). Ratios are against the row named in e
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from collections.abc import Callable
@@ -21,6 +20,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(__file__))
 from _harness import measure, table
+from _harness import parser as bench_parser
 
 import alignkit.functional as AF
 
@@ -127,12 +127,8 @@ def triplet_pml(n: int, d: int, device: str) -> Callable[[], float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser = bench_parser(__doc__)
     parser.add_argument("--large", action="store_true", help="also run the plain form at B=32,768")
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args()
     dev, th = args.device, args.threads
     def run(name: str, fn: Callable[..., Any], repeat: int = 3, **kw: Any) -> Any:

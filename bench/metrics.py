@@ -24,7 +24,6 @@ fresh process (see bench/_harness.py).
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import sys
@@ -36,6 +35,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(__file__))
 from _harness import Result, gib, measure, table
+from _harness import parser as bench_parser
 
 import alignkit.functional as AF
 from alignkit.metrics import StreamingLinearCKA
@@ -230,12 +230,8 @@ def _bench_mutual_knn(run: Callable[..., Result], quick: bool, notes: list[str])
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser = bench_parser(__doc__)
     parser.add_argument("--quick", action="store_true", help="smaller sizes (streaming N=200,000)")
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--cases", default="1,2,3", help="which of the three benchmarks to run, e.g. 1,3")
     args = parser.parse_args()
     cases = {int(c) for c in args.cases.split(",")}

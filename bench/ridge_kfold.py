@@ -11,8 +11,6 @@ median of 3 runs after a warm-up, each case in a fresh process (bench/_harness.p
 
 from __future__ import annotations
 
-import argparse
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _harness import measure, table
+from _harness import parser as bench_parser
 
 from alignkit.functional.regression import RIDGE_GRID, _spectrum, ridge_kfold
 
@@ -64,12 +63,8 @@ def naive(n: int, d: int, d_t: int, folds: int, device: str) -> Callable[[], tor
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser = bench_parser(__doc__)
     parser.add_argument("--quick", action="store_true", help="n=5,000 instead of 20,000")
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args()
     n = 5000 if args.quick else 20000
     print(f"# bench/ridge_kfold.py on {args.device} ({args.threads} threads), torch {torch.__version__}")

@@ -24,7 +24,6 @@ two compute the same quantity, and the row says when they differ by convention.
 
 from __future__ import annotations
 
-import argparse
 import math
 import multiprocessing as mp
 import os
@@ -45,6 +44,7 @@ import decoding as bdec
 import losses as bl
 import metrics as bm
 from _harness import _rss_bytes, gib
+from _harness import parser as bench_parser
 
 import alignkit.functional as AF
 
@@ -442,11 +442,7 @@ def run_row(row: Row, kw: dict[str, Any], device: str, repeat: int, threads: int
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser = bench_parser(__doc__)
     parser.add_argument("--quick", action="store_true", help="smaller sizes, skips the largest rows")
     parser.add_argument("--repeat", type=int, default=3, help="timed rounds per row (median)")
     parser.add_argument("--rows", default="", help="comma-separated words; run rows whose name has one")
