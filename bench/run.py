@@ -47,6 +47,7 @@ from _harness import _rss_bytes, gib
 from _harness import parser as bench_parser
 
 import alignkit.functional as AF
+from alignkit.functional import neighbors
 
 Setup = Callable[..., Callable[[], Any]]
 
@@ -200,6 +201,9 @@ class Row:
     needs: str = ""
     base_kwargs: dict[str, Any] = field(default_factory=dict)
     memory: bool = True  # False: no peak-memory column (the row times other processes)
+    # True: ours runs its GEMMs in bfloat16 on CPUs that multiply it natively (the screened cosine
+    # self-search); % GEMM is then of the bf16 rate
+    bf16: bool = False
 
 
 def _sq(k: dict[str, Any]) -> float:
@@ -253,16 +257,17 @@ ROWS = [
         {"n": 10000, "d": 256}, lambda k: 2 * _sq(k), "1 GEMM of 2N²d", needs="faiss"),
     Row("kNN (k=10) self-search, N={n:,}, d={d}", ("alignkit knn, torch (symmetric)", knn_torch),
         ("alignkit knn, faiss (IndexFlatIP)", knn_faiss), {"n": 50000, "d": 256}, {"n": 10000, "d": 256},
-        lambda k: _sq(k), "upper triangle only: N²d (faiss: 2N²d)", needs="faiss"),
+        lambda k: _sq(k), "upper triangle only: N²d (faiss: 2N²d)", needs="faiss", bf16=True),
     Row("mutual kNN, N={n:,}, d={d}, k={k}", ("alignkit mutual_knn (auto)", bm.mknn_ours),
         ("naive N×N top-k", bm.mknn_naive), {"n": 20000, "d": 384, "k": 10}, {"n": 8000, "d": 384, "k": 10},
-        lambda k: 2 * _sq(k), "2 symmetric self-searches of N²d"),
+        lambda k: 2 * _sq(k), "2 symmetric self-searches of N²d", bf16=True),
     Row("mutual kNN, N={n:,}, d={d}, k={k}", ("alignkit mutual_knn, torch", mknn_torch),
         ("alignkit mutual_knn, faiss", mknn_faiss), {"n": 100000, "d": 384, "k": 10}, None,
-        lambda k: 2 * _sq(k), "2 symmetric self-searches of N²d (faiss: 2N²d each)", needs="faiss"),
+        lambda k: 2 * _sq(k), "2 symmetric self-searches of N²d (faiss: 2N²d each)", needs="faiss",
+        bf16=True),
     Row("measure mutual_knn + cknna, N={n:,}, d={d}", ("measure (graphs shared)", measure_graphs_once),
         ("AF.mutual_knn then AF.cknna", measure_graphs_twice), {"n": 20000, "d": 384},
-        {"n": 5000, "d": 384}, lambda k: 2 * _sq(k), "2 symmetric self-searches of N²d"),
+        {"n": 5000, "d": 384}, lambda k: 2 * _sq(k), "2 symmetric self-searches of N²d", bf16=True),
     # the application's own costs (bench/app.py): start-up, the Trainer, the loss modules
     Row("CLI start-up: alignkit --help", ("alignkit --help", bapp.cli_help),
         ("python -c 'import torch' (floor)", bapp.import_torch), {}, {}, memory=False),
@@ -297,11 +302,11 @@ ROWS = [
 # measurement
 
 
-def gemm_rate(device: str, size: int, threads: int) -> float:
-    """Best of 5 fp32 (size × size) @ (size × size) products, FLOP/s."""
+def gemm_rate(device: str, size: int, threads: int, dtype: torch.dtype = torch.float32) -> float:
+    """Best of 5 (size × size) @ (size × size) products in ``dtype`` (fp32 by default), FLOP/s."""
     torch.set_num_threads(threads)
-    a = torch.randn(size, size, device=device)
-    b = torch.randn(size, size, device=device)
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
     best = math.inf
     for _ in range(6):
         if device.startswith("cuda"):
@@ -408,7 +413,9 @@ def _in_child(target: Callable[..., None], args: tuple, env: dict[str, str] | No
     return out
 
 
-def run_row(row: Row, kw: dict[str, Any], device: str, repeat: int, threads: int, gemm: float) -> list[str]:
+def run_row(
+    row: Row, kw: dict[str, Any], device: str, repeat: int, threads: int, gemm: float, gemm_bf16: float | None
+) -> list[str]:
     sides = [row.ours] + ([row.base] if row.base else [])
     timed = _in_child(_timing_child, ([(setup, kw) for _, setup in sides], device, repeat, threads))
     if timed is None:
@@ -422,7 +429,8 @@ def run_row(row: Row, kw: dict[str, Any], device: str, repeat: int, threads: int
         mems.append(None if out is None or out[1] else out[0])
     mems += [None] * (len(sides) - len(mems))
     flops = row.flops(kw) if row.flops else None
-    frac = f"{flops / times[0] / gemm:.0%}" if flops else "—"
+    rate = gemm_bf16 if row.bf16 and gemm_bf16 else gemm
+    frac = f"{flops / times[0] / rate:.0%}{' of bf16' if rate is gemm_bf16 else ''}" if flops else "—"
 
     def mem(i: int) -> str:
         return "—" if mems[i] is None else gib(mems[i])
@@ -458,7 +466,12 @@ def main() -> None:
     gemm = gemm_rate(args.device, 2048 if args.quick else 4096, args.threads)
     print(f"# bench/run.py on {args.device}, {args.threads} threads, torch {torch.__version__}"
           f"{', faiss' if have else ''}{', --quick' if args.quick else ''}")
-    print(f"# fp32 GEMM rate (square torch.mm, best of 5): {gemm / 1e9:,.0f} GFLOP/s")
+    # the screened cosine self-search multiplies in bfloat16 where the CPU does so natively
+    screened = args.device == "cpu" and neighbors._native_bf16()
+    size = 2048 if args.quick else 4096
+    gemm_bf16 = gemm_rate(args.device, size, args.threads, torch.bfloat16) if screened else None
+    print(f"# fp32 GEMM rate (square torch.mm, best of 5): {gemm / 1e9:,.0f} GFLOP/s"
+          + (f"; bf16: {gemm_bf16 / 1e9:,.0f} GFLOP/s (rows marked 'of bf16')" if gemm_bf16 else ""))
     print(f"# time: median of {args.repeat} alternating rounds in one process; memory: peak beyond the "
           "inputs, one fresh process per side\n")
     print("| row | alignkit | baseline | speed-up | memory | % GEMM | value (ours / baseline) |")
@@ -471,7 +484,7 @@ def main() -> None:
         if row.needs and row.needs not in have:
             print(f"| {row.name.format(**kw)} | skipped: needs {row.needs} | | | | | |")
             continue
-        for line in run_row(row, kw, args.device, args.repeat, args.threads, gemm):
+        for line in run_row(row, kw, args.device, args.repeat, args.threads, gemm, gemm_bf16):
             print(line, flush=True)
     notes = sorted({f"{r.name.split(',')[0]}: {r.flop_note}" for r in ROWS if r.flop_note})
     print("\n% GEMM counts: " + "; ".join(notes))

@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import math
 import threading
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import torch
@@ -173,6 +174,9 @@ def _merge(
     return values, indices.gather(1, pick)
 
 
+# A row block's least candidate score, from the lowest of its running bounds (r,): the screen's floor.
+Lower = Callable[[Tensor], Tensor]
+
 # Columns per group of the CPU search's group maxima (see _tile_candidates).
 _GROUP = 8
 
@@ -185,7 +189,9 @@ def _group_size(cols: int, k: int) -> int:
     return g
 
 
-def _tile_candidates(scores: Tensor, bound: Tensor, k: int, g: int, c0: int) -> tuple[Tensor, Tensor, Tensor]:
+def _tile_candidates(
+    scores: Tensor, bound: Tensor, k: int, g: int, c0: int, lower: Lower | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
     """Entries of a (rows, c) score tile that may belong to their row's top-k: (values, rows, columns).
 
     ``bound`` (rows, k) holds, per row, the maxima of k disjoint sets of the columns seen so far (updated
@@ -193,25 +199,28 @@ def _tile_candidates(scores: Tensor, bound: Tensor, k: int, g: int, c0: int) -> 
     can be among the k best, and every entry ≥ ``thr`` is returned (ties included). To find them in
     one vectorised pass, the tile is read as groups of ``g`` adjacent columns: their maxima (one
     ``max_pool1d``) name the groups with an entry ≥ ``thr`` (a few per row), and only those groups'
-    entries are compared (:func:`_group_hits`, :func:`_kept`).
+    entries are compared (:func:`_group_hits`, :func:`_kept`). With ``lower``, every entry
+    ≥ ``lower(thr)`` is returned (the screen of :func:`_screened_self_topk`).
     """
     r, c = scores.shape
     w = c // g
     gmax = F.max_pool1d(scores.view(r, 1, c), g).view(r, w) if g > 1 else scores
-    thr, hit_rows, hit_groups = _group_hits(gmax, bound, k)
+    thr, hit_rows, hit_groups = _group_hits(gmax, bound, k, lower)
     vals = scores.view(r * w, g).index_select(0, hit_rows * w + hit_groups)  # (hits, g)
     return _kept(vals, thr, hit_rows, hit_groups, c0)
 
 
-def _group_hits(gmax: Tensor, bound: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
+def _group_hits(
+    gmax: Tensor, bound: Tensor, k: int, lower: Lower | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
     """From (r, w) group maxima: ``bound`` (r, k) updated in place with the maxima of k disjoint sets of
-    groups (contiguous ranges), and (thr (r,) = min of the bound, rows, groups) of every group whose
-    maximum is ≥ its row's thr."""
+    groups (contiguous ranges), and (thr (r,) = min of the bound, mapped by ``lower`` when given,
+    rows, groups) of every group whose maximum is ≥ its row's thr."""
     r, w = gmax.shape
     sets = w // k
     if sets:
         torch.maximum(bound, F.max_pool1d(gmax[:, : sets * k].unsqueeze(1), sets).view(r, k), out=bound)
-    thr = bound.amin(1)
+    thr = bound.amin(1) if lower is None else lower(bound.amin(1))
     hit_rows, hit_groups = torch.ge(gmax, thr[:, None]).nonzero(as_tuple=True)
     return thr, hit_rows, hit_groups
 
@@ -229,17 +238,23 @@ def _kept(
 
 
 def _padded(
-    values: Tensor, rows: Tensor, cols: Tensor, r: int, fill: int, lead: tuple[Tensor, Tensor] | None = None
+    values: Tensor,
+    rows: Tensor,
+    cols: Tensor,
+    r: int,
+    fill: int,
+    lead: tuple[Tensor, Tensor] | None = None,
+    min_width: int = 0,
 ) -> tuple[Tensor, Tensor]:
-    """(r, width) value and column tables holding each row's candidates (``rows`` sorted), after the
-    (r, k₀) columns of ``lead`` when given; padding −inf with column ``fill``."""
+    """(r, width ≥ min_width) value and column tables holding each row's candidates (``rows`` sorted),
+    after the (r, k₀) columns of ``lead`` when given; padding −inf with column ``fill``."""
     counts = torch.bincount(rows, minlength=r)
     first = 0 if lead is None else lead[0].shape[1]
-    width = first + (int(counts.max()) if rows.numel() else 0)
+    width = max(min_width, first + (int(counts.max()) if rows.numel() else 0))
     slot = torch.arange(rows.numel(), device=rows.device) - (counts.cumsum(0) - counts)[rows]
     pos = rows * width + first + slot
     padded_v = values.new_full((r, width), -math.inf)
-    padded_i = torch.full((r, width), fill, dtype=torch.long, device=rows.device)
+    padded_i = torch.full((r, width), fill, dtype=cols.dtype, device=rows.device)
     if lead is not None:
         padded_v[:, :first], padded_i[:, :first] = lead
     padded_v.view(-1)[pos] = values
@@ -354,7 +369,7 @@ def _first_k(values: Tensor, cols: Tensor, k: int) -> tuple[Tensor, Tensor]:
 
 
 def _tile_candidates_t(
-    scores: Tensor, bound: Tensor, k: int, g: int, skip: int, r0: int
+    scores: Tensor, bound: Tensor, k: int, g: int, skip: int, r0: int, lower: Lower | None = None
 ) -> tuple[Tensor, Tensor, Tensor]:
     """:func:`_tile_candidates` of ``scores[:, skip:].T`` without forming the transpose: the entries of
     a (c, t) tile's columns ``skip:`` that may belong to their top-k among its rows, as (values,
@@ -363,16 +378,83 @@ def _tile_candidates_t(
     c, t = scores.shape
     w = c // g
     gmax = scores[:, skip:].view(w, g, t - skip).amax(1).T.contiguous()  # (t − skip, w) group maxima
-    thr, hit_rows, hit_groups = _group_hits(gmax, bound, k)
+    thr, hit_rows, hit_groups = _group_hits(gmax, bound, k, lower)
     within = torch.arange(g, device=scores.device)
     flat = (hit_groups[:, None] * g + within) * t + (hit_rows[:, None] + skip)  # (hits, g) into scores
     vals = scores.view(-1).index_select(0, flat.view(-1)).view(-1, g)
     return _kept(vals, thr, hit_rows, hit_groups, r0)
 
 
-def _self_topk(
-    a: Tensor, k: int, tile: int, normalize: bool, exclude_self: bool
-) -> tuple[Tensor, Tensor]:
+Found = tuple[Tensor, Tensor, Tensor]  # a tile's candidates for one row block: (values, rows, columns)
+
+
+def _symmetric_tiles(
+    a: Tensor,
+    spans: list[tuple[int, int, int]],
+    k: int,
+    factors: tuple[Tensor, Tensor] | None,
+    exclude_self: bool,
+    dtype: torch.dtype,
+    bound_of: Callable[[int], Tensor],
+    take: Callable[[int, Found, int], None],
+    lower_of: Callable[[int], Lower] | None = None,
+) -> None:
+    """The tile loop of the symmetric self-search (:func:`_self_topk`, :func:`_screened_self_topk`).
+
+    For every square block (I, J), I ≤ J, of ``S = â âᵀ`` (``â`` = rows of ``a``, normalised as
+    ``(a/s)/n`` when ``factors = (s, n)`` are given, then cast to ``dtype``): ``take(I, found, r)``
+    with the candidates of row block I among columns J (:func:`_tile_candidates` against
+    ``bound_of(I)`` and ``lower_of(I)``), and for I < J ``take(J, found, r)`` with the same scores
+    read by column (:func:`_tile_candidates_t`). Entries outside the block that owns them (the
+    shifted last block) and, with ``exclude_self``, the diagonal are −inf. Tiles are dealt out to
+    worker threads (:func:`on_workers`), row by row, so ``take`` must be safe to call from several
+    threads.
+    Memory per worker: one (t, t) score tile and four (t, d) row blocks.
+    """
+    d = a.shape[1]
+    size = spans[0][1] - spans[0][0]
+    g = _group_size(size, k)
+
+    def rows_of(span: tuple[int, int, int], out: Tensor, cast: Tensor) -> Tensor:
+        r0, r1, _ = span
+        block = a[r0:r1]
+        if factors is not None:
+            torch.div(block, factors[0][r0:r1], out=out)
+            block = out.div_(factors[1][r0:r1])  # bitwise l2_normalize's rows
+        return block if dtype == a.dtype else cast.copy_(block)
+
+    def work(tiles: list[tuple[int, int]]) -> None:
+        buf = a.new_empty(size, size)
+        low = buf if dtype == a.dtype else torch.empty(size, size, dtype=dtype, device=a.device)
+        rows_i, rows_j = a.new_empty(size, d), a.new_empty(size, d)
+        cast_i, cast_j = (torch.empty(size, d, dtype=dtype, device=a.device) for _ in range(2))
+        current = -1
+        for i, j in tiles:
+            (r0, _, first_r), (c0, _, first_c) = spans[i], spans[j]
+            if i != current:  # tiles come row by row, so block i is normalised once per row
+                a_i, current = rows_of(spans[i], rows_i, cast_i), i
+            a_j = a_i if i == j else rows_of(spans[j], rows_j, cast_j)
+            scores = torch.mm(a_i, a_j.T, out=low)
+            if low is not buf:  # read in a.dtype: the candidate passes run 2–4× slower on bfloat16
+                scores = buf.copy_(low)
+            scores[:, : first_c - c0] = -math.inf  # columns owned by the previous block
+            if i == j and exclude_self:
+                scores.fill_diagonal_(-math.inf)
+            own = scores[first_r - r0 :]
+            lower = None if lower_of is None else lower_of(i)
+            take(i, _tile_candidates(own, bound_of(i), k, g, c0, lower), own.shape[0])
+            if i != j:  # the same scores, read by column, for the rows of block j
+                # (block i < j is never the shifted last block, so all its rows are its own)
+                skip = first_c - c0
+                lower = None if lower_of is None else lower_of(j)
+                found = _tile_candidates_t(scores, bound_of(j), k, g, skip, r0, lower)
+                take(j, found, size - skip)
+
+    on_workers(work, [(i, j) for i in range(len(spans)) for j in range(i, len(spans))], a.device)
+    release_memory()
+
+
+def _self_topk(a: Tensor, k: int, tile: int, normalize: bool, exclude_self: bool) -> tuple[Tensor, Tensor]:
     """Top-k (largest) per row of ``â âᵀ`` (``â`` = rows of ``a``, L2-normalised when ``normalize``): the
     CPU engine of :func:`knn` when x is searched against itself, over half the pairs.
 
@@ -384,7 +466,7 @@ def _self_topk(
     so no normalised copy of ``a`` exists. Every tile has one shape (the last block is shifted back to
     overlap its neighbour; each row and column belongs to the one block that first covers it, and
     entries outside it are masked), so each pair (i, j) is scored once, by one GEMM call of one shape,
-    and serves both i and j.
+    and serves both i and j (:func:`_symmetric_tiles`).
 
     Each row block keeps a running top-k. A tile's candidates for it are those not below the running
     k-th best or the tile's own set maxima (whichever bound is higher), and they are merged under a
@@ -398,52 +480,283 @@ def _self_topk(
     """
     n = a.shape[0]
     spans = _spans(n, min(tile, n))
-    size = spans[0][1] - spans[0][0]
     floor = torch.finfo(a.dtype).min
-    g = _group_size(size, k)
     state_v = [a.new_full((stop - first, k), -math.inf) for _, stop, first in spans]
     state_i = [torch.full_like(v, n, dtype=torch.long) for v in state_v]
     locks = [threading.Lock() for _ in spans]
-    if normalize:
-        scale, norm = l2_row_factors(a, size)
 
-    def rows_of(span: tuple[int, int, int], out: Tensor) -> Tensor:
-        r0, r1, _ = span
-        if not normalize:
-            return a[r0:r1]
-        torch.div(a[r0:r1], scale[r0:r1], out=out)
-        return out.div_(norm[r0:r1])  # bitwise l2_normalize's rows
-
-    def merge(block: int, found: tuple[Tensor, Tensor, Tensor], r: int) -> None:
+    def take(block: int, found: Found, r: int) -> None:
         vals, rows, cols = found  # rows come sorted
         with locks[block]:
             lead = (state_v[block], state_i[block])
             state_v[block], state_i[block] = _first_k(*_padded(vals, rows, cols, r, n, lead), k)
 
-    def work(tiles: list[tuple[int, int]]) -> None:
-        buf = a.new_empty(size, size)
-        rows_i, rows_j = a.new_empty(size, a.shape[1]), a.new_empty(size, a.shape[1])
-        current = -1
-        for i, j in tiles:
-            (r0, _, first_r), (c0, _, first_c) = spans[i], spans[j]
-            if i != current:  # tiles come row by row, so block i is normalised once per row
-                a_i, current = rows_of(spans[i], rows_i), i
-            a_j = a_i if i == j else rows_of(spans[j], rows_j)
-            scores = torch.mm(a_i, a_j.T, out=buf)
-            scores[:, : first_c - c0] = -math.inf  # columns owned by the previous block
-            if i == j and exclude_self:
-                scores.fill_diagonal_(-math.inf)
-            own = scores[first_r - r0 :]
-            merge(i, _tile_candidates(own, state_v[i].clamp_min(floor), k, g, c0), own.shape[0])
-            if i != j:  # the same scores, read by column, for the rows of block j
-                # (block i < j is never the shifted last block, so all its rows are its own)
-                skip = first_c - c0
-                bound = state_v[j].clamp_min(floor)
-                merge(j, _tile_candidates_t(scores, bound, k, g, skip, r0), size - skip)
-
-    on_workers(work, [(i, j) for i in range(len(spans)) for j in range(i, len(spans))], a.device)
-    release_memory()
+    factors = l2_row_factors(a, spans[0][1] - spans[0][0]) if normalize else None
+    _symmetric_tiles(a, spans, k, factors, exclude_self, a.dtype, lambda b: state_v[b].clamp_min(floor), take)
     return torch.cat(state_v), torch.cat(state_i)
+
+
+# Cosine self-searches of at least this many float32 rows are screened in bfloat16 where the CPU
+# multiplies bfloat16 natively (:func:`_screened_self_topk`).
+_SCREEN_MIN_ROWS = 4096
+# Rows of the screen's sample check (:func:`_screen_dtype`).
+_SCREEN_SAMPLE = 128
+
+
+def _screen_cap(k: int) -> int:
+    """Screened candidates a row may hold before it is searched again in float64."""
+    return 4 * k + 64
+
+
+@functools.cache
+def _native_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 natively (``avx512_bf16`` or AMX, read from /proc/cpuinfo):
+    a bfloat16 GEMM then runs at about 2.4× float32's rate (390 vs 162 GFLOP/s, 2,048² × 768 on the
+    2-core CI machine); emulated, it would be slower than float32."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            flags = info.read()
+    except OSError:
+        return False
+    native = "avx512_bf16" in flags or "amx_bf16" in flags
+    return native and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+# Unit roundoff of the screen's result: rounding to bfloat16 (8 significant bits) moves a value by
+# ≤ u·|value|; a float32 GEMM's own rounding is in its γ_d term (:func:`_screen_margins`).
+_ROUNDOFF = {torch.bfloat16: 2.0**-8, torch.float32: 0.0}
+
+
+def _screen_margins(
+    a: Tensor, factors: tuple[Tensor, Tensor], step: int
+) -> tuple[Tensor, dict[torch.dtype, Tensor]]:
+    """(inverse norms, margins): ``1 / ‖x_i‖`` (N,) float64 (0 for a zero row) for :func:`_cosines64`,
+    and per screen dtype, margins ``2·A_i`` (N,) float64 with ``|s̃_ij − r_ij| ≤ A_i + u·|s̃_ij|`` for
+    every j, where s̃ is the screen's score of rows i, j (their float32 unit rows x̂ =
+    :func:`l2_normalize`'s, multiplied in that dtype with float32 accumulation) and r their float64
+    cosine (:func:`_cosines64`).
+
+    With y = x/‖x‖ (exact), e = ‖x̂ − y‖, x̌ = bf16(x̂), δ = x̂ − x̌ (exact in float32) and ρ = ‖δ‖:
+    ``x̂_i·x̂_j − x̌_i·x̌_j = x̌_i·δ_j + δ_i·x̂_j`` bounds the rounded inputs' effect by
+    ‖x̌_i‖·max ρ + ρ_i·max‖x̂‖ (Cauchy–Schwarz on the rows' actual rounding errors: about half the
+    worst case 2u·‖x̂_i‖·‖x̂_j‖; 0 in float32); summing d products in float32 in any order adds
+    ≤ γ_d·‖x̌_i‖·max‖x̌‖ (γ_m = m·2⁻²⁴/(1 − m·2⁻²⁴); Higham, "Accuracy and Stability of Numerical
+    Algorithms", §3.1; bfloat16 products are exact in float32); subnormal inputs and products
+    flushed to zero add ≤ 3d·2⁻¹²⁶; ``|x̂_i·x̂_j − y_i·y_j| ≤ ‖x̂_i‖·max e + e_i``; and r is within
+    γ₆₄,d+3 of y_i·y_j. Rounding a bfloat16 result adds ≤ u·|s̃| (u = 2⁻⁸), the per-entry term. The
+    bound holds for any kernel that accumulates in float32 (oneDNN's and ATen's bfloat16 GEMMs do;
+    tests check it on adversarial rows). For d = 768 the bfloat16 margin is about 0.007, the float32
+    one about 1e-4. Cost: O(N·d) in blocks of ``step`` rows."""
+    n, d = a.shape
+    parts = []
+    for r0 in range(0, n, step):
+        rows = a[r0 : r0 + step].double()
+        norm = rows.norm(dim=1)
+        exact = rows / torch.where(norm > 0, norm, 1.0)[:, None]  # y (0 for a zero row)
+        unit = _unit(a, factors, slice(r0, r0 + step))  # x̂
+        rounded = unit.bfloat16().float()  # x̌
+        residual = unit - rounded  # δ, exact in float32
+        unit64 = unit.double()
+        stats = (unit64.norm(dim=1), rounded.double().norm(dim=1), residual.double().norm(dim=1))
+        parts.append(torch.stack([norm, *stats, (unit64 - exact).norm(dim=1)]))
+    norm, norm_unit, norm_rounded, rho, err = torch.cat(parts, 1)
+    inverse = torch.where(norm > 0, 1 / norm, 0.0)
+    # the float64 norms above are within d·2⁻⁵² of their value: round them up
+    norm_unit, norm_rounded, rho = (v * (1 + 2.0**-40) for v in (norm_unit, norm_rounded, rho))
+    err = err * (1 + 2.0**-40) + 2.0**-45
+    g32 = d * 2.0**-24 / (1 - d * 2.0**-24)
+    g64 = (d + 3) * 2.0**-53 / (1 - (d + 3) * 2.0**-53)
+    common = norm_unit * err.max() + err + g64 + 3 * d * 2.0**-126
+    bf16 = norm_rounded * rho.max() + rho * norm_unit.max() + g32 * norm_rounded * norm_rounded.max()
+    f32 = g32 * norm_unit * norm_unit.max()
+    return inverse, {torch.bfloat16: 2 * (bf16 + common), torch.float32: 2 * (f32 + common)}
+
+
+def _screen_floor(kth: Tensor, margin: Tensor, u: float) -> Tensor:
+    """The least screened score that may belong to a row's top-k by float64 score, float32 (r,), for
+    rows whose k-th best screened score is ``kth`` (r,), with margins 2A (:func:`_screen_margins`)
+    and the result's roundoff u.
+
+    Each |s̃_j − r_j| ≤ A + u|s̃_j| and v ↦ v ∓ u|v| is increasing, so the k-th best r is ≥ t̃ − u|t̃| − A,
+    and any j among the k best by r has s̃_j + u|s̃_j| ≥ t̃ − u|t̃| − 2A = c: s̃_j ≥ c/(1 + u) for c ≥ 0,
+    c/(1 − u) below. Computed in float64 and rounded down; never below float32's lowest finite value,
+    so masked (−inf) entries stay out."""
+    t = kth.double()
+    c = t - u * t.abs() - margin
+    low = torch.where(c >= 0, c / (1 + u), c / (1 - u))
+    low = low - low.abs() * 2.0**-20 - 2.0**-120  # rounding to float32 moves it by ≤ 2⁻²⁴|low|
+    return low.clamp_min(torch.finfo(torch.float32).min).float()
+
+
+def _unit(a: Tensor, factors: tuple[Tensor, Tensor], rows: Tensor | slice) -> Tensor:
+    """Rows ``rows`` of ``a`` normalised as ``(a/s)/n`` with ``factors = (s, n)`` of
+    :func:`l2_row_factors`: bitwise those of :func:`l2_normalize` and of the search tiles."""
+    return (a[rows] / factors[0][rows]).div_(factors[1][rows])
+
+
+def _cosines64(a: Tensor, inverse: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
+    """float64 cosines ``(Σ_k x_ik·x_jk) / ‖x_i‖ / ‖x_j‖`` of the float32 rows of the pairs (rows, cols),
+    with ``inverse`` (N,) = 1/‖x‖ in float64 (0 for a zero row: cosine 0). The float32 products are
+    exact in float64, every pair is reduced alike and scaled by ``inverse_i · inverse_j`` (which
+    commutes), so equal rows score equally. Cost: O(pairs·d), in chunks of ≈ 2²¹ entries."""
+    out = torch.empty(rows.numel(), dtype=torch.float64, device=a.device)
+    step = max(1, 2**21 // max(1, a.shape[1]))
+    for p0 in range(0, rows.numel(), step):
+        r, c = rows[p0 : p0 + step], cols[p0 : p0 + step]
+        out[p0 : p0 + step] = a[r].double().mul_(a[c].double()).sum(1).mul_(inverse[r] * inverse[c])
+    return out
+
+
+def _exact_rows64(
+    a: Tensor, inverse: Tensor, rows: Tensor, k: int, exclude_self: bool, step: int
+) -> tuple[Tensor, Tensor]:
+    """Top-k by float64 cosine (as :func:`_cosines64`, by a float64 GEMM) of the given rows against all
+    rows of ``a``, ties to the smaller index: the screen's fallback for rows with too many
+    candidates. Cost: O(len(rows)·N·d) in float64."""
+    n = a.shape[0]
+    q = a[rows].double()
+    best_v = q.new_full((rows.numel(), k), -math.inf)
+    best_i = torch.full_like(best_v, n, dtype=torch.long)
+    for c0 in range(0, n, step):
+        c1 = min(c0 + step, n)
+        s = (q @ a[c0:c1].double().T).mul_(inverse[rows, None] * inverse[c0:c1])
+        if exclude_self:
+            own = (rows >= c0) & (rows < c1)
+            s[own.nonzero().squeeze(1), rows[own] - c0] = -math.inf
+        lim = torch.maximum(s.topk(min(k, c1 - c0), dim=1).values[:, -1], best_v[:, -1])
+        hit_r, hit_c = torch.ge(s, lim[:, None]).nonzero(as_tuple=True)
+        lead = (best_v, best_i)
+        best_v, best_i = _first_k(*_padded(s[hit_r, hit_c], hit_r, hit_c + c0, rows.numel(), n, lead), k)
+    return best_v, best_i
+
+
+def _screen_dtype(
+    a: Tensor,
+    factors: tuple[Tensor, Tensor],
+    k: int,
+    margins: dict[torch.dtype, Tensor],
+    inverse: Tensor,
+    exclude_self: bool,
+) -> torch.dtype | None:
+    """The screen for this data: bfloat16, else float32, when for ``_SCREEN_SAMPLE`` evenly spaced
+    nonzero rows the count of float32 scores ≥ their :func:`_screen_floor` exceeds
+    :func:`_screen_cap` for ≤ 2 % of them; None when neither holds (most rows near many others:
+    the float64 fallback would be slower than the plain float32 search). Cost: O(sample·N·d),
+    one (sample, N) float32 matrix."""
+    n = a.shape[0]
+    nonzero = (inverse > 0).nonzero().squeeze(1)
+    if nonzero.numel() == 0:
+        return torch.float32
+    pick = torch.linspace(0, nonzero.numel() - 1, min(nonzero.numel(), _SCREEN_SAMPLE), device=a.device)
+    rows = nonzero[pick.long().unique()]
+    q = _unit(a, factors, rows)
+    scores = torch.empty(rows.numel(), n, dtype=a.dtype, device=a.device)
+    for c0 in range(0, n, 8192):
+        torch.mm(q, _unit(a, factors, slice(c0, c0 + 8192)).T, out=scores[:, c0 : c0 + 8192])
+    if exclude_self:
+        scores[torch.arange(rows.numel(), device=a.device), rows] = -math.inf
+    kth = scores.topk(k, dim=1).values[:, -1]
+    for dtype in (torch.bfloat16, torch.float32):
+        low = _screen_floor(kth, margins[dtype][rows], _ROUNDOFF[dtype])
+        if float((torch.ge(scores, low[:, None]).sum(1) > _screen_cap(k)).double().mean()) <= 0.02:
+            return dtype
+    return None
+
+
+def _screened_self_topk(a: Tensor, k: int, tile: int, exclude_self: bool) -> tuple[Tensor, Tensor]:
+    """:func:`_self_topk` of float32 cosine rows with the tiles computed in bfloat16: exact top-k by
+    the float64 cosine of the float32 rows, ties to the smaller index, at bfloat16 GEMM speed.
+
+    Screen: the symmetric tile loop (:func:`_symmetric_tiles`) runs in bfloat16. Every bfloat16 score
+    s̃_ij lies within a bound of the float64 cosine r_ij (:func:`_screen_margins`), so from a row's
+    k-th best s̃ follows the least s̃ any of its k best by r can have (:func:`_screen_floor`): each row
+    keeps every entry not below that floor of its running k-th best (a running bound is lower, so it
+    only lets more through) — a dozen or two per row on real data. Rescore: those candidates get
+    their float64 cosine (:func:`_cosines64`; each pair once, as (i, j) and (j, i) are often both
+    candidates) and the k best are taken in the total order of :func:`_first_k`.
+
+    Fallbacks, all exact: a row whose candidates exceed :func:`_screen_cap` (near duplicates) is
+    searched again in float64 against all rows (:func:`_exact_rows64`); a zero row (cosine 0 with
+    every row) gets the first k other rows; and when a sample predicts many rows over the cap
+    (:func:`_screen_dtype`: concentrated data), the tiles are float32 (margin ≈ 1e-4 instead of
+    ≈ 0.007) or, failing that too, the float32 search :func:`_self_topk` runs (ranking by float32
+    scores).
+
+    Returns (values (N, k) float32: the float64 cosines rounded, indices (N, k)), best first. Memory:
+    the float32 search's plus the candidate tables, ≤ 12 bytes per candidate (O(N·cap) at worst).
+    """
+    n = a.shape[0]
+    spans = _spans(n, min(tile, n))
+    step = spans[0][1] - spans[0][0]
+    factors = l2_row_factors(a, step)
+    inverse, margins = _screen_margins(a, factors, step)
+    dtype = _screen_dtype(a, factors, k, margins, inverse, exclude_self)
+    if dtype is None:
+        return _self_topk(a, k, tile, True, exclude_self)
+    margin, u = margins[dtype], _ROUNDOFF[dtype]
+    floor, cap = torch.finfo(torch.float32).min, _screen_cap(k)
+    best = [a.new_full((stop - first, k), -math.inf) for _, stop, first in spans]  # running top-k s̃
+    cand_v = [a.new_full((stop - first, k), -math.inf) for _, stop, first in spans]
+    cand_i = [torch.full_like(v, n, dtype=torch.int32) for v in cand_v]
+    flagged = [torch.zeros(stop - first, dtype=torch.bool, device=a.device) for _, stop, first in spans]
+    locks = [threading.Lock() for _ in spans]
+
+    def take(block: int, found: Found, r: int) -> None:
+        vals, rows, cols = found  # rows come sorted
+        _, stop, first = spans[block]
+        with locks[block]:
+            lead = (cand_v[block], cand_i[block])
+            pv, pi = _padded(vals.float(), rows, cols.int(), r, n, lead)
+            top_v, top_p = pv.topk(k, dim=1)
+            keep = torch.ge(pv, _screen_floor(top_v[:, -1], margin[first:stop], u)[:, None])
+            over = flagged[block] | (keep.sum(1) > cap)
+            if over.any():  # such rows keep their k best s̃ (the bound) until the float64 search
+                keep[over] = False
+                keep[over.nonzero().squeeze(1)[:, None], top_p[over]] = True
+                flagged[block] = over
+            hit_r, hit_c = keep.nonzero(as_tuple=True)
+            kept = (pv[hit_r, hit_c], hit_r, pi[hit_r, hit_c])
+            cand_v[block], cand_i[block] = _padded(*kept, r, n, min_width=k)
+            best[block] = top_v
+
+    def bound_of(block: int) -> Tensor:
+        return best[block].clamp_min(floor)
+
+    def lower_of(block: int) -> Lower:
+        _, stop, first = spans[block]
+        return lambda kth: _screen_floor(kth, margin[first:stop], u)
+
+    _symmetric_tiles(a, spans, k, factors, exclude_self, dtype, bound_of, take, lower_of)
+
+    zero = inverse == 0
+    found = []  # per block: its unflagged nonzero rows' candidates, (local rows, columns)
+    for block, (_, stop, first) in enumerate(spans):
+        flagged[block] &= ~zero[first:stop]
+        ok = (cand_i[block] < n) & ~(flagged[block] | zero[first:stop])[:, None]
+        hit_r, hit_c = ok.nonzero(as_tuple=True)
+        found.append((hit_r, cand_i[block][hit_r, hit_c].long()))
+        cand_v[block] = cand_i[block] = torch.empty(0)
+    rows = torch.cat([hit_r + spans[block][2] for block, (hit_r, _) in enumerate(found)])
+    cols = torch.cat([c for _, c in found])
+    # (i, j) and (j, i) are often both candidates: each pair is rescored once (the products commute)
+    pairs, which = (torch.minimum(rows, cols) * n + torch.maximum(rows, cols)).unique(return_inverse=True)
+    del rows, cols
+    scores = _cosines64(a, inverse, pairs // n, pairs % n)[which].split([c.numel() for _, c in found])
+
+    values = a.new_empty(n, k)
+    indices = torch.empty(n, k, dtype=torch.long, device=a.device)
+    for block, (_, stop, first) in enumerate(spans):
+        hit_r, hit_c = found[block]
+        top_v, top_i = _first_k(*_padded(scores[block], hit_r, hit_c, stop - first, n, min_width=k), k)
+        over = flagged[block].nonzero().squeeze(1)
+        if over.numel():
+            top_v[over], top_i[over] = _exact_rows64(a, inverse, over + first, k, exclude_self, tile)
+        values[first:stop], indices[first:stop] = top_v, top_i
+    for i in zero.nonzero().squeeze(1).tolist():  # cosine 0 with every row: the first k others
+        others = torch.arange(k + 1, device=a.device)
+        indices[i] = others[others != i][:k] if exclude_self else others[:k]
+        values[i] = 0.0
+    return values, indices
 
 
 def _faiss_search(faiss: Any, a: Tensor, b: Tensor, k: int, metric: str, exclude_self: bool) -> Neighbors:
@@ -502,7 +815,12 @@ def knn(
     torch engine forms only the upper triangle of ``x xᵀ`` in square tiles of ≤ ``chunk_size`` rows
     (each pair scored once, serving both rows: half the GEMM work) and normalises rows tile by tile
     (no normalised copy of x); ties at the k-th value then go to the smaller index, whatever the
-    tiling or thread count.
+    tiling or thread count. A cosine self-search of ≥ 4,096 float32 rows on a CPU that multiplies
+    bfloat16 natively (``avx512_bf16``, AMX) screens the tiles in bfloat16 (≈ 2.4× float32's GEMM
+    rate) with a proven error bound, keeps every candidate the bound cannot rule out, and ranks them
+    by their float64 cosine: the neighbours are then exactly the top-k by float64 cosine of the
+    float32 rows (values: those cosines rounded), ties to the smaller index; concentrated data is
+    screened in float32 instead, with the same guarantee (see ``_screened_self_topk``).
 
     Backends: ``"torch"`` is the blocked search above. ``"faiss"`` uses an exact flat faiss index
     (``IndexFlatIP`` / ``IndexFlatL2``) in float32 on the CPU, with its own blocking (``chunk_size`` is
@@ -530,7 +848,8 @@ def knn(
 
     Cost: O(N·M·d) time (N²·d/2 multiply-adds for the symmetric self-search); on the CPU
     O(threads·chunk_size·min(M, 8,255) + N·k) memory plus O(M·d) for a normalised / centred copy of y
-    (none for the symmetric self-search: O(threads·(tile² + tile·d)), tile ≈ 2,048 in float32).
+    (none for the symmetric self-search: O(threads·(tile² + tile·d)), tile ≈ 2,048 in float32; the
+    bfloat16 screen adds its candidates, ≈ 12 bytes each, a few dozen per row).
     Half-precision input is computed in float32.
     """
     check_features(x, "x")
@@ -571,7 +890,11 @@ def knn(
     if symmetric:  # half the pairs; rows normalised tile by tile (no normalised copy of x)
         n = x.shape[0]  # chunk_size balanced: as many tiles, of ≤ chunk_size rows, least overlap
         tile = _balanced(n, chunk_size, align=1) if chunk_size is not None else _self_tile(n, dtype)
-        values, indices = _self_topk(x.to(dtype), k, tile, metric == "cosine", exclude)
+        screened = metric == "cosine" and dtype == torch.float32 and n >= _SCREEN_MIN_ROWS and _native_bf16()
+        if screened:  # bfloat16 tiles, candidates rescored in float64
+            values, indices = _screened_self_topk(x.to(dtype), k, tile, exclude)
+        else:
+            values, indices = _self_topk(x.to(dtype), k, tile, metric == "cosine", exclude)
         return Neighbors(indices, values.to(out))
 
     a, b = x.to(dtype), y.to(dtype)
