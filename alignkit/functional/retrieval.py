@@ -37,6 +37,7 @@ from alignkit.functional._checks import (
     one_device,
     shape_str,
 )
+from alignkit.functional._threads import on_workers, release_memory
 from alignkit.functional.neighbors import _check_width, _default_block, _spans, _tile_cols, _tile_rows
 
 __all__ = ["alignment_uniformity", "linear_probe", "recall_at_k"]
@@ -140,7 +141,9 @@ def _blocked_ranks(q: Tensor, g: Tensor, positive: Tensor, col_bias: Tensor | No
     tile is counted while it is in cache: the comparison is written as 0/1 floats over the tile
     itself and summed (vectorised, and exact: integer partial sums below 2²⁴) into int32 counts. A
     block whose positives spread over more than ``_MAX_KEPT_TILES`` tiles is ranked full-width (rows
-    of about ``_BLOCK_BYTES``) instead.
+    of about ``_BLOCK_BYTES``) instead. On the CPU the query blocks are dealt out to worker threads of
+    one torch thread each (:func:`alignkit.functional._threads.on_workers`, as the kNN engine does),
+    so the per-tile passes never wait for each other's threads.
     """
     n, m = q.shape[0], g.shape[0]
     cols = _tile_cols(m, q.device)
@@ -152,7 +155,8 @@ def _blocked_ranks(q: Tensor, g: Tensor, positive: Tensor, col_bias: Tensor | No
         return scores.add_(col_bias[c0:c1]) if col_bias is not None else scores
 
     wide = _default_block(m, q.dtype)
-    for r0, r1, first_row in _spans(n, block):
+
+    def one_block(r0: int, r1: int, first_row: int) -> None:
         rows, pos = q[r0:r1], positive[r0:r1]
         # tile t covers columns [first_t, next first) as its own (earlier tiles overlap the last one)
         owner = torch.div(pos, cols, rounding_mode="floor").clamp_max_(len(col_spans) - 1)
@@ -180,7 +184,14 @@ def _blocked_ranks(q: Tensor, g: Tensor, positive: Tensor, col_bias: Tensor | No
                 else:
                     count += (fresh >= pos_score).sum(1, dtype=torch.int32)
         skip = first_row - r0
-        first[first_row:r1] = count[skip:]
+        first[first_row:r1] = count[skip:]  # blocks own disjoint rows: safe from any worker
+
+    def work(spans: list[tuple[int, int, int]]) -> None:
+        for span in spans:
+            one_block(*span)
+
+    on_workers(work, _spans(n, block), q.device)
+    release_memory()
     return first
 
 
