@@ -187,10 +187,12 @@ def test_concentrated_data_is_screened_in_float32_or_searched_plainly(
 
 
 def test_default_threshold_and_cpu_check(monkeypatch: pytest.MonkeyPatch) -> None:
-    """At the default threshold a cosine self-search of ≥ 4,096 float32 rows is screened only where
-    the CPU multiplies bfloat16 natively; the result is the float64 top-k either way (random rows:
-    no near ties)."""
-    x = torch.randn(neighbors._SCREEN_MIN_ROWS, 32, generator=torch.Generator().manual_seed(7))
+    """A cosine self-search of at least ``_SCREEN_MIN_ROWS`` float32 rows (16,384 by default; 3,000
+    here) is screened only where the CPU multiplies bfloat16 natively (then exactly the float64
+    top-k); otherwise the float32 search runs."""
+    assert neighbors._SCREEN_MIN_ROWS == 16384
+    monkeypatch.setattr(neighbors, "_SCREEN_MIN_ROWS", 3000)
+    x = torch.randn(3000, 32, generator=torch.Generator().manual_seed(7))
     z = x.double()
     unit = z / z.norm(dim=1, keepdim=True)
     ref = (unit @ unit.T).fill_diagonal_(-math.inf).topk(5, dim=1)
@@ -201,7 +203,8 @@ def test_default_threshold_and_cpu_check(monkeypatch: pytest.MonkeyPatch) -> Non
         calls.clear()
         monkeypatch.setattr(neighbors, "_native_bf16", lambda native=native: native)
         got = AF.knn(x, 5)
-        assert torch.equal(got.indices, ref.indices)
+        want = ref.indices if native else neighbors._self_topk(x, 5, 3000, True, True)[1]
+        assert torch.equal(got.indices, want)
         torch.testing.assert_close(got.values.double(), ref.values, rtol=0, atol=1e-6)
         assert len(calls) == int(native)
         AF.knn(x[:-1], 5)  # below the threshold: never screened

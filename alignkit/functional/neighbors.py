@@ -497,8 +497,12 @@ def _self_topk(a: Tensor, k: int, tile: int, normalize: bool, exclude_self: bool
 
 
 # Cosine self-searches of at least this many float32 rows are screened in bfloat16 where the CPU
-# multiplies bfloat16 natively (:func:`_screened_self_topk`).
-_SCREEN_MIN_ROWS = 4096
+# multiplies bfloat16 natively (:func:`_screened_self_topk`). Below it the float32 search is faster:
+# per row the screen saves about N·d·(1/R₃₂ − 1/R₁₆) of GEMM time (R: GEMM rates, 80 and 200 GFLOP/s
+# per core here) and the rescore costs about 15·d·5 ns (a dozen or two candidates, float64, memory
+# bound), even at N ≈ 10,000 whatever d; measured at d = 768: 0.75× the float32 search's time at
+# N = 20,000 and 0.55× at 100,000 (2 threads, quiet machine).
+_SCREEN_MIN_ROWS = 16384
 # Rows of the screen's sample check (:func:`_screen_dtype`).
 _SCREEN_SAMPLE = 128
 
@@ -548,18 +552,22 @@ def _screen_margins(
     tests check it on adversarial rows). For d = 768 the bfloat16 margin is about 0.007, the float32
     one about 1e-4. Cost: O(N·d) in blocks of ``step`` rows."""
     n, d = a.shape
-    parts = []
-    for r0 in range(0, n, step):
-        rows = a[r0 : r0 + step].double()
-        norm = rows.norm(dim=1)
-        exact = rows / torch.where(norm > 0, norm, 1.0)[:, None]  # y (0 for a zero row)
-        unit = _unit(a, factors, slice(r0, r0 + step))  # x̂
-        rounded = unit.bfloat16().float()  # x̌
-        residual = unit - rounded  # δ, exact in float32
-        unit64 = unit.double()
-        stats = (unit64.norm(dim=1), rounded.double().norm(dim=1), residual.double().norm(dim=1))
-        parts.append(torch.stack([norm, *stats, (unit64 - exact).norm(dim=1)]))
-    norm, norm_unit, norm_rounded, rho, err = torch.cat(parts, 1)
+    stats = torch.empty(5, n, dtype=torch.float64, device=a.device)
+
+    def chunks(starts: list[int]) -> None:
+        for r0 in starts:
+            rows = a[r0 : r0 + step].double()
+            norm = rows.norm(dim=1)
+            exact = rows / torch.where(norm > 0, norm, 1.0)[:, None]  # y (0 for a zero row)
+            unit = _unit(a, factors, slice(r0, r0 + step))  # x̂
+            rounded = unit.bfloat16().float()  # x̌
+            residual = unit - rounded  # δ, exact in float32
+            unit64 = unit.double()
+            found = (unit64.norm(dim=1), rounded.double().norm(dim=1), residual.double().norm(dim=1))
+            stats[:, r0 : r0 + step] = torch.stack([norm, *found, (unit64 - exact).norm(dim=1)])
+
+    on_workers(chunks, list(range(0, n, step)), a.device)
+    norm, norm_unit, norm_rounded, rho, err = stats
     inverse = torch.where(norm > 0, 1 / norm, 0.0)
     # the float64 norms above are within d·2⁻⁵² of their value: round them up
     norm_unit, norm_rounded, rho = (v * (1 + 2.0**-40) for v in (norm_unit, norm_rounded, rho))
@@ -672,8 +680,8 @@ def _screened_self_topk(a: Tensor, k: int, tile: int, exclude_self: bool) -> tup
     k-th best s̃ follows the least s̃ any of its k best by r can have (:func:`_screen_floor`): each row
     keeps every entry not below that floor of its running k-th best (a running bound is lower, so it
     only lets more through) — a dozen or two per row on real data. Rescore: those candidates get
-    their float64 cosine (:func:`_cosines64`; each pair once, as (i, j) and (j, i) are often both
-    candidates) and the k best are taken in the total order of :func:`_first_k`.
+    their float64 cosine (:func:`_cosines64`: (i, j) and (j, i) score alike) and the k best are
+    taken in the total order of :func:`_first_k`, each row block by a worker thread.
 
     Fallbacks, all exact: a row whose candidates exceed :func:`_screen_cap` (near duplicates) is
     searched again in float64 against all rows (:func:`_exact_rows64`); a zero row (cosine 0 with
@@ -729,33 +737,33 @@ def _screened_self_topk(a: Tensor, k: int, tile: int, exclude_self: bool) -> tup
     _symmetric_tiles(a, spans, k, factors, exclude_self, dtype, bound_of, take, lower_of)
 
     zero = inverse == 0
-    found = []  # per block: its unflagged nonzero rows' candidates, (local rows, columns)
-    for block, (_, stop, first) in enumerate(spans):
-        flagged[block] &= ~zero[first:stop]
-        ok = (cand_i[block] < n) & ~(flagged[block] | zero[first:stop])[:, None]
-        hit_r, hit_c = ok.nonzero(as_tuple=True)
-        found.append((hit_r, cand_i[block][hit_r, hit_c].long()))
-        cand_v[block] = cand_i[block] = torch.empty(0)
-    rows = torch.cat([hit_r + spans[block][2] for block, (hit_r, _) in enumerate(found)])
-    cols = torch.cat([c for _, c in found])
-    # (i, j) and (j, i) are often both candidates: each pair is rescored once (the products commute)
-    pairs, which = (torch.minimum(rows, cols) * n + torch.maximum(rows, cols)).unique(return_inverse=True)
-    del rows, cols
-    scores = _cosines64(a, inverse, pairs // n, pairs % n)[which].split([c.numel() for _, c in found])
-
     values = a.new_empty(n, k)
     indices = torch.empty(n, k, dtype=torch.long, device=a.device)
-    for block, (_, stop, first) in enumerate(spans):
-        hit_r, hit_c = found[block]
-        top_v, top_i = _first_k(*_padded(scores[block], hit_r, hit_c, stop - first, n, min_width=k), k)
-        over = flagged[block].nonzero().squeeze(1)
-        if over.numel():
-            top_v[over], top_i[over] = _exact_rows64(a, inverse, over + first, k, exclude_self, tile)
-        values[first:stop], indices[first:stop] = top_v, top_i
-    for i in zero.nonzero().squeeze(1).tolist():  # cosine 0 with every row: the first k others
-        others = torch.arange(k + 1, device=a.device)
-        indices[i] = others[others != i][:k] if exclude_self else others[:k]
-        values[i] = 0.0
+
+    def finish(blocks: list[int]) -> None:  # rescore and rank each block's candidates
+        for block in blocks:
+            _, stop, first = spans[block]
+            over = flagged[block] & ~zero[first:stop]
+            ok = (cand_i[block] < n) & ~(over | zero[first:stop])[:, None]
+            hit_r, hit_c = ok.nonzero(as_tuple=True)
+            cols = cand_i[block][hit_r, hit_c].long()
+            cand_v[block] = cand_i[block] = ok = torch.empty(0)
+            scores = _cosines64(a, inverse, hit_r + first, cols)
+            top_v, top_i = _first_k(*_padded(scores, hit_r, cols, stop - first, n, min_width=k), k)
+            rows = over.nonzero().squeeze(1)
+            if rows.numel():
+                top_v[rows], top_i[rows] = _exact_rows64(a, inverse, rows + first, k, exclude_self, tile)
+            values[first:stop], indices[first:stop] = top_v, top_i
+
+    on_workers(finish, list(range(len(spans))), a.device)
+    release_memory()
+    zero_rows = zero.nonzero().squeeze(1)
+    if zero_rows.numel():  # cosine 0 with every row: the first k others
+        others = torch.arange(k + 1, device=a.device).expand(zero_rows.numel(), k + 1)
+        keep = others != zero_rows[:, None] if exclude_self else others < k
+        keep[:, k] &= ~keep[:, :k].all(1)  # k + 1 columns when self is not among the first k
+        indices[zero_rows] = others[keep].view(-1, k)
+        values[zero_rows] = 0.0
     return values, indices
 
 
@@ -815,7 +823,7 @@ def knn(
     torch engine forms only the upper triangle of ``x xᵀ`` in square tiles of ≤ ``chunk_size`` rows
     (each pair scored once, serving both rows: half the GEMM work) and normalises rows tile by tile
     (no normalised copy of x); ties at the k-th value then go to the smaller index, whatever the
-    tiling or thread count. A cosine self-search of ≥ 4,096 float32 rows on a CPU that multiplies
+    tiling or thread count. A cosine self-search of ≥ 16,384 float32 rows on a CPU that multiplies
     bfloat16 natively (``avx512_bf16``, AMX) screens the tiles in bfloat16 (≈ 2.4× float32's GEMM
     rate) with a proven error bound, keeps every candidate the bound cannot rule out, and ranks them
     by their float64 cosine: the neighbours are then exactly the top-k by float64 cosine of the
