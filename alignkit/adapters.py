@@ -65,7 +65,7 @@ from alignkit.functional._checks import (
     check_same_rows,
     shape_str,
 )
-from alignkit.functional.regression import RIDGE_GRID, ridge_fit, ridge_gcv, ridge_kfold
+from alignkit.functional.regression import RIDGE_GRID, procrustes_fit, ridge_fit, ridge_gcv, ridge_kfold
 from alignkit.io import atomic_write, load_safetensors, sha256_tensors
 from alignkit.losses.contrastive import CLIPLoss, InfoNCELoss
 from alignkit.nn.heads import ACTIVATIONS, ProjectionHead
@@ -534,16 +534,6 @@ def _rms(xc: Tensor) -> Tensor:
     return torch.where(value > 0, value, torch.ones_like(value))
 
 
-def _procrustes(xc: Tensor, yc: Tensor, scale: bool) -> tuple[Tensor, float]:
-    """``(R (d_s, d_t) semi-orthogonal, c)`` maximising ``tr(Rᵀ XᶜᵀYᶜ)``, ``c = tr Σ / ‖Xᶜ‖²``."""
-    u, s, vh = torch.linalg.svd(xc.T @ yc, full_matrices=False)
-    rotation = u @ vh
-    if not scale:
-        return rotation, 1.0
-    norm = float(xc.square().sum())
-    return rotation, (float(s.sum()) / norm if norm > 0 else 0.0)
-
-
 def _ridge_selection(value: object) -> int:
     """``ridge_cv`` → 0 for ``"gcv"``, else the number of folds of ``"kfold"`` (5) / ``"kfold:K"``."""
     if value == "gcv":
@@ -572,9 +562,7 @@ def _fit_closed(adapter: Adapter, xp: Tensor, yp: Tensor, ridge: float, scale: b
     x64, y64 = xp.double(), yp.double()
     with torch.no_grad():
         if adapter.method == "procrustes":
-            mu_x, mu_y = x64.mean(0), y64.mean(0)
-            rotation, c = _procrustes(x64 - mu_x, y64 - mu_y, scale)
-            weight = c * rotation
+            weight, mu_x, mu_y, c = procrustes_fit(x64, y64, scale)
             adapter.info["scale"] = c
         else:
             weight, mu_x, mu_y = ridge_fit(x64, y64, ridge)
@@ -668,8 +656,9 @@ def fit_adapter(
       Schönemann 1966, "A generalized solution of the orthogonal Procrustes problem"
       (Psychometrika); isotropic scale: Gower & Dijksterhuis 2004, "Procrustes Problems". R is
       semi-orthogonal: ``RRᵀ = I`` for d_s ≤ d_t and ``RᵀR = I`` for d_s > d_t (the projection
-      maximising ``tr(RᵀXᶜᵀYᶜ)``). ``"cosine"`` first L2-normalises the rows of both sides (Conneau et
-      al. 2018, "Word Translation Without Parallel Data").
+      maximising ``tr(RᵀXᶜᵀYᶜ)``); computed by :func:`~alignkit.functional.procrustes_fit`. ``"cosine"``
+      first L2-normalises the rows of both sides (Conneau et al. 2018, "Word Translation Without
+      Parallel Data").
     * ``"linear"`` + ``"mse"``: ridge regression ``W = (XᶜᵀXᶜ + λI)⁻¹XᶜᵀYᶜ``, ``λ = ridge·tr(XᶜᵀXᶜ)/d_s``
       (Hoerl & Kennard 1970), intercept unpenalised; ``ridge=0``: the minimum-norm least-squares
       solution; ``ridge="auto"``: chosen over :data:`RIDGE_GRID` on the training pairs by GCV

@@ -3,13 +3,17 @@
     python bench/itm_hits.py runs/readme/itm      # the run bench/readme_tables.py itm makes
 
 For every ``RUN/seed-S/`` it loads the checkpoint the run evaluated (``train.evaluate_checkpoint``),
-re-runs the recipe's own re-ranked evaluation (``ITMSystem.extra_metrics``) and records, through the
-score matrices it hands to ``alignkit.functional.reranked_recall_at_k``, each query's strict rank by
-the contrastive logit, the matcher alone and matcher + contrastive. It prints per seed the R@1 hit
-count of each ranking (checked equal to the seed's ``metrics.json``), the within-query spread of the
-two terms, the number of queries whose own partner ties exactly with an identical caption (never a
-strict hit: ties count against), and for each ranking how many hit queries the seeds share. Equal
-counts with different query sets are a coincidence; equal sets would point at a constant.
+re-runs the recipe's own re-ranked evaluation (``ITMSystem.extra_metrics``) and the contrastive
+retrieval of the run's evaluation (``recall_at_k`` on the test embeddings), and records each query's
+strict R@1 hit by the contrastive logit (the ranks ``recall_at_k`` computes), the matcher alone and
+matcher + contrastive (the score matrices handed to ``alignkit.functional.reranked_recall_at_k``). It
+prints per seed the R@1 hit count of each ranking (each checked equal to the seed's ``metrics.json``:
+the script exits with a message where one differs), the within-query spread of the two terms, the
+number of queries whose own item ties exactly with another candidate by matcher + contrastive
+(identical captions score identically; a tie is never a strict hit: ties count against), and for
+each ranking how many hit queries the seeds share. Equal counts with different query sets are a
+coincidence; equal sets would point at a constant. ``tests/test_bench_itm_hits.py`` runs it on a tiny
+run.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from pathlib import Path
 import torch
 
 NAMES = ("contrastive", "matcher", "matcher + contrastive")
+#: each ranking's strict image → text R@1 in a run's metrics.json
+KEYS = ("i2t_recall@1", "i2t_recall@1_rerank", "i2t_recall@1_rerank_sum")
 
 
 def _ranks(candidates: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
@@ -36,7 +42,18 @@ def _ranks(candidates: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
 
 
 def seed_hits(seed_dir: Path, data: object) -> dict[str, object]:
+    """The hit sets and figures of one seed's run directory (see the module docstring).
+
+    Every hit set is read from the computation that made the seed's ``metrics.json``, not recomputed
+    beside it: the re-ranked ones from the (candidates, scores) the recipe hands to
+    ``reranked_recall_at_k``, the contrastive one from the per-query ranks of the run's own
+    ``recall_at_k(image, text)`` call on the test embeddings (``alignkit.recipes.evaluate.evaluate_split``),
+    captured from its rank engine. Each count is checked against ``metrics.json`` (exit with a message
+    if one differs). A contrastive ranking rebuilt from the candidates' ``(matcher + contrastive) −
+    matcher`` would be off by float32 rounding, which turns near-ties of an untrained model into false
+    hits or misses."""
     import alignkit.functional
+    import alignkit.functional.retrieval as retrieval
     from alignkit.recipes import build_system, load_config
     from alignkit.train.checkpoint import load_checkpoint
 
@@ -46,38 +63,51 @@ def seed_hits(seed_dir: Path, data: object) -> dict[str, object]:
     load_checkpoint(seed_dir / "checkpoints" / f"{which}.json", verify=False).load_into(system)
     system.eval()
     calls: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+    ranks: list[torch.Tensor] = []
     original = alignkit.functional.reranked_recall_at_k
+    engine = retrieval._blocked_ranks
 
     def spy(candidates, scores, query_ids, gallery_ids, k=(1, 5)):  # type: ignore[no-untyped-def]
         calls.append((candidates, scores, query_ids))
         return original(candidates, scores, query_ids, gallery_ids, k=k)
 
+    def rank_spy(*args, **kwargs):  # type: ignore[no-untyped-def]
+        ranks.append(engine(*args, **kwargs))
+        return ranks[-1]
+
     alignkit.functional.reranked_recall_at_k = spy
+    retrieval._blocked_ranks = rank_spy
     try:
-        metrics = system.extra_metrics(data)
+        with torch.no_grad():
+            metrics = system.extra_metrics(data)
+            emb = system.embed(data, data.splits["test"])  # as evaluate_split, which made metrics.json
+            contrastive_r1 = alignkit.functional.recall_at_k(emb["image"].float(), emb["text"].float(), k=1)
     finally:
         alignkit.functional.reranked_recall_at_k = original
+        retrieval._blocked_ranks = engine
     strict = [c for c in calls if torch.equal(c[2], torch.arange(len(c[2])))]
     # per direction and id set: matcher, matcher + contrastive, ceiling; the strict set comes first
     i2t_matcher, i2t_sum = strict[0], strict[1]
     cand, matcher, _ = i2t_matcher
-    contrastive = i2t_sum[1] - matcher  # logit_scale·cos of the candidates (up to float32 rounding)
-    out: dict[str, object] = {"n": len(cand)}
-    rankings = (("contrastive", contrastive), ("matcher", matcher), ("matcher + contrastive", i2t_sum[1]))
-    for name, scores in rankings:
+    summed = i2t_sum[1]
+    n = len(cand)
+    if len(ranks) != 1 or ranks[0].shape != (n,):
+        raise SystemExit(f"{seed_dir}: recall_at_k did not rank {n} queries once (the rank engine changed?)")
+    out: dict[str, object] = {"n": n, "contrastive": set((ranks[0] == 1).nonzero().squeeze(1).tolist())}
+    for name, scores in ((NAMES[1], matcher), (NAMES[2], summed)):
         out[name] = set((_ranks(cand, scores) == 1).nonzero().squeeze(1).tolist())
-    own = cand == torch.arange(len(cand))[:, None]
-    best = contrastive.masked_fill(~own, -torch.inf).amax(1, keepdim=True)
-    out["exact_ties"] = int((((contrastive == best) & ~own).any(1) & own.any(1)).sum())
+    own = cand == torch.arange(n)[:, None]
+    best = summed.masked_fill(~own, -torch.inf).amax(1, keepdim=True)
+    out["exact_ties"] = int((((summed == best) & ~own).any(1) & own.any(1)).sum())
+    contrastive = summed - matcher  # logit_scale·cos of the candidates (up to float32 rounding): spread only
     out["spread"] = (float(matcher.std(1).mean()), float(contrastive.std(1).mean()))
     out["logit_scale"] = float(system.clip.logit_scale.detach())
     saved = json.loads((seed_dir / "metrics.json").read_text())
-    n = len(cand)
-    for key, name in (("i2t_recall@1_rerank", NAMES[1]), ("i2t_recall@1_rerank_sum", NAMES[2])):
+    here = {"i2t_recall@1": contrastive_r1["recall@1"]} | metrics
+    for key, name in zip(KEYS, NAMES, strict=True):
         hits = len(out[name])
-        if round(saved[key] * n) != hits or round(metrics[key] * n) != hits:
+        if round(saved[key] * n) != hits or round(here[key] * n) != hits:
             raise SystemExit(f"{seed_dir}: {key} {saved[key] * n:.0f}/{n} in metrics.json, {hits} here")
-    out["contrastive_saved"] = round(saved["i2t_recall@1"] * n)
     return out
 
 
@@ -103,10 +133,10 @@ def main(argv: list[str] | None = None) -> int:
         parts = ", ".join(f"{name} {len(r[name])}" for name in NAMES)
         m_sd, c_sd = r["spread"]
         print(
-            f"  seed {seed}: {parts} of {r['n']} (contrastive in metrics.json: {r['contrastive_saved']}); "
+            f"  seed {seed}: {parts} of {r['n']} (each equal to metrics.json); "
             f"logit_scale {r['logit_scale']:.2f}; within-query sd of the matcher logit {m_sd:.3f}, of "
-            f"logit_scale·cos {c_sd:.3f}; own item tied exactly by an identical caption (never a strict "
-            f"hit) in {r['exact_ties']} queries"
+            f"logit_scale·cos {c_sd:.3f}; by matcher + contrastive, own item tied exactly by another "
+            f"candidate (never a strict hit) in {r['exact_ties']} queries"
         )
     for name in NAMES:
         sets = [r[name] for r in results.values()]

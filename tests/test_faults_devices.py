@@ -54,6 +54,7 @@ CALLS: dict[str, Callable[[str, str], object]] = {
     ),
     "recall_at_k": lambda a, b: AF.recall_at_k(_t(a, N, D), _t(b, N, D), k=1),
     "ridge_fit": lambda a, b: AF.ridge_fit(_t(a, N, D), _t(b, N, D), 0.1),
+    "procrustes_fit": lambda a, b: AF.procrustes_fit(_t(a, N, D), _t(b, N, D), scale=True),
     "ridge_gcv": lambda a, b: AF.ridge_gcv(_t(a, N, D), _t(b, N, D)),
     "ridge_kfold": lambda a, b: AF.ridge_kfold(_t(a, N, D), _t(b, N, D), folds=3),
     "paired_distance": lambda a, b: AF.paired_distance(_t(a, N, D), _t(b, N, D)),

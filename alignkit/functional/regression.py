@@ -1,7 +1,11 @@
-"""Ridge regression from one representation to another, and the choice of its strength.
+"""Closed-form maps from one representation to another: ridge regression and the choice of its
+strength, and orthogonal Procrustes.
 
 * :func:`ridge_fit` — the affine least-squares map ``f(x) = (x − μ_x) W + μ_y`` with an unpenalised
   intercept and a ridge relative to the data's scale (Hoerl & Kennard 1970), closed form.
+* :func:`procrustes_fit` — the same affine form with ``W = c·R``, ``R`` (semi-)orthogonal from one SVD
+  of the cross-covariance (Schönemann 1966) and an optional isotropic scale ``c``; returns a
+  :class:`ProcrustesFit` that unpacks like ridge_fit's triple plus ``c``.
 * :func:`ridge_gcv` — the relative ridge chosen by generalised cross-validation (Golub, Heath &
   Wahba 1979), in closed form from one spectrum.
 * :func:`ridge_kfold` — the relative ridge chosen by K-fold cross-validation (Stone 1974).
@@ -16,12 +20,14 @@ stops resolving eigenvalues (the cut-off :func:`alignkit.functional.svcca` uses,
     >>> rel, scores = AF.ridge_gcv(old, new)              # (n, d_s), (n, d_t) training pairs
     >>> w, mu_old, mu_new = AF.ridge_fit(old, new, rel)
     >>> mapped = (old_index - mu_old) @ w + mu_new
+    >>> w, mu_old, mu_new, c = AF.procrustes_fit(old, new, scale=True)   # w = c·R
 """
 
 from __future__ import annotations
 
 import math
 import numbers
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -29,7 +35,7 @@ from torch import Tensor
 from alignkit.functional._checks import check_features, check_int, check_positive, check_same_rows, one_device
 from alignkit.functional.similarity import _gram_basis
 
-__all__ = ["RIDGE_GRID", "ridge_fit", "ridge_gcv", "ridge_kfold"]
+__all__ = ["RIDGE_GRID", "ProcrustesFit", "procrustes_fit", "ridge_fit", "ridge_gcv", "ridge_kfold"]
 
 #: Relative ridge strengths searched by :func:`ridge_gcv` and :func:`ridge_kfold` by default:
 #: 10^-6 … 10^2 in quarter decades.
@@ -111,6 +117,73 @@ def ridge_fit(source: Tensor, target: Tensor, ridge: float = 0.0) -> tuple[Tenso
     weight = _ridge_weight(x - mu_x, y - mu_y, float(ridge))
     out = torch.promote_types(source.dtype, target.dtype)
     return weight.to(out), mu_x.to(out), mu_y.to(out)
+
+
+class ProcrustesFit(NamedTuple):
+    """Result of :func:`procrustes_fit`: the affine map ``f(x) = (x − μ_x) W + μ_y`` and its scale.
+
+    It unpacks as ``W, μ_x, μ_y, c`` — the first three in :func:`ridge_fit`'s order and meaning.
+
+    weight: (d_s, d_t) ``W = c·R`` (``R`` itself when ``scale=False``, where ``c = 1``).
+    source_mean: (d_s,) ``μ_x``.
+    target_mean: (d_t,) ``μ_y``.
+    scale: the isotropic scale ``c`` as a Python float (1.0 without ``scale``; 0.0 when ``Xᶜ = 0`` or
+        ``XᶜᵀYᶜ = 0``, where no rotation is determined and the map is the constant ``μ_y``).
+    """
+
+    weight: Tensor
+    source_mean: Tensor
+    target_mean: Tensor
+    scale: float
+
+
+@one_device
+def procrustes_fit(source: Tensor, target: Tensor, scale: bool = False) -> ProcrustesFit:
+    """Orthogonal Procrustes with centring and an optional isotropic scale, from ``source`` to ``target``.
+
+    The map is a rotation between equal widths, a semi-orthogonal map between different ones.
+
+    Schönemann 1966, "A generalized solution of the orthogonal Procrustes problem" (Psychometrika);
+    isotropic scale: Gower & Dijksterhuis 2004, "Procrustes Problems" (Oxford). With column means
+    ``μ_x``, ``μ_y``, centred rows ``Xᶜ`` (n, d_s), ``Yᶜ`` (n, d_t) and the thin SVD of the (d_s, d_t)
+    cross-covariance::
+
+        XᶜᵀYᶜ = U Σ Vᵀ,   R = U Vᵀ,   c = tr Σ / ‖Xᶜ‖²_F  (scale=True, else c = 1),
+        W = c·R,   f(x) = (x − μ_x) W + μ_y
+
+    ``R`` maximises ``tr(Rᵀ XᶜᵀYᶜ)`` over semi-orthogonal (d_s, d_t) matrices: ``RRᵀ = I`` when
+    d_s ≤ d_t, ``RᵀR = I`` when d_s > d_t. For d_s ≤ d_t the map ``x ↦ xR`` is an isometry, so ``R``
+    minimises ``‖XᶜR − Yᶜ‖_F`` and ``c`` is the least-squares scale given ``R``. For d_s > d_t ``R``
+    is a projection and the same ``R`` and ``c`` are returned: they maximise the correlation
+    ``tr(Rᵀ XᶜᵀYᶜ)`` but are not the least-squares projection (``‖XᶜR‖`` then depends on ``R``).
+    Equals ``scipy.linalg.orthogonal_procrustes(Xᶜ, Yᶜ)`` (``R`` and ``tr Σ``) up to rounding.
+
+    Args:
+        source: (n, d_s) rows.
+        target: (n, d_t) rows of the same n items.
+        scale: fit the isotropic scale ``c`` (a bool).
+
+    Returns:
+        :class:`ProcrustesFit` ``(W (d_s, d_t), μ_x (d_s,), μ_y (d_t,), c)``; the tensors in the promoted
+        input dtype (computed in float64; not differentiable: inputs are detached), ``c`` a float.
+
+    Cost: O(n·d_s·d_t) time for the cross-covariance plus an SVD of it, O(d_s·d_t·min(d_s, d_t));
+    O(n·(d_s + d_t) + d_s·d_t) memory for the float64 copies.
+    """
+    source, target = _check_pair(source, target)
+    if not isinstance(scale, bool):
+        raise ValueError(f"scale must be a bool, got {scale!r}")
+    x, y = source.detach().double(), target.detach().double()
+    mu_x, mu_y = x.mean(0), y.mean(0)
+    xc = x - mu_x
+    u, s, vh = torch.linalg.svd(xc.T @ (y - mu_y), full_matrices=False)
+    rotation = u @ vh
+    c = 1.0
+    if scale:
+        norm = float(xc.square().sum())
+        c = float(s.sum()) / norm if norm > 0 else 0.0
+    out = torch.promote_types(source.dtype, target.dtype)
+    return ProcrustesFit((c * rotation).to(out), mu_x.to(out), mu_y.to(out), c)
 
 
 @one_device
