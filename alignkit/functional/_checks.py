@@ -61,15 +61,11 @@ def validation(enabled: bool) -> Iterator[None]:
     result is unspecified — not only for the rows that hold the NaN/Inf. One such row can change other
     rows' results silently, yield placeholder values, or make a call raise an exception from torch
     instead of the ``ValueError``. For example, :func:`~alignkit.functional.knn` on float32 rows one
-    of which is all NaN (torch backend, CPU, d = 16, k = 5) was observed to return for that row index
-    N — the searched set's size, "no neighbour found" — with score −inf (self-search by cosine or dot
-    product at N = 50, by dot product at N = 5,000); at N = 50 every other row got index N and −inf as
-    well; by dot product at N = 5,000 the other rows got finite scores, but only 581 of 4,999 their
-    exact neighbours; by cosine at N = 5,000 the NaN row got indices 0–4 with score 0.0 and every other
-    row index N; a self-search by euclidean distance, or any search with a NaN row in a separate
-    gallery ``y``, raised ``RuntimeError`` ("selected index k out of range"); a NaN query row against a
-    finite gallery got index 0 five times (score −inf, NaN by euclidean) and the other rows stayed
-    exact. Turn the scan off only for data known to be finite (e.g. checked once, outside the loop).
+    of which is all NaN (CPU, torch backend) was observed to return index N — the searched set's size,
+    "no neighbour found" — with score −inf for that row and for other rows, other rows' neighbours
+    inexact, or a ``RuntimeError`` from torch ("selected index k out of range"), depending on the
+    metric and on whether the NaN row is a query, in the gallery, or both (a self-search). Turn the
+    scan off only for data known to be finite (e.g. checked once, outside the loop).
     """
     global _FINITE_CHECKS
     previous = _FINITE_CHECKS
