@@ -206,3 +206,19 @@ def test_default_threshold_and_cpu_check(monkeypatch: pytest.MonkeyPatch) -> Non
         assert len(calls) == int(native)
         AF.knn(x[:-1], 5)  # below the threshold: never screened
         assert len(calls) == int(native)
+
+
+def test_float32_screen_with_rows_short_of_k_candidates(screen_always: None) -> None:
+    """A row whose first tiles hold fewer than k entries (k above the tile width) has a k-th best of
+    −inf; its floor is float32's lowest value for the float32 screen too (u = 0; ``−inf − 0·inf``
+    was NaN, which dropped every candidate and returned the padding index N). Concentrated data
+    takes the float32 screen by itself."""
+    g = torch.Generator().manual_seed(6)
+    packed = 3 + 0.05 * torch.randn(300, 24, generator=g)  # cosines 0.99 ± 0.005: float32 screen
+    floor = neighbors._screen_floor(torch.tensor([-math.inf]), torch.tensor([1e-4], dtype=torch.float64), 0.0)
+    assert float(floor) == torch.finfo(torch.float32).min
+    for k, chunk in ((40, 16), (7, 5)):
+        ref_v, ref_i = total_order_topk(cos64(packed), k)
+        got = AF.knn(packed, k, chunk_size=chunk)
+        assert torch.equal(got.indices, ref_i), (k, chunk)
+        assert torch.equal(got.values, ref_v.float()), (k, chunk)

@@ -580,9 +580,11 @@ def _screen_floor(kth: Tensor, margin: Tensor, u: float) -> Tensor:
     Each |s̃_j − r_j| ≤ A + u|s̃_j| and v ↦ v ∓ u|v| is increasing, so the k-th best r is ≥ t̃ − u|t̃| − A,
     and any j among the k best by r has s̃_j + u|s̃_j| ≥ t̃ − u|t̃| − 2A = c: s̃_j ≥ c/(1 + u) for c ≥ 0,
     c/(1 − u) below. Computed in float64 and rounded down; never below float32's lowest finite value,
-    so masked (−inf) entries stay out."""
+    so masked (−inf) entries stay out. A row with fewer than k candidates yet (t̃ = −inf) gets that
+    lowest value: ``t̃ − u|t̃|`` is formed as ``t̃·(1 ∓ u)``, as ``−inf − 0·inf`` would be NaN for the
+    float32 screen (u = 0), and a NaN floor keeps nothing."""
     t = kth.double()
-    c = t - u * t.abs() - margin
+    c = torch.where(t >= 0, t * (1 - u), t * (1 + u)) - margin  # t − u|t|
     low = torch.where(c >= 0, c / (1 + u), c / (1 - u))
     low = low - low.abs() * 2.0**-20 - 2.0**-120  # rounding to float32 moves it by ≤ 2⁻²⁴|low|
     return low.clamp_min(torch.finfo(torch.float32).min).float()
