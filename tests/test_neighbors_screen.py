@@ -222,3 +222,22 @@ def test_float32_screen_with_rows_short_of_k_candidates(screen_always: None) -> 
         got = AF.knn(packed, k, chunk_size=chunk)
         assert torch.equal(got.indices, ref_i), (k, chunk)
         assert torch.equal(got.values, ref_v.float()), (k, chunk)
+
+
+def test_float64_fallback_keeps_exact_ties_of_duplicate_rows(
+    screen_always: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows over the cap (a block of 120 copies of one row, k = 5: cap 84) are searched again in
+    float64; the float64 GEMM sums the products in an order that depends on the output position, so
+    copies scored differently there (exact ties went to a larger index, values off by an ulp). The
+    GEMM only screens now, and the kept pairs get the rescore's float64 cosine: copies tie exactly."""
+    monkeypatch.setattr(neighbors, "_screen_dtype", lambda *a: torch.bfloat16)  # past the sample check
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(400, 21, generator=g)
+    x[200:] = x[torch.randint(0, 40, (200,), generator=g)]  # copies of 40 rows
+    x[100:220] = x[7]
+    for k in (5, 10):
+        ref_v, ref_i = total_order_topk(cos64(x), k)
+        got = AF.knn(x, k, chunk_size=128)
+        assert torch.equal(got.indices, ref_i), k
+        assert torch.equal(got.values, ref_v.float()), k

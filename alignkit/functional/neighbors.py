@@ -612,10 +612,19 @@ def _cosines64(a: Tensor, inverse: Tensor, rows: Tensor, cols: Tensor) -> Tensor
 def _exact_rows64(
     a: Tensor, inverse: Tensor, rows: Tensor, k: int, exclude_self: bool, step: int
 ) -> tuple[Tensor, Tensor]:
-    """Top-k by float64 cosine (as :func:`_cosines64`, by a float64 GEMM) of the given rows against all
-    rows of ``a``, ties to the smaller index: the screen's fallback for rows with too many
-    candidates. Cost: O(len(rows)·N·d) in float64."""
-    n = a.shape[0]
+    """Top-k by float64 cosine (:func:`_cosines64`) of the given rows against all rows of ``a``, ties to
+    the smaller index: the screen's fallback for rows with too many candidates.
+
+    A float64 GEMM (scaled by ``inverse_i · inverse_j`` as :func:`_cosines64`) finds the candidates;
+    it sums the same exact products in another order, which differs per output position, so equal
+    rows need not score alike there (exact ties would go astray). Both sums are within γ_d·‖x_i‖·‖x_j‖
+    of the exact one, so the GEMM's s is within δ = (2d + 8)·2⁻⁵² of the rescore's r (scalings'
+    roundings included). Per column chunk, the k-th best r is ≥ ``lim`` = max(running k-th best r,
+    chunk's k-th best s − δ), so every pair with s ≥ lim − δ is rescored by :func:`_cosines64` and
+    the k best are taken in the total order of :func:`_first_k`. Cost: O(len(rows)·N·d) in float64,
+    plus O(d) per rescored pair (the pairs within 2δ of the k-th best: exact ties and the k best)."""
+    n, d = a.shape
+    delta = (2 * d + 8) * 2.0**-52
     q = a[rows].double()
     best_v = q.new_full((rows.numel(), k), -math.inf)
     best_i = torch.full_like(best_v, n, dtype=torch.long)
@@ -625,10 +634,11 @@ def _exact_rows64(
         if exclude_self:
             own = (rows >= c0) & (rows < c1)
             s[own.nonzero().squeeze(1), rows[own] - c0] = -math.inf
-        lim = torch.maximum(s.topk(min(k, c1 - c0), dim=1).values[:, -1], best_v[:, -1])
-        hit_r, hit_c = torch.ge(s, lim[:, None]).nonzero(as_tuple=True)
+        lim = torch.maximum(s.topk(min(k, c1 - c0), dim=1).values[:, -1] - delta, best_v[:, -1])
+        hit_r, hit_c = (torch.ge(s, lim[:, None] - delta) & torch.gt(s, -math.inf)).nonzero(as_tuple=True)
+        exact = _cosines64(a, inverse, rows[hit_r], hit_c + c0)
         lead = (best_v, best_i)
-        best_v, best_i = _first_k(*_padded(s[hit_r, hit_c], hit_r, hit_c + c0, rows.numel(), n, lead), k)
+        best_v, best_i = _first_k(*_padded(exact, hit_r, hit_c + c0, rows.numel(), n, lead), k)
     return best_v, best_i
 
 
