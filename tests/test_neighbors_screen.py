@@ -241,3 +241,18 @@ def test_float64_fallback_keeps_exact_ties_of_duplicate_rows(
         got = AF.knn(x, k, chunk_size=128)
         assert torch.equal(got.indices, ref_i), k
         assert torch.equal(got.values, ref_v.float()), k
+
+
+def test_screen_does_not_depend_on_the_memory_layout(screen_always: None) -> None:
+    """A column-major x gives bitwise the result of the same rows stored row-major: its float64 norms
+    were reduced in another order, so near ties (here cosines within a few ulps of 1) went another
+    way."""
+    g = torch.Generator().manual_seed(4)
+    worst = torch.full((110, 246), 1 + 2.0**-9 - 2.0**-20) * torch.logspace(0, 1, 110)[:, None]
+    signs = torch.randn(110, 246, generator=g).sign()
+    x = worst * torch.where(torch.rand(110, 1, generator=g) < 0.5, signs, 1.0)
+    column_major = x.T.contiguous().T
+    ref_v, ref_i = total_order_topk(cos64(x), 109)
+    got = AF.knn(column_major, 109, chunk_size=98)
+    assert torch.equal(got.indices, ref_i)
+    assert torch.equal(got.values, ref_v.float())

@@ -694,9 +694,14 @@ def _screened_self_topk(a: Tensor, k: int, tile: int, exclude_self: bool) -> tup
     ≈ 0.007) or, failing that too, the float32 search :func:`_self_topk` runs (ranking by float32
     scores).
 
+    The float64 sums (norms, rescore) are reduced in an order that follows the memory layout of
+    their operands, so a non-contiguous ``a`` is copied first: the result (ulp-level near ties
+    included) does not depend on the layout of x.
+
     Returns (values (N, k) float32: the float64 cosines rounded, indices (N, k)), best first. Memory:
     the float32 search's plus the candidate tables, ≤ 12 bytes per candidate (O(N·cap) at worst).
     """
+    a = a.contiguous()
     n = a.shape[0]
     spans = _spans(n, min(tile, n))
     step = spans[0][1] - spans[0][0]
