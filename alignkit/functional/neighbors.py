@@ -543,10 +543,14 @@ def _screen_margins(
     ≤ γ_d·‖x̌_i‖·max‖x̌‖ (γ_m = m·2⁻²⁴/(1 − m·2⁻²⁴); Higham, "Accuracy and Stability of Numerical
     Algorithms", §3.1; bfloat16 products are exact in float32); subnormal inputs and products
     flushed to zero add ≤ 3d·2⁻¹²⁶; ``|x̂_i·x̂_j − y_i·y_j| ≤ ‖x̂_i‖·max e + e_i``; and r is within
-    γ₆₄,d+3 of y_i·y_j. Rounding a bfloat16 result adds ≤ u·|s̃| (u = 2⁻⁸), the per-entry term. The
-    bound holds for any kernel that accumulates in float32 (oneDNN's and ATen's bfloat16 GEMMs do;
-    tests check it on adversarial rows). For d = 768 the bfloat16 margin is about 0.007, the float32
-    one about 1e-4. Cost: O(N·d) in blocks of ``step`` rows."""
+    γ₆₄,2d+8 of y_i·y_j (the float64 sum's γ_d, and (d + 5)·2⁻⁵³ from the norms, their inverses and
+    the scalings; γ₆₄,m = m·2⁻⁵³/(1 − m·2⁻⁵³)). Every float64 statistic here is rounded up past its
+    own rounding error (a norm of d terms is within (d + 2)·2⁻⁵³ of its value; e also carries the
+    float64 normalisation's ‖y − x/‖x‖‖ ≤ (d + 8)·2⁻⁵³). Rounding a bfloat16 result adds ≤ u·|s̃|
+    (u = 2⁻⁸), the per-entry term. The bound holds for any kernel that accumulates in float32
+    (oneDNN's and ATen's bfloat16 GEMMs do; tests check it on adversarial rows). For d = 768 the
+    bfloat16 margin is about 0.007, the float32 one about 1e-4. Cost: O(N·d) in blocks of ``step``
+    rows."""
     n, d = a.shape
     parts = []
     for r0 in range(0, n, step):
@@ -561,11 +565,12 @@ def _screen_margins(
         parts.append(torch.stack([norm, *stats, (unit64 - exact).norm(dim=1)]))
     norm, norm_unit, norm_rounded, rho, err = torch.cat(parts, 1)
     inverse = torch.where(norm > 0, 1 / norm, 0.0)
-    # the float64 norms above are within d·2⁻⁵² of their value: round them up
-    norm_unit, norm_rounded, rho = (v * (1 + 2.0**-40) for v in (norm_unit, norm_rounded, rho))
-    err = err * (1 + 2.0**-40) + 2.0**-45
+    # the float64 norms above are within (d + 2)·2⁻⁵³ of their value: round them up
+    up = 1 + (d + 8) * 2.0**-52
+    norm_unit, norm_rounded, rho = (v * up for v in (norm_unit, norm_rounded, rho))
+    err = err * up + (d + 8) * 2.0**-53
     g32 = d * 2.0**-24 / (1 - d * 2.0**-24)
-    g64 = (d + 3) * 2.0**-53 / (1 - (d + 3) * 2.0**-53)
+    g64 = (2 * d + 8) * 2.0**-53 / (1 - (2 * d + 8) * 2.0**-53)
     common = norm_unit * err.max() + err + g64 + 3 * d * 2.0**-126
     bf16 = norm_rounded * rho.max() + rho * norm_unit.max() + g32 * norm_rounded * norm_rounded.max()
     f32 = g32 * norm_unit * norm_unit.max()
@@ -586,7 +591,9 @@ def _screen_floor(kth: Tensor, margin: Tensor, u: float) -> Tensor:
     t = kth.double()
     c = torch.where(t >= 0, t * (1 - u), t * (1 + u)) - margin  # t − u|t|
     low = torch.where(c >= 0, c / (1 + u), c / (1 - u))
-    low = low - low.abs() * 2.0**-20 - 2.0**-120  # rounding to float32 moves it by ≤ 2⁻²⁴|low|
+    # c's float64 roundings (≤ 2⁻⁵²·(|t̃| + 2A) when it cancels to near 0) and then rounding to
+    # float32 (≤ 2⁻²⁴|low|, 2⁻¹⁴⁹ subnormal) are subtracted first
+    low = low - low.abs() * 2.0**-20 - (t.abs() + margin) * 2.0**-50 - 2.0**-120
     return low.clamp_min(torch.finfo(torch.float32).min).float()
 
 
