@@ -209,3 +209,53 @@ def test_default_threshold_and_cpu_check(monkeypatch: pytest.MonkeyPatch) -> Non
         assert len(calls) == int(native)
         AF.knn(x[:-1], 5)  # below the threshold: never screened
         assert len(calls) == int(native)
+
+
+def test_float32_screen_with_rows_short_of_k_candidates(screen_always: None) -> None:
+    """A row whose first tiles hold fewer than k entries (k above the tile width) has a k-th best of
+    −inf; its floor is float32's lowest value for the float32 screen too (u = 0; ``−inf − 0·inf``
+    was NaN, which dropped every candidate and returned the padding index N). Concentrated data
+    takes the float32 screen by itself."""
+    g = torch.Generator().manual_seed(6)
+    packed = 3 + 0.05 * torch.randn(300, 24, generator=g)  # cosines 0.99 ± 0.005: float32 screen
+    floor = neighbors._screen_floor(torch.tensor([-math.inf]), torch.tensor([1e-4], dtype=torch.float64), 0.0)
+    assert float(floor) == torch.finfo(torch.float32).min
+    for k, chunk in ((40, 16), (7, 5)):
+        ref_v, ref_i = total_order_topk(cos64(packed), k)
+        got = AF.knn(packed, k, chunk_size=chunk)
+        assert torch.equal(got.indices, ref_i), (k, chunk)
+        assert torch.equal(got.values, ref_v.float()), (k, chunk)
+
+
+def test_float64_fallback_keeps_exact_ties_of_duplicate_rows(
+    screen_always: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows over the cap (a block of 120 copies of one row, k = 5: cap 84) are searched again in
+    float64; the float64 GEMM sums the products in an order that depends on the output position, so
+    copies scored differently there (exact ties went to a larger index, values off by an ulp). The
+    GEMM only screens now, and the kept pairs get the rescore's float64 cosine: copies tie exactly."""
+    monkeypatch.setattr(neighbors, "_screen_dtype", lambda *a: torch.bfloat16)  # past the sample check
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(400, 21, generator=g)
+    x[200:] = x[torch.randint(0, 40, (200,), generator=g)]  # copies of 40 rows
+    x[100:220] = x[7]
+    for k in (5, 10):
+        ref_v, ref_i = total_order_topk(cos64(x), k)
+        got = AF.knn(x, k, chunk_size=128)
+        assert torch.equal(got.indices, ref_i), k
+        assert torch.equal(got.values, ref_v.float()), k
+
+
+def test_screen_does_not_depend_on_the_memory_layout(screen_always: None) -> None:
+    """A column-major x gives bitwise the result of the same rows stored row-major: its float64 norms
+    were reduced in another order, so near ties (here cosines within a few ulps of 1) went another
+    way."""
+    g = torch.Generator().manual_seed(4)
+    worst = torch.full((110, 246), 1 + 2.0**-9 - 2.0**-20) * torch.logspace(0, 1, 110)[:, None]
+    signs = torch.randn(110, 246, generator=g).sign()
+    x = worst * torch.where(torch.rand(110, 1, generator=g) < 0.5, signs, 1.0)
+    column_major = x.T.contiguous().T
+    ref_v, ref_i = total_order_topk(cos64(x), 109)
+    got = AF.knn(column_major, 109, chunk_size=98)
+    assert torch.equal(got.indices, ref_i)
+    assert torch.equal(got.values, ref_v.float())

@@ -547,10 +547,14 @@ def _screen_margins(
     ≤ γ_d·‖x̌_i‖·max‖x̌‖ (γ_m = m·2⁻²⁴/(1 − m·2⁻²⁴); Higham, "Accuracy and Stability of Numerical
     Algorithms", §3.1; bfloat16 products are exact in float32); subnormal inputs and products
     flushed to zero add ≤ 3d·2⁻¹²⁶; ``|x̂_i·x̂_j − y_i·y_j| ≤ ‖x̂_i‖·max e + e_i``; and r is within
-    γ₆₄,d+3 of y_i·y_j. Rounding a bfloat16 result adds ≤ u·|s̃| (u = 2⁻⁸), the per-entry term. The
-    bound holds for any kernel that accumulates in float32 (oneDNN's and ATen's bfloat16 GEMMs do;
-    tests check it on adversarial rows). For d = 768 the bfloat16 margin is about 0.007, the float32
-    one about 1e-4. Cost: O(N·d) in blocks of ``step`` rows."""
+    γ₆₄,2d+8 of y_i·y_j (the float64 sum's γ_d, and (d + 5)·2⁻⁵³ from the norms, their inverses and
+    the scalings; γ₆₄,m = m·2⁻⁵³/(1 − m·2⁻⁵³)). Every float64 statistic here is rounded up past its
+    own rounding error (a norm of d terms is within (d + 2)·2⁻⁵³ of its value; e also carries the
+    float64 normalisation's ‖y − x/‖x‖‖ ≤ (d + 8)·2⁻⁵³). Rounding a bfloat16 result adds ≤ u·|s̃|
+    (u = 2⁻⁸), the per-entry term. The bound holds for any kernel that accumulates in float32
+    (oneDNN's and ATen's bfloat16 GEMMs do; tests check it on adversarial rows). For d = 768 the
+    bfloat16 margin is about 0.007, the float32 one about 1e-4. Cost: O(N·d) in blocks of ``step``
+    rows."""
     n, d = a.shape
     stats = torch.empty(5, n, dtype=torch.float64, device=a.device)
 
@@ -569,11 +573,12 @@ def _screen_margins(
     on_workers(chunks, list(range(0, n, step)), a.device)
     norm, norm_unit, norm_rounded, rho, err = stats
     inverse = torch.where(norm > 0, 1 / norm, 0.0)
-    # the float64 norms above are within d·2⁻⁵² of their value: round them up
-    norm_unit, norm_rounded, rho = (v * (1 + 2.0**-40) for v in (norm_unit, norm_rounded, rho))
-    err = err * (1 + 2.0**-40) + 2.0**-45
+    # the float64 norms above are within (d + 2)·2⁻⁵³ of their value: round them up
+    up = 1 + (d + 8) * 2.0**-52
+    norm_unit, norm_rounded, rho = (v * up for v in (norm_unit, norm_rounded, rho))
+    err = err * up + (d + 8) * 2.0**-53
     g32 = d * 2.0**-24 / (1 - d * 2.0**-24)
-    g64 = (d + 3) * 2.0**-53 / (1 - (d + 3) * 2.0**-53)
+    g64 = (2 * d + 8) * 2.0**-53 / (1 - (2 * d + 8) * 2.0**-53)
     common = norm_unit * err.max() + err + g64 + 3 * d * 2.0**-126
     bf16 = norm_rounded * rho.max() + rho * norm_unit.max() + g32 * norm_rounded * norm_rounded.max()
     f32 = g32 * norm_unit * norm_unit.max()
@@ -588,11 +593,15 @@ def _screen_floor(kth: Tensor, margin: Tensor, u: float) -> Tensor:
     Each |s̃_j − r_j| ≤ A + u|s̃_j| and v ↦ v ∓ u|v| is increasing, so the k-th best r is ≥ t̃ − u|t̃| − A,
     and any j among the k best by r has s̃_j + u|s̃_j| ≥ t̃ − u|t̃| − 2A = c: s̃_j ≥ c/(1 + u) for c ≥ 0,
     c/(1 − u) below. Computed in float64 and rounded down; never below float32's lowest finite value,
-    so masked (−inf) entries stay out."""
+    so masked (−inf) entries stay out. A row with fewer than k candidates yet (t̃ = −inf) gets that
+    lowest value: ``t̃ − u|t̃|`` is formed as ``t̃·(1 ∓ u)``, as ``−inf − 0·inf`` would be NaN for the
+    float32 screen (u = 0), and a NaN floor keeps nothing."""
     t = kth.double()
-    c = t - u * t.abs() - margin
+    c = torch.where(t >= 0, t * (1 - u), t * (1 + u)) - margin  # t − u|t|
     low = torch.where(c >= 0, c / (1 + u), c / (1 - u))
-    low = low - low.abs() * 2.0**-20 - 2.0**-120  # rounding to float32 moves it by ≤ 2⁻²⁴|low|
+    # c's float64 roundings (≤ 2⁻⁵²·(|t̃| + 2A) when it cancels to near 0) and then rounding to
+    # float32 (≤ 2⁻²⁴|low|, 2⁻¹⁴⁹ subnormal) are subtracted first
+    low = low - low.abs() * 2.0**-20 - (t.abs() + margin) * 2.0**-50 - 2.0**-120
     return low.clamp_min(torch.finfo(torch.float32).min).float()
 
 
@@ -618,10 +627,19 @@ def _cosines64(a: Tensor, inverse: Tensor, rows: Tensor, cols: Tensor) -> Tensor
 def _exact_rows64(
     a: Tensor, inverse: Tensor, rows: Tensor, k: int, exclude_self: bool, step: int
 ) -> tuple[Tensor, Tensor]:
-    """Top-k by float64 cosine (as :func:`_cosines64`, by a float64 GEMM) of the given rows against all
-    rows of ``a``, ties to the smaller index: the screen's fallback for rows with too many
-    candidates. Cost: O(len(rows)·N·d) in float64."""
-    n = a.shape[0]
+    """Top-k by float64 cosine (:func:`_cosines64`) of the given rows against all rows of ``a``, ties to
+    the smaller index: the screen's fallback for rows with too many candidates.
+
+    A float64 GEMM (scaled by ``inverse_i · inverse_j`` as :func:`_cosines64`) finds the candidates;
+    it sums the same exact products in another order, which differs per output position, so equal
+    rows need not score alike there (exact ties would go astray). Both sums are within γ_d·‖x_i‖·‖x_j‖
+    of the exact one, so the GEMM's s is within δ = (2d + 8)·2⁻⁵² of the rescore's r (scalings'
+    roundings included). Per column chunk, the k-th best r is ≥ ``lim`` = max(running k-th best r,
+    chunk's k-th best s − δ), so every pair with s ≥ lim − δ is rescored by :func:`_cosines64` and
+    the k best are taken in the total order of :func:`_first_k`. Cost: O(len(rows)·N·d) in float64,
+    plus O(d) per rescored pair (the pairs within 2δ of the k-th best: exact ties and the k best)."""
+    n, d = a.shape
+    delta = (2 * d + 8) * 2.0**-52
     q = a[rows].double()
     best_v = q.new_full((rows.numel(), k), -math.inf)
     best_i = torch.full_like(best_v, n, dtype=torch.long)
@@ -631,10 +649,11 @@ def _exact_rows64(
         if exclude_self:
             own = (rows >= c0) & (rows < c1)
             s[own.nonzero().squeeze(1), rows[own] - c0] = -math.inf
-        lim = torch.maximum(s.topk(min(k, c1 - c0), dim=1).values[:, -1], best_v[:, -1])
-        hit_r, hit_c = torch.ge(s, lim[:, None]).nonzero(as_tuple=True)
+        lim = torch.maximum(s.topk(min(k, c1 - c0), dim=1).values[:, -1] - delta, best_v[:, -1])
+        hit_r, hit_c = (torch.ge(s, lim[:, None] - delta) & torch.gt(s, -math.inf)).nonzero(as_tuple=True)
+        exact = _cosines64(a, inverse, rows[hit_r], hit_c + c0)
         lead = (best_v, best_i)
-        best_v, best_i = _first_k(*_padded(s[hit_r, hit_c], hit_r, hit_c + c0, rows.numel(), n, lead), k)
+        best_v, best_i = _first_k(*_padded(exact, hit_r, hit_c + c0, rows.numel(), n, lead), k)
     return best_v, best_i
 
 
@@ -690,9 +709,14 @@ def _screened_self_topk(a: Tensor, k: int, tile: int, exclude_self: bool) -> tup
     ≈ 0.007) or, failing that too, the float32 search :func:`_self_topk` runs (ranking by float32
     scores).
 
+    The float64 sums (norms, rescore) are reduced in an order that follows the memory layout of
+    their operands, so a non-contiguous ``a`` is copied first: the result (ulp-level near ties
+    included) does not depend on the layout of x.
+
     Returns (values (N, k) float32: the float64 cosines rounded, indices (N, k)), best first. Memory:
     the float32 search's plus the candidate tables, ≤ 12 bytes per candidate (O(N·cap) at worst).
     """
+    a = a.contiguous()
     n = a.shape[0]
     spans = _spans(n, min(tile, n))
     step = spans[0][1] - spans[0][0]
