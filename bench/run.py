@@ -5,7 +5,9 @@
     python bench/run.py --rows clip,knn # only rows whose name contains one of these words
     python bench/run.py --device cuda
 
-First the machine's fp32 GEMM rate is measured (square ``torch.mm``, best of 5), then every row:
+First the machine's fp32 GEMM rate is measured (square ``torch.mm``, best of 5) — and the bf16 rate
+on a CPU that multiplies bfloat16 natively, for the rows whose kernel screens in bfloat16 (the cosine
+self-search of ≥ 16,384 rows; their "% GEMM" says "of bf16") — then every row:
 
 * **time**: the implementations alternate in one process (ours, baseline, ours, baseline, …) after
   one warm-up each; the median of ``--repeat`` (3) rounds is reported, so both sides see the same
