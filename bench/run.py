@@ -203,8 +203,8 @@ class Row:
     needs: str = ""
     base_kwargs: dict[str, Any] = field(default_factory=dict)
     memory: bool = True  # False: no peak-memory column (the row times other processes)
-    # True: ours runs its GEMMs in bfloat16 on CPUs that multiply it natively (the screened cosine
-    # self-search); % GEMM is then of the bf16 rate
+    # True: ours runs its GEMMs in bfloat16 on CPUs that multiply it natively when N ≥ the screen's
+    # threshold (the screened cosine self-search); % GEMM is then of the bf16 rate
     bf16: bool = False
 
 
@@ -431,7 +431,8 @@ def run_row(
         mems.append(None if out is None or out[1] else out[0])
     mems += [None] * (len(sides) - len(mems))
     flops = row.flops(kw) if row.flops else None
-    rate = gemm_bf16 if row.bf16 and gemm_bf16 else gemm
+    screened = row.bf16 and gemm_bf16 and kw["n"] >= neighbors._SCREEN_MIN_ROWS
+    rate = gemm_bf16 if screened else gemm
     frac = f"{flops / times[0] / rate:.0%}{' of bf16' if rate is gemm_bf16 else ''}" if flops else "—"
 
     def mem(i: int) -> str:
