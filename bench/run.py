@@ -433,7 +433,7 @@ def run_row(
     flops = row.flops(kw) if row.flops else None
     screened = row.bf16 and gemm_bf16 and kw["n"] >= neighbors._SCREEN_MIN_ROWS
     rate = gemm_bf16 if screened else gemm
-    frac = f"{flops / times[0] / rate:.0%}{' of bf16' if rate is gemm_bf16 else ''}" if flops else "—"
+    frac = f"{flops / times[0] / rate:.0%}{' of bf16' if screened else ''}" if flops else "—"
 
     def mem(i: int) -> str:
         return "—" if mems[i] is None else gib(mems[i])
