@@ -623,6 +623,35 @@ def test_symmetric_self_search_half_the_work_and_no_copy(monkeypatch: pytest.Mon
     assert bool((got.values[5] == 0).all())  # a zero row has cosine 0 with every row
 
 
+def test_symmetric_self_search_masked_columns_do_not_open_a_tile(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The shifted last block's diagonal tile masks the columns another block owns (−inf). When it is
+    the first tile its row block sees (tiles come in no fixed order on the worker threads), the k sets
+    that bound the k-th best are taken after the masked columns, so a set of −inf cannot let the whole
+    tile through as candidates (it did: 4 int64 copies of the tile, +118 MiB now and then at N = 5,000)."""
+    x = torch.randn(5000, 16, generator=torch.Generator().manual_seed(0))
+    spans = neighbors._spans(5000, neighbors._self_tile(5000, torch.float32))
+    assert spans[-1][2] > spans[-1][0]  # the last block is shifted back: columns masked
+    on_workers = neighbors.on_workers
+    kept = neighbors._kept
+    counts: list[int] = []
+
+    def reversed_order(fn, parts, device):  # type: ignore[no-untyped-def]
+        return on_workers(fn, list(reversed(parts)), device)  # the last diagonal tile first
+
+    def counting(vals: torch.Tensor, *args: object) -> tuple[torch.Tensor, ...]:
+        out = kept(vals, *args)
+        counts.append(out[0].numel())
+        return out
+
+    monkeypatch.setattr(neighbors, "on_workers", reversed_order)
+    monkeypatch.setattr(neighbors, "_kept", counting)
+    got = AF.knn(x, 10)
+    t = spans[0][1] - spans[0][0]
+    assert max(counts) < t * 100  # a few dozen per row, not the t² − t·skip of the whole tile
+    monkeypatch.undo()
+    assert torch.equal(got.indices, AF.knn(x, 10).indices)
+
+
 @pytest.mark.parametrize("threads", [1, 4])
 def test_symmetric_self_search_edge_shapes_exact_cosine(threads: int) -> None:
     """Tiny N (1 to 3 rows), N below, at and one above the tile, chunk_size 1, k above the tile and

@@ -190,7 +190,7 @@ def _group_size(cols: int, k: int) -> int:
 
 
 def _tile_candidates(
-    scores: Tensor, bound: Tensor, k: int, g: int, c0: int, lower: Lower | None = None
+    scores: Tensor, bound: Tensor, k: int, g: int, c0: int, lower: Lower | None = None, masked: int = 0
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Entries of a (rows, c) score tile that may belong to their row's top-k: (values, rows, columns).
 
@@ -200,26 +200,29 @@ def _tile_candidates(
     one vectorised pass, the tile is read as groups of ``g`` adjacent columns: their maxima (one
     ``max_pool1d``) name the groups with an entry ≥ ``thr`` (a few per row), and only those groups'
     entries are compared (:func:`_group_hits`, :func:`_kept`). With ``lower``, every entry
-    ≥ ``lower(thr)`` is returned (the screen of :func:`_screened_self_topk`).
+    ≥ ``lower(thr)`` is returned (the screen of :func:`_screened_self_topk`). The first ``masked``
+    columns are −inf (owned by another tile): the k sets are taken from the groups after them, so that
+    a set of masked columns (maximum −inf) cannot hold the bound down and let the whole tile through.
     """
     r, c = scores.shape
     w = c // g
     gmax = F.max_pool1d(scores.view(r, 1, c), g).view(r, w) if g > 1 else scores
-    thr, hit_rows, hit_groups = _group_hits(gmax, bound, k, lower)
+    thr, hit_rows, hit_groups = _group_hits(gmax, bound, k, lower, -(-masked // g))
     vals = scores.view(r * w, g).index_select(0, hit_rows * w + hit_groups)  # (hits, g)
     return _kept(vals, thr, hit_rows, hit_groups, c0)
 
 
 def _group_hits(
-    gmax: Tensor, bound: Tensor, k: int, lower: Lower | None = None
+    gmax: Tensor, bound: Tensor, k: int, lower: Lower | None = None, first: int = 0
 ) -> tuple[Tensor, Tensor, Tensor]:
     """From (r, w) group maxima: ``bound`` (r, k) updated in place with the maxima of k disjoint sets of
-    groups (contiguous ranges), and (thr (r,) = min of the bound, mapped by ``lower`` when given,
-    rows, groups) of every group whose maximum is ≥ its row's thr."""
+    groups (contiguous ranges of groups ``first:``), and (thr (r,) = min of the bound, mapped by
+    ``lower`` when given, rows, groups) of every group whose maximum is ≥ its row's thr."""
     r, w = gmax.shape
-    sets = w // k
-    if sets:
-        torch.maximum(bound, F.max_pool1d(gmax[:, : sets * k].unsqueeze(1), sets).view(r, k), out=bound)
+    sets = (w - first) // k
+    if sets > 0:
+        pooled = F.max_pool1d(gmax[:, first : first + sets * k].unsqueeze(1), sets).view(r, k)
+        torch.maximum(bound, pooled, out=bound)
     thr = bound.amin(1) if lower is None else lower(bound.amin(1))
     hit_rows, hit_groups = torch.ge(gmax, thr[:, None]).nonzero(as_tuple=True)
     return thr, hit_rows, hit_groups
@@ -409,7 +412,8 @@ def _symmetric_tiles(
     shifted last block) and, with ``exclude_self``, the diagonal are −inf. Tiles are dealt out to
     worker threads (:func:`on_workers`), row by row, so ``take`` must be safe to call from several
     threads.
-    Memory per worker: one (t, t) score tile and four (t, d) row blocks.
+    Memory per worker: one (t, t) score tile and two (t, d) row blocks (and their two ``dtype`` copies
+    when ``dtype`` is not ``a.dtype``).
     """
     d = a.shape[1]
     size = spans[0][1] - spans[0][0]
@@ -427,7 +431,9 @@ def _symmetric_tiles(
         buf = a.new_empty(size, size)
         low = buf if dtype == a.dtype else torch.empty(size, size, dtype=dtype, device=a.device)
         rows_i, rows_j = a.new_empty(size, d), a.new_empty(size, d)
-        cast_i, cast_j = (torch.empty(size, d, dtype=dtype, device=a.device) for _ in range(2))
+        cast_i, cast_j = (rows_i, rows_j)  # unused when the tiles are multiplied in a.dtype
+        if dtype != a.dtype:
+            cast_i, cast_j = (torch.empty(size, d, dtype=dtype, device=a.device) for _ in range(2))
         current = -1
         for i, j in tiles:
             (r0, _, first_r), (c0, _, first_c) = spans[i], spans[j]
@@ -442,7 +448,7 @@ def _symmetric_tiles(
                 scores.fill_diagonal_(-math.inf)
             own = scores[first_r - r0 :]
             lower = None if lower_of is None else lower_of(i)
-            take(i, _tile_candidates(own, bound_of(i), k, g, c0, lower), own.shape[0])
+            take(i, _tile_candidates(own, bound_of(i), k, g, c0, lower, first_c - c0), own.shape[0])
             if i != j:  # the same scores, read by column, for the rows of block j
                 # (block i < j is never the shifted last block, so all its rows are its own)
                 skip = first_c - c0
