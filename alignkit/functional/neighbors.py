@@ -621,9 +621,9 @@ def _cosines64(a: Tensor, inverse: Tensor, rows: Tensor, cols: Tensor) -> Tensor
     """float64 cosines ``(Σ_k x_ik·x_jk) / ‖x_i‖ / ‖x_j‖`` of the float32 rows of the pairs (rows, cols),
     with ``inverse`` (N,) = 1/‖x‖ in float64 (0 for a zero row: cosine 0). The float32 products are
     exact in float64, every pair is reduced alike and scaled by ``inverse_i · inverse_j`` (which
-    commutes), so equal rows score equally. Cost: O(pairs·d), in chunks of ≈ 2²¹ entries."""
+    commutes), so equal rows score equally. Cost: O(pairs·d), in chunks of ≈ 2²⁰ entries (24 MiB)."""
     out = torch.empty(rows.numel(), dtype=torch.float64, device=a.device)
-    step = max(1, 2**21 // max(1, a.shape[1]))
+    step = max(1, 2**20 // max(1, a.shape[1]))
     for p0 in range(0, rows.numel(), step):
         r, c = rows[p0 : p0 + step], cols[p0 : p0 + step]
         out[p0 : p0 + step] = a[r].double().mul_(a[c].double()).sum(1).mul_(inverse[r] * inverse[c])
@@ -684,8 +684,9 @@ def _screen_dtype(
     rows = nonzero[pick.long().unique()]
     q = _unit(a, factors, rows)
     scores = torch.empty(rows.numel(), n, dtype=a.dtype, device=a.device)
-    for c0 in range(0, n, 8192):
-        torch.mm(q, _unit(a, factors, slice(c0, c0 + 8192)).T, out=scores[:, c0 : c0 + 8192])
+    step = max(1, 2**20 // a.shape[1])  # 4 MiB blocks of unit rows
+    for c0 in range(0, n, step):
+        torch.mm(q, _unit(a, factors, slice(c0, c0 + step)).T, out=scores[:, c0 : c0 + step])
     if exclude_self:
         scores[torch.arange(rows.numel(), device=a.device), rows] = -math.inf
     kth = scores.topk(k, dim=1).values[:, -1]
@@ -727,7 +728,7 @@ def _screened_self_topk(a: Tensor, k: int, tile: int, exclude_self: bool) -> tup
     spans = _spans(n, min(tile, n))
     step = spans[0][1] - spans[0][0]
     factors = l2_row_factors(a, step)
-    inverse, margins = _screen_margins(a, factors, step)
+    inverse, margins = _screen_margins(a, factors, max(1, 2**18 // a.shape[1]))  # 2 MiB float64 blocks
     dtype = _screen_dtype(a, factors, k, margins, inverse, exclude_self)
     if dtype is None:
         return _self_topk(a, k, tile, True, exclude_self)
