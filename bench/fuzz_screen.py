@@ -4,15 +4,18 @@
 those cosines rounded to float32. Not a test (minutes, random); a review tool.
 
     python bench/fuzz_screen.py --seed 12 --cases 1500     # small random cases, every path forced
-    python bench/fuzz_screen.py --big                      # N = 4,096–6,000 at the default threshold
+    python bench/fuzz_screen.py --big                      # N = 4,096–6,000, and one at N = 16,384
 
 Small cases: N 2–700, d 1–300, random k (1 … N − 1, or N with self included), chunk_size (None, 1,
 2, 17, N − 1, N, random), 1/2/4 threads, exclude_self, row- or column-major x, 18 data families; the
 screen's threshold is lowered to 1 row and the path is forced at random: the natural choice, bfloat16
 or float32 tiles (``_screen_dtype`` overridden), and ``_screen_cap`` = k or 0 (most rows to the
 float64 fallback ``_exact_rows64``). Cases that end in the plain float32 search (``_self_topk``,
-ranked by float32 scores: the documented exception) are counted, not compared. --big also checks
-``AF.mutual_knn``, ``AF.cknna`` and ``alignkit measure`` against the brute-force neighbour graphs.
+ranked by float32 scores: the documented exception) are counted, not compared. --big runs real
+sizes with the screen's threshold lowered to 4,096 rows (the default, ``_SCREEN_MIN_ROWS`` = 16,384,
+is where the screen starts to pay; the path is the same), plus one search at the default threshold,
+and checks ``AF.mutual_knn``, ``AF.cknna`` and ``alignkit measure`` (also with the threshold
+lowered) against the brute-force neighbour graphs.
 Prints every failing case and the counts per family, path and path taken.
 """
 
@@ -270,12 +273,24 @@ BIG = [  # family, N, d, k, exclude_self, knn keywords
 ]
 
 
+BIG_THRESHOLD = 4096
+# alignkit measure in a child process with the same lowered threshold
+MEASURE = (
+    "import sys; import alignkit.functional.neighbors as nb; "
+    f"nb._SCREEN_MIN_ROWS = {BIG_THRESHOLD}; from alignkit.cli import main; sys.exit(main(sys.argv[1:]))"
+)
+
+
 def big(seed: int) -> int:
-    """Default threshold (N ≥ 4,096); needs a CPU with native bfloat16 for the screen to run."""
+    """Real sizes, the screen's threshold lowered to 4,096 rows, and one search at the default
+    threshold; needs a CPU with native bfloat16 for the screen to run."""
     print(f"native bfloat16: {nb._native_bf16()}")
     g = torch.Generator().manual_seed(seed)
     failures = 0
-    for fam, n, d, k, exclude, kw in BIG:
+    cases = [(*case, BIG_THRESHOLD) for case in BIG]
+    cases.append(("gauss", 16384, 64, 10, True, {}, ORIGINAL["_SCREEN_MIN_ROWS"]))
+    for fam, n, d, k, exclude, kw, threshold in cases:
+        nb._SCREEN_MIN_ROWS = threshold
         x = family(fam, n, d, g)
         TAKEN.clear()
         start = time.time()
@@ -290,6 +305,7 @@ def big(seed: int) -> int:
         failures += verdict == "FAIL"
         print(f"{fam:17s} N={n} d={d} k={k} exclude_self={exclude} {kw} {taken}: {verdict}, "
               f"{bad} rows differ from the float64 brute force, {seconds:.1f} s", flush=True)  # fmt: skip
+    nb._SCREEN_MIN_ROWS = BIG_THRESHOLD
     for fam_y, n, dx, dy, k in [("low_rank", 4096, 64, 32, 10), ("near1e-3", 4300, 48, 24, 10)]:
         x = family("gauss", n, dx, g)
         y = x[:, :dy] + 0.5 * family(fam_y, n, dy, g)
@@ -302,7 +318,7 @@ def big(seed: int) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             np.save(f"{tmp}/a.npy", x.numpy())
             np.save(f"{tmp}/b.npy", y.numpy())
-            command = [sys.executable, "-m", "alignkit", "measure", f"{tmp}/a.npy", f"{tmp}/b.npy"]
+            command = [sys.executable, "-c", MEASURE, "measure", f"{tmp}/a.npy", f"{tmp}/b.npy"]
             command += ["--metrics", "mutual_knn,cknna", "--k", str(k), "--json"]
             found = json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout)
         cli = (found["metrics"]["mutual_knn"], found["metrics"]["cknna"])
@@ -310,6 +326,7 @@ def big(seed: int) -> int:
         failures += not ok
         print(f"mutual_knn, cknna N={n}: brute force {want}, AF {got}, alignkit measure {cli}: "
               f"{'OK' if ok else 'FAIL'}", flush=True)  # fmt: skip
+    nb._SCREEN_MIN_ROWS = ORIGINAL["_SCREEN_MIN_ROWS"]
     return failures
 
 
