@@ -228,6 +228,21 @@ def test_float32_screen_with_rows_short_of_k_candidates(screen_always: None) -> 
         assert torch.equal(got.values, ref_v.float()), (k, chunk)
 
 
+def test_float32_screen_only_with_full_float32_matmul_precision(
+    screen_always: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under ``torch.set_float32_matmul_precision("medium")`` a float32 GEMM may multiply in
+    bfloat16 (AMX CPUs), outside the float32 screen's margin: concentrated data, which takes the
+    float32 screen at "highest", then takes the plain float32 search instead."""
+    packed = 3 + 0.05 * torch.randn(300, 24, generator=torch.Generator().manual_seed(6))
+    factors = neighbors.l2_row_factors(packed, 64)
+    inverse, margins = neighbors._screen_margins(packed, factors, 64)
+    pick = neighbors._screen_dtype
+    assert pick(packed, factors, 7, margins, inverse, True) == torch.float32
+    monkeypatch.setattr(torch, "get_float32_matmul_precision", lambda: "medium")
+    assert pick(packed, factors, 7, margins, inverse, True) is None
+
+
 def test_float64_fallback_keeps_exact_ties_of_duplicate_rows(
     screen_always: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:

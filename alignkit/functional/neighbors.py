@@ -674,7 +674,8 @@ def _screen_dtype(
     """The screen for this data: bfloat16, else float32, when for ``_SCREEN_SAMPLE`` evenly spaced
     nonzero rows the count of float32 scores ≥ their :func:`_screen_floor` exceeds
     :func:`_screen_cap` for ≤ 2 % of them; None when neither holds (most rows near many others:
-    the float64 fallback would be slower than the plain float32 search). Cost: O(sample·N·d),
+    the float64 fallback would be slower than the plain float32 search). The float32 screen only
+    under ``torch.get_float32_matmul_precision() == "highest"``. Cost: O(sample·N·d),
     one (sample, N) float32 matrix."""
     n = a.shape[0]
     nonzero = (inverse > 0).nonzero().squeeze(1)
@@ -690,7 +691,10 @@ def _screen_dtype(
     if exclude_self:
         scores[torch.arange(rows.numel(), device=a.device), rows] = -math.inf
     kth = scores.topk(k, dim=1).values[:, -1]
-    for dtype in (torch.bfloat16, torch.float32):
+    # float32 tiles carry a float32 GEMM's margin only when float32 products are float32: with
+    # torch.set_float32_matmul_precision("medium"/"high") a CPU with AMX may run them in bfloat16
+    exact32 = torch.get_float32_matmul_precision() == "highest"
+    for dtype in (torch.bfloat16, torch.float32) if exact32 else (torch.bfloat16,):
         low = _screen_floor(kth, margins[dtype][rows], _ROUNDOFF[dtype])
         if float((torch.ge(scores, low[:, None]).sum(1) > _screen_cap(k)).double().mean()) <= 0.02:
             return dtype
