@@ -118,10 +118,10 @@ def test_screen_error_bound_holds_for_the_bfloat16_gemm(d: int) -> None:
     noisy[:, ::2] = worst[:, ::2]
     x = torch.cat([worst, noisy])
     factors = neighbors.l2_row_factors(x, 128)
-    inverse, margins = neighbors._screen_margins(x, factors, 128)
+    _, margins = neighbors._screen_margins(x, factors, 128)
     unit = neighbors._unit(x, factors, slice(0, n))
-    rows, cols = torch.meshgrid(torch.arange(n), torch.arange(n), indexing="ij")
-    exact = neighbors._cosines64(x, inverse, rows.reshape(-1), cols.reshape(-1)).view(n, n)
+    z = x.double()  # float64 cosines by a GEMM, not the rescore's code; their rounding (~1e-14)
+    exact = (z @ z.T) / torch.outer(z.norm(dim=1), z.norm(dim=1))  # is far below the bound
     for dtype, u in neighbors._ROUNDOFF.items():
         screen = torch.mm(unit.to(dtype), unit.to(dtype).T).double()
         error = (screen - exact).abs()
@@ -185,6 +185,25 @@ def test_concentrated_data_is_screened_in_float32_or_searched_plainly(
     want = neighbors._self_topk(same, 5, 120, True, True)  # chunk_size 128 balanced for N = 600
     assert torch.equal(got.indices, want[1])
     assert torch.equal(got.values, want[0])
+
+
+def test_duplicate_heavy_data_takes_the_plain_float32_search(screen_always: None) -> None:
+    """README's example of the documented exception: one row repeated 150 times among 4,096 Gaussian
+    rows (d = 64) overflows the candidate cap in the sample for both screens, so the float32 search
+    runs: its values are float32 cosines (within 1e-6 of float64), not the float64 ones rounded.
+    With 100 copies the float32 screen still runs."""
+    g = torch.Generator().manual_seed(0)
+    for copies, want in ((100, torch.float32), (150, None)):
+        x = torch.randn(4096, 64, generator=g)
+        x[:copies] = x[0]
+        factors = neighbors.l2_row_factors(x, 2048)
+        inverse, margins = neighbors._screen_margins(x, factors, 256)
+        assert neighbors._screen_dtype(x, factors, 10, margins, inverse, True) == want, copies
+    got = AF.knn(x, 10)
+    unit = torch.nn.functional.normalize(x.double(), dim=1)
+    ref_v, _ = (unit @ unit.T).fill_diagonal_(-math.inf).topk(10, dim=1)  # float64 reference
+    torch.testing.assert_close(got.values.double(), ref_v, rtol=0, atol=1e-6)
+    assert torch.equal(got.indices, neighbors._self_topk(x, 10, 4096, True, True)[1][:, :10])
 
 
 def test_default_threshold_and_cpu_check(monkeypatch: pytest.MonkeyPatch) -> None:
